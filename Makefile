@@ -1,0 +1,46 @@
+# veilgate: `make test` and `make demo` set up everything they need (run as root on Debian).
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+DEB_PACKAGES := iproute2 nftables iperf3 iputils-ping curl python3-venv
+STAMP_DEB := $(VENV)/.deb-stamp
+STAMP_PY := $(VENV)/.py-stamp
+
+.PHONY: test demo bench lint typecheck unit e2e clean deps
+
+deps: $(STAMP_DEB) $(STAMP_PY)
+
+$(STAMP_DEB):
+	@bash scripts/install-debian-packages.sh $(DEB_PACKAGES)
+	@mkdir -p $(VENV) && touch $@
+
+$(STAMP_PY): pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	@touch $@
+
+lint: deps
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff format --check src tests bench
+
+typecheck: deps
+	$(VENV)/bin/mypy
+
+unit: deps
+	$(PY) -m pytest tests/unit
+
+e2e: deps
+	$(PY) -m pytest tests/e2e
+
+test: lint typecheck
+	$(PY) -m pytest
+
+demo: deps
+	$(PY) -m veilgate.demo
+
+bench: deps
+	$(PY) bench/core.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,1 @@
+"""veilgate.provider"""
