@@ -35,7 +35,7 @@ class DecryptError(RemoteProtocolError):
         super().__init__(message, "decrypt")
 
 
-class UnsupportedVersion(RemoteProtocolError):
+class UnsupportedVersionError(RemoteProtocolError):
     def __init__(self, version: int) -> None:
         super().__init__(f"unsupported protocol version {version}", "version")
         self.version = version

@@ -17,7 +17,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from veilgate.protocol import crypto
-from veilgate.protocol.crypto import DHLEN, HASHLEN, KEM_CIPHERTEXT_LEN, KEM_PUBLIC_LEN, TAGLEN, KemKeyPair, KeyPair
+from veilgate.protocol.crypto import (
+    DHLEN,
+    HASHLEN,
+    KEM_CIPHERTEXT_LEN,
+    KEM_PUBLIC_LEN,
+    TAGLEN,
+    KemKeyPair,
+    KeyPair,
+)
 from veilgate.protocol.errors import LocalProtocolError, RemoteProtocolError
 
 MAX_NONCE = 2**64 - 1
@@ -58,7 +66,7 @@ class CipherState:
 class SymmetricState:
     """Noise SymmetricState: chaining key ``ck``, handshake hash ``h`` and a CipherState."""
 
-    __slots__ = ("ck", "cipher", "h")
+    __slots__ = ("cipher", "ck", "h")
 
     def __init__(self, protocol_name: bytes) -> None:
         if len(protocol_name) <= HASHLEN:

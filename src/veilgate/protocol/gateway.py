@@ -1,0 +1,411 @@
+"""The gateway's side of veilgate, sans-IO: many sessions behind one static key.
+
+``GatewayProtocol.receive_datagram(data, endpoint, now)`` routes each datagram
+by its receiver index (transport messages, message 3) or handles it as a new
+handshake (message 1). Endpoints are opaque to the core except for the bytes
+it binds cookies to (``Endpoint.cookie_bytes``): the driver passes a UDP
+address or a TCP connection and gets the same object back with every datagram
+to send. The core never raises for bad input from the network: it drops the
+datagram and counts the reason in ``counters``.
+
+Between messages 2 and 3 the gateway keeps a bounded, expiring table of
+pending handshakes. Under load (too many initiations per second, or the
+pending table full) it answers initiations without a valid mac2 with a cookie
+reply, and rate-limits initiations per source.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import heapq
+import itertools
+import secrets
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from veilgate.protocol import control, messages
+from veilgate.protocol.constants import (
+    MAX_PENDING_HANDSHAKES,
+    PASSIVE_KEEPALIVE,
+    PENDING_HANDSHAKE_TIMEOUT,
+    REJECT_AFTER_TIME,
+    UNDER_LOAD_INITS_PER_SECOND,
+)
+from veilgate.protocol.cookie import CookieChecker, RateLimiter
+from veilgate.protocol.crypto import KeyPair
+from veilgate.protocol.errors import CredentialError, LocalProtocolError, RemoteProtocolError
+from veilgate.protocol.events import (
+    Event,
+    HandshakeRefused,
+    SessionEnded,
+    SessionEstablished,
+    SessionRekeyed,
+)
+from veilgate.protocol.handshake import ResponderHandshake
+from veilgate.protocol.keypair import Keypair
+
+_INF = float("inf")
+
+
+class Endpoint(Hashable, Protocol):
+    """Where a datagram came from; the driver's own object (a UDP address, a TCP connection)."""
+
+    def cookie_bytes(self) -> bytes:
+        """The source address a cookie is bound to (IP address and port)."""
+        ...
+
+
+class CredentialCheck(Protocol):
+    """Verifies the credential of message 3 against the static key the handshake authenticated.
+
+    Raises ``CredentialError`` with a reason; ``veilgate.credentials.CredentialVerifier`` is one.
+    """
+
+    def verify(self, data: bytes, static_public: bytes, now: float) -> object: ...
+
+
+@dataclass(eq=False)
+class Session:
+    """One client's session: keypairs, endpoint and counters. Lives in memory only."""
+
+    id: int
+    static_public: bytes
+    endpoint: Endpoint
+    created: float
+    current: Keypair | None = None
+    previous: Keypair | None = None
+    config: control.TunnelConfig | None = None
+    allowed_sources: frozenset[bytes] = frozenset()
+    resume_token: bytes = b""
+    last_handshake: float = 0.0
+    last_received: float = 0.0
+    last_sent: float = -_INF
+    ack_due: float | None = None
+    timer_at: float = _INF
+    rx_bytes: int = 0
+    tx_bytes: int = 0
+    rx_packets: int = 0
+    tx_packets: int = 0
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+class GatewayProtocol:
+    def __init__(
+        self,
+        static: KeyPair,
+        credentials: CredentialCheck,
+        *,
+        under_load_rate: int = UNDER_LOAD_INITS_PER_SECOND,
+        max_pending: int = MAX_PENDING_HANDSHAKES,
+        passive_keepalive: float = PASSIVE_KEEPALIVE,
+        random_index: Callable[[], int] = lambda: secrets.randbits(32),
+    ) -> None:
+        self.static = static
+        self.public = static.public
+        self.credentials = credentials
+        self.under_load_rate = under_load_rate
+        self.max_pending = max_pending
+        self.passive_keepalive = passive_keepalive
+        self.force_under_load = False
+        self.counters: collections.Counter[str] = collections.Counter()
+        self.sessions: dict[int, Session] = {}
+        self._random_index = random_index
+        self._cookies = CookieChecker(self.public)
+        self._ratelimit = RateLimiter()
+        self._pending: dict[int, ResponderHandshake] = {}
+        self._keypairs: dict[int, Keypair] = {}
+        self._by_static: dict[bytes, Session] = {}
+        self._by_resume: dict[bytes, Session] = {}
+        self._session_ids = itertools.count(1)
+        self._timers: list[tuple[float, int, int, object]] = []
+        self._seq = itertools.count()
+        self._out: list[tuple[bytes, Endpoint]] = []
+        self._events: collections.deque[Event] = collections.deque()
+        self._init_window_start = 0.0
+        self._init_count = 0
+
+    # ------------------------------------------------------------ driver API
+
+    def datagrams_to_send(self) -> list[tuple[bytes, Endpoint]]:
+        out, self._out = self._out, []
+        return out
+
+    def next_event(self) -> Event | None:
+        return self._events.popleft() if self._events else None
+
+    @property
+    def pending_handshakes(self) -> int:
+        return len(self._pending)
+
+    def under_load(self, now: float) -> bool:
+        if self.force_under_load or len(self._pending) >= self.max_pending:
+            return True
+        if now - self._init_window_start >= 1.0:
+            return False
+        return self._init_count > self.under_load_rate
+
+    def assign(self, session_id: int, config: control.TunnelConfig, now: float) -> None:
+        """Give a session its tunnel configuration; it is pushed to the client at once and after each rekey.
+
+        Only packets whose source address is one of the assigned addresses are accepted from the client.
+        """
+        session = self.sessions.get(session_id)
+        if session is None:
+            raise LocalProtocolError(f"no session {session_id}")
+        session.config = config
+        allowed = set()
+        if config.ipv4 is not None:
+            allowed.add(config.ipv4.ip.packed)
+        if config.ipv6 is not None:
+            allowed.add(config.ipv6.ip.packed)
+        session.allowed_sources = frozenset(allowed)
+        self._send_control(session, control.config_message(config), now)
+
+    def send_packet(self, session: Session, packet: bytes, now: float) -> tuple[bytes, Endpoint] | None:
+        """Encrypt an IP packet for a session; returns (datagram, endpoint) or None if it cannot be sent."""
+        kp = session.current
+        if kp is None or kp.expired(now):
+            self.counters["tx-no-keypair"] += 1
+            return None
+        session.last_sent = now
+        session.tx_bytes += len(packet)
+        session.tx_packets += 1
+        return kp.seal(packet), session.endpoint
+
+    def end_session(self, session_id: int, reason: str = "closed") -> None:
+        session = self.sessions.pop(session_id, None)
+        if session is None:
+            return
+        for kp in (session.current, session.previous):
+            if kp is not None:
+                self._keypairs.pop(kp.local_index, None)
+        if self._by_static.get(session.static_public) is session:
+            del self._by_static[session.static_public]
+        if self._by_resume.get(session.resume_token) is session:
+            del self._by_resume[session.resume_token]
+        session.current = session.previous = None
+        self._events.append(SessionEnded(session_id, reason))
+
+    def receive_datagram(self, data: bytes, endpoint: Endpoint, now: float) -> bytes | None:
+        """Process one datagram; returns a decrypted IP packet to forward, if any.
+
+        Bad input is dropped and counted, never raised.
+        """
+        try:
+            if data[:4] == messages.HDR_TRANSPORT and len(data) >= messages.TRANSPORT_MIN_LEN:
+                return self._receive_transport(data, endpoint, now)
+            msg_type = messages.message_type(data)
+            if msg_type == messages.TYPE_HANDSHAKE_INIT:
+                self._receive_init(data, endpoint, now)
+            elif msg_type == messages.TYPE_HANDSHAKE_FINAL:
+                self._receive_final(messages.HandshakeFinal.decode(data), data, endpoint, now)
+            else:
+                raise RemoteProtocolError("message type not for a gateway", "type")
+        except RemoteProtocolError as exc:
+            self.counters["drop-" + exc.reason] += 1
+        return None
+
+    def get_timer(self) -> float | None:
+        return self._timers[0][0] if self._timers else None
+
+    def handle_timer(self, now: float) -> None:
+        timers = self._timers
+        while timers and timers[0][0] <= now:
+            deadline, _, kind, ref = heapq.heappop(timers)
+            if kind == 0:
+                assert isinstance(ref, int)
+                pending = self._pending.get(ref)
+                if pending is not None and now - pending.created >= PENDING_HANDSHAKE_TIMEOUT:
+                    del self._pending[ref]
+                    self.counters["pending-expired"] += 1
+            else:
+                assert isinstance(ref, Session)
+                if ref.timer_at == deadline and ref.id in self.sessions:
+                    ref.timer_at = _INF
+                    self._session_timer(ref, now)
+
+    # ------------------------------------------------------------ handshakes
+
+    def _receive_init(self, data: bytes, endpoint: Endpoint, now: float) -> None:
+        init = messages.HandshakeInit.decode(data)
+        if not self._cookies.check_mac1(data):
+            raise RemoteProtocolError("bad mac1", "mac1")
+        if now - self._init_window_start >= 1.0:
+            self._init_window_start = now
+            self._init_count = 0
+        self._init_count += 1
+        if self.under_load(now):
+            source = endpoint.cookie_bytes()
+            if not self._cookies.check_mac2(data, source, now):
+                self._out.append((self._cookies.make_reply(data, init.sender, source, now), endpoint))
+                self.counters["cookie-sent"] += 1
+                return
+            if not self._ratelimit.allow(source, now):
+                raise RemoteProtocolError("initiation rate limit", "ratelimit")
+        if len(self._pending) >= self.max_pending:
+            raise RemoteProtocolError("pending handshake table full", "pending-full")
+        index = self._new_index()
+        hs = ResponderHandshake(self.static, init, index, now, endpoint)
+        self._pending[index] = hs
+        heapq.heappush(self._timers, (now + PENDING_HANDSHAKE_TIMEOUT, next(self._seq), 0, index))
+        self._out.append((hs.write_response(), endpoint))
+        self.counters["handshake-responses"] += 1
+
+    def _new_index(self) -> int:
+        while True:
+            index = self._random_index()
+            if index not in self._pending and index not in self._keypairs:
+                return index
+
+    def _receive_final(
+        self, final: messages.HandshakeFinal, data: bytes, endpoint: Endpoint, now: float
+    ) -> None:
+        hs = self._pending.get(final.receiver)
+        if hs is None:
+            kp = self._keypairs.get(final.receiver)
+            if kp is not None and kp.final_digest == _digest(data):
+                # Message 3 again: the client has not seen our confirmation yet.
+                session = kp.owner
+                assert isinstance(session, Session)
+                self._confirm(session, kp, now)
+                return
+            raise RemoteProtocolError("message 3 for no pending handshake", "unknown-index")
+        payload, result = hs.read_final(final)  # a failure leaves the pending handshake for a retry
+        del self._pending[final.receiver]
+        try:
+            self.credentials.verify(payload.credential, result.remote_static, now)
+        except CredentialError as exc:
+            self.counters["refused-" + exc.reason] += 1
+            self._events.append(HandshakeRefused(exc.reason))
+            return
+        session = None
+        rotated = False
+        if payload.resume is not None:
+            session = self._by_resume.get(payload.resume)
+            rotated = session is not None and session.static_public != result.remote_static
+        if session is None:
+            session = self._by_static.get(result.remote_static)
+        is_new = session is None
+        if session is None:
+            session = Session(next(self._session_ids), result.remote_static, endpoint, now)
+            self.sessions[session.id] = session
+        kp = Keypair(result.send_key, result.recv_key, hs.local_index, hs.remote_index, now, False)
+        kp.final_digest = _digest(data)
+        kp.owner = session
+        self._keypairs[kp.local_index] = kp
+        if session.previous is not None:
+            self._keypairs.pop(session.previous.local_index, None)
+        session.previous, session.current = session.current, kp
+        if self._by_static.get(session.static_public) is session:
+            del self._by_static[session.static_public]
+        session.static_public = result.remote_static
+        self._by_static[result.remote_static] = session
+        self._by_resume.pop(session.resume_token, None)
+        session.resume_token = result.resume_token
+        self._by_resume[result.resume_token] = session
+        session.endpoint = endpoint
+        session.last_handshake = now
+        self._schedule(session, now + REJECT_AFTER_TIME)
+        self.counters["handshakes"] += 1
+        if is_new:
+            self._events.append(SessionEstablished(session.id))
+        else:
+            self._events.append(SessionRekeyed(session.id, rotated))
+            self._confirm(session, kp, now)
+
+    def _confirm(self, session: Session, kp: Keypair, now: float) -> None:
+        """Confirm a keypair to the client: the config if assigned, else a keepalive."""
+        payload = control.config_message(session.config) if session.config is not None else b""
+        if kp is session.current and not kp.expired(now):
+            self._out.append((kp.seal(payload), session.endpoint))
+            session.last_sent = now
+
+    # ------------------------------------------------------------ data
+
+    def _send_control(self, session: Session, payload: bytes, now: float) -> None:
+        kp = session.current
+        if kp is None or kp.expired(now):
+            return
+        self._out.append((kp.seal(payload), session.endpoint))
+        session.last_sent = now
+
+    def _receive_transport(self, data: bytes, endpoint: Endpoint, now: float) -> bytes | None:
+        receiver, counter = messages.unpack_transport_header(data)
+        kp = self._keypairs.get(receiver)
+        if kp is None:
+            raise RemoteProtocolError("unknown receiver index", "unknown-index")
+        if kp.expired(now):
+            raise RemoteProtocolError("keypair expired", "expired")
+        plaintext = kp.open(data, counter)
+        session = kp.owner
+        assert isinstance(session, Session)
+        session.last_received = now
+        if session.ack_due is None:
+            due = now + self.passive_keepalive
+            session.ack_due = due
+            if due < session.timer_at:
+                self._schedule(session, due)
+        if not plaintext:
+            self._roam(session, endpoint)
+            return None
+        if plaintext[0] == control.CONTROL_MARKER:
+            self._receive_control(session, kp, control.decode_control(plaintext), endpoint, now)
+            return None
+        self._roam(session, endpoint)
+        length = control.ip_packet_length(plaintext)
+        if length < 0 or length > len(plaintext):
+            raise RemoteProtocolError("payload is not an IP packet", "not-ip")
+        source = plaintext[12:16] if plaintext[0] >> 4 == 4 else plaintext[8:24]
+        if source not in session.allowed_sources:
+            raise RemoteProtocolError("source address not assigned to this session", "source")
+        session.rx_bytes += length
+        session.rx_packets += 1
+        return plaintext[:length] if length != len(plaintext) else plaintext
+
+    def _roam(self, session: Session, endpoint: Endpoint) -> None:
+        if endpoint != session.endpoint:
+            session.endpoint = endpoint
+            self.counters["roamed"] += 1
+
+    def _receive_control(
+        self, session: Session, kp: Keypair, msg: control.ControlMessage, endpoint: Endpoint, now: float
+    ) -> None:
+        if msg.type == control.CTRL_PROBE:
+            # Answer on the path the probe came from, and do not move the session there.
+            self._out.append((kp.seal(control.probe_reply_message(msg.body)), endpoint))
+            session.last_sent = now
+        elif msg.type == control.CTRL_CLOSE:
+            self.end_session(session.id, "closed by client")
+        else:
+            self.counters["control-unknown"] += 1
+
+    # ------------------------------------------------------------ timers
+
+    def _schedule(self, session: Session, at: float) -> None:
+        if at < session.timer_at:
+            session.timer_at = at
+            heapq.heappush(self._timers, (at, next(self._seq), 1, session))
+
+    def _session_timer(self, session: Session, now: float) -> None:
+        kp = session.current
+        if kp is None or kp.expired(now):
+            self.end_session(session.id, "expired")
+            return
+        if session.previous is not None and session.previous.expired(now):
+            self._keypairs.pop(session.previous.local_index, None)
+            session.previous = None
+        if session.ack_due is not None and now >= session.ack_due:
+            session.ack_due = None
+            if session.last_sent < session.last_received:
+                self._out.append((kp.seal(b""), session.endpoint))
+                session.last_sent = now
+        at = kp.created + REJECT_AFTER_TIME
+        if session.ack_due is not None:
+            at = min(at, session.ack_due)
+        self._schedule(session, at)
+
+
+def _digest(data: bytes) -> bytes:
+    return hashlib.blake2s(data, digest_size=16).digest()
