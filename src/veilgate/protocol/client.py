@@ -196,9 +196,13 @@ class ClientProtocol:
         t = min(self._retry_at, self._final_retry_at)
         kp = self.current
         if kp is not None:
-            t = min(t, kp.created + REKEY_AFTER_TIME, kp.created + REJECT_AFTER_TIME)
+            t = min(t, kp.created + REJECT_AFTER_TIME)
+            if self._handshake is None and self._final is None:
+                t = min(t, kp.created + REKEY_AFTER_TIME)
             if self._confirmed:
                 t = min(t, self._last_sent + self.keepalive_interval)
+        if self.previous is not None:
+            t = min(t, self.previous.created + REJECT_AFTER_TIME)
         if self._awaiting_since is not None and not self._stall_reported:
             t = min(t, self._awaiting_since + self.stall_timeout)
         if self._attempt_started is not None and not self._timeout_reported:
@@ -263,6 +267,8 @@ class ClientProtocol:
             self._retry_interval = self.handshake_retry
             if self._attempt_started is None:
                 self._attempt_started = now
+        self._final = None  # a newer handshake supersedes an unconfirmed message 3
+        self._final_retry_at = _INF
         index = self._new_index()
         self._handshake = InitiatorHandshake(self.static, self.gateway_public, index, self.cookies, now)
         self._out.append(self._handshake.init_message)
