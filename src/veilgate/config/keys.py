@@ -15,11 +15,12 @@ def encode_key(raw: bytes) -> str:
 
 
 def decode_key(text: str, what: str = "key", length: int = 32) -> bytes:
+    """Decode base64; ``length`` -1 accepts any length."""
     try:
         raw = base64.b64decode(text.strip(), validate=True)
     except (binascii.Error, ValueError):
         raise ValueError(f"{what}: not base64") from None
-    if len(raw) != length:
+    if length >= 0 and len(raw) != length:
         raise ValueError(f"{what}: expected {length} bytes of base64, got {len(raw)}")
     return raw
 

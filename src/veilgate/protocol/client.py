@@ -72,6 +72,8 @@ class ClientProtocol:
         self.counters: collections.Counter[str] = collections.Counter()
         self.rx_bytes = 0
         self.tx_bytes = 0
+        self.authenticated_rx = 0
+        """Datagrams from the gateway that authenticated (responses and transport): a path works."""
         self.last_handshake: float | None = None
 
         self.current: Keypair | None = None
@@ -305,6 +307,7 @@ class ClientProtocol:
         if hs is None or resp.receiver != hs.local_index:
             raise RemoteProtocolError("response for no handshake in flight", "unknown-index")
         hs.read_response(resp)
+        self.authenticated_rx += 1
         resume = self._resume_token if (self._rotate or self.current is not None) else None
         final, result = hs.write_final(FinalPayload(self.credential, resume))
         self._handshake = None
@@ -366,6 +369,7 @@ class ClientProtocol:
         if kp.expired(now):
             raise RemoteProtocolError("keypair expired", "expired")
         plaintext = kp.open(data, counter)
+        self.authenticated_rx += 1
         self._last_received = now
         self._awaiting_since = None
         self._stall_reported = False

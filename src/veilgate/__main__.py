@@ -1,0 +1,5 @@
+import sys
+
+from veilgate.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,202 @@
+"""The ``veilgate`` command: keys, issuer and credentials, gateway, connect, status."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import socket
+import sys
+import time
+from pathlib import Path
+
+from veilgate.config import ConfigError, read_key_file, write_key_file
+from veilgate.config.keys import decode_key, encode_key
+from veilgate.protocol.crypto import KeyPair
+
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> int:
+    """'90', '90s', '15m', '6h', '2d' -> seconds."""
+    text = text.strip()
+    unit = 1
+    if text and text[-1] in DURATION_UNITS:
+        unit = DURATION_UNITS[text[-1]]
+        text = text[:-1]
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (use e.g. 90s, 15m, 6h, 2d)") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError("a duration must be positive")
+    return value * unit
+
+
+def cmd_genkey(args: argparse.Namespace) -> int:
+    keypair = KeyPair.generate()
+    if args.out:
+        write_key_file(Path(args.out), keypair.private_bytes())
+        print(encode_key(keypair.public))
+    else:
+        print(encode_key(keypair.private_bytes()))
+    return 0
+
+
+def cmd_pubkey(args: argparse.Namespace) -> int:
+    text = Path(args.key).read_text() if args.key else sys.stdin.read()
+    try:
+        private = decode_key(text, "private key")
+    except ValueError as exc:
+        print(f"veilgate pubkey: {exc}", file=sys.stderr)
+        return 2
+    print(encode_key(KeyPair.from_private_bytes(private).public))
+    return 0
+
+
+def cmd_issuer_init(args: argparse.Namespace) -> int:
+    from veilgate.credentials import IssuerKey
+
+    out = Path(args.out)
+    if out.exists() and not args.force:
+        print(f"veilgate issuer init: {out} exists (use --force to replace it)", file=sys.stderr)
+        return 2
+    issuer = IssuerKey.generate()
+    write_key_file(out, issuer.to_bytes())
+    print(encode_key(issuer.public_key().to_bytes()))
+    return 0
+
+
+def cmd_issuer_pubkey(args: argparse.Namespace) -> int:
+    from veilgate.credentials import IssuerKey
+
+    issuer = IssuerKey.from_bytes(read_key_file(Path(args.key), "issuer key"))
+    print(encode_key(issuer.public_key().to_bytes()))
+    return 0
+
+
+def cmd_issue(args: argparse.Namespace) -> int:
+    from veilgate.credentials import IssuerKey, issue
+
+    issuer = IssuerKey.from_bytes(read_key_file(Path(args.issuer_key), "issuer key"))
+    try:
+        client_public = decode_key(args.client_public_key, "client public key")
+    except ValueError as exc:
+        print(f"veilgate issue: {exc}", file=sys.stderr)
+        return 2
+    credential = issue(issuer, client_public, time.time(), lifetime=args.lifetime)
+    text = encode_key(credential.encode()) + "\n"
+    if args.out:
+        Path(args.out).write_text(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def cmd_gateway(args: argparse.Namespace) -> int:
+    from veilgate.gateway.config import load_gateway_config
+    from veilgate.gateway.daemon import run_gateway
+
+    config = load_gateway_config(args.config)
+    return run_gateway(config)
+
+
+def cmd_connect(args: argparse.Namespace) -> int:
+    from veilgate.client.config import load_client_config
+    from veilgate.client.daemon import run_client
+
+    config = load_client_config(args.config)
+    return run_client(config)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    path = args.socket
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(5)
+            s.connect(path)
+            data = b""
+            while chunk := s.recv(65536):
+                data += chunk
+    except OSError as exc:
+        print(
+            f"veilgate status: cannot reach {path}: {exc.strerror or exc} (is the daemon running?)",
+            file=sys.stderr,
+        )
+        return 1
+    status = json.loads(data)
+    if args.json:
+        print(json.dumps(status, indent=2))
+        return 0
+    for key, value in status.items():
+        if key == "session_list":
+            print("sessions:")
+            for i, s in enumerate(value, 1):
+                print(
+                    f"  {i:4d}  {s['transport']:3s}  rx {s['rx_bytes']} B  tx {s['tx_bytes']} B"
+                    f"  last handshake {s['last_handshake_age']} s ago"
+                )
+        elif isinstance(value, dict | list):
+            print(f"{key}: {json.dumps(value)}")
+        else:
+            print(f"{key}: {value}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="veilgate", description="veilgate VPN")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    g = sub.add_parser("genkey", help="make an X25519 private key")
+    g.add_argument("--out", help="write the private key to this file (mode 0600) and print the public key")
+    g.set_defaults(func=cmd_genkey)
+
+    g = sub.add_parser("pubkey", help="print the public key of a private key (file or stdin)")
+    g.add_argument("--key", help="private key file (default: stdin)")
+    g.set_defaults(func=cmd_pubkey)
+
+    issuer = sub.add_parser("issuer", help="the credential issuer's key")
+    isub = issuer.add_subparsers(dest="issuer_command", required=True)
+    g = isub.add_parser("init", help="make an issuer key; prints its public key for gateways")
+    g.add_argument("--out", required=True)
+    g.add_argument("--force", action="store_true")
+    g.set_defaults(func=cmd_issuer_init)
+    g = isub.add_parser("pubkey", help="print an issuer key's public key")
+    g.add_argument("--key", required=True)
+    g.set_defaults(func=cmd_issuer_pubkey)
+
+    g = sub.add_parser("issue", help="issue an anonymous credential for a client public key")
+    g.add_argument("--issuer-key", required=True)
+    g.add_argument("--client-public-key", required=True, help="base64 public key from `veilgate genkey`")
+    g.add_argument("--lifetime", type=parse_duration, default=6 * 3600, help="e.g. 6h (default)")
+    g.add_argument("--out")
+    g.set_defaults(func=cmd_issue)
+
+    g = sub.add_parser("gateway", help="run a gateway")
+    g.add_argument("--config", required=True)
+    g.set_defaults(func=cmd_gateway)
+
+    g = sub.add_parser("connect", help="connect to a gateway")
+    g.add_argument("--config", required=True)
+    g.set_defaults(func=cmd_connect)
+
+    g = sub.add_parser("status", help="a running daemon's aggregate status")
+    g.add_argument("--socket", default="/run/veilgate/gateway.sock")
+    g.add_argument("--json", action="store_true")
+    g.set_defaults(func=cmd_status)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except ConfigError as exc:
+        print(f"veilgate: configuration error: {exc}", file=sys.stderr)
+        return 2
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,94 @@
+"""The client's configuration file (TOML). docs/configuration.md documents every field."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from pathlib import Path
+
+from veilgate.config import load_toml, read_key_file
+from veilgate.config.keys import decode_key
+
+DEFAULT_STATE_DIR = "/var/lib/veilgate"
+DEFAULT_STATUS_SOCKET = "/run/veilgate/client.sock"
+
+
+@dataclass
+class ClientConfig:
+    gateway_host: str
+    gateway_public_key: bytes
+    private_key: bytes
+    credential: bytes
+    udp_port: int = 51820
+    tcp_port: int = 443
+    transport: str = "auto"
+    udp_grace: float = 0.3
+    reprobe_interval: float = 10.0
+    stall_timeout: float = 3.0
+    keepalive: float = 10.0
+    tun_name: str = "vg0"
+    kill_switch: bool = False
+    apply_dns: bool = True
+    state_dir: Path = Path(DEFAULT_STATE_DIR)
+    status_socket: Path = Path(DEFAULT_STATUS_SOCKET)
+    log_level: str = "info"
+
+
+def load_client_config(path: str | Path) -> ClientConfig:
+    root = load_toml(path)
+    c = root.section("client", required=True)
+    host = c.get_str("gateway_host", expected="the gateway's IP address")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise c.error(
+            "gateway_host", "the gateway's IP address (a literal address, not a name)", host
+        ) from None
+    try:
+        gateway_key = decode_key(c.get_str("gateway_public_key", expected="the gateway's base64 public key"))
+    except ValueError:
+        raise c.error(
+            "gateway_public_key",
+            "the gateway's base64 public key (32 bytes)",
+            c.data.get("gateway_public_key"),
+        ) from None
+    private_key = read_key_file(c.path_value("private_key_file"), "client private key")
+    credential_file = c.path_value("credential_file")
+    try:
+        credential_text = credential_file.read_text().strip()
+    except OSError as exc:
+        raise c.error(
+            "credential_file", f"a readable credential file ({exc.strerror})", str(credential_file)
+        ) from None
+    try:
+        credential = decode_key(credential_text, "credential", length=-1)
+    except ValueError:
+        raise c.error(
+            "credential_file",
+            "a file holding a base64 credential from `veilgate issue`",
+            str(credential_file),
+        ) from None
+    cfg = ClientConfig(
+        gateway_host=host,
+        gateway_public_key=gateway_key,
+        private_key=private_key,
+        credential=credential,
+        udp_port=c.port("udp_port", 51820),
+        tcp_port=c.port("tcp_port", 443),
+        transport=c.choice("transport", ("auto", "udp", "tcp"), "auto"),
+        udp_grace=c.get_float("udp_grace", 0.3, low=0.05, high=10),
+        reprobe_interval=c.get_float("reprobe_interval", 10.0, low=0.5, high=3600),
+        stall_timeout=c.get_float("stall_timeout", 3.0, low=0.5, high=120),
+        keepalive=c.get_float("keepalive", 10.0, low=1, high=600),
+        tun_name=c.get_str("tun_name", "vg0", "an interface name of at most 15 characters"),
+        kill_switch=c.get_bool("kill_switch", False),
+        apply_dns=c.get_bool("apply_dns", True),
+        state_dir=c.path_value("state_dir", DEFAULT_STATE_DIR),
+        status_socket=c.path_value("status_socket", DEFAULT_STATUS_SOCKET),
+        log_level=c.choice("log_level", ("debug", "info", "warning", "error"), "info"),
+    )
+    if len(cfg.tun_name) > 15:
+        raise c.error("tun_name", "an interface name of at most 15 characters", cfg.tun_name)
+    c.reject_unknown()
+    root.reject_unknown()
+    return cfg

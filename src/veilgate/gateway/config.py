@@ -1,0 +1,105 @@
+"""The gateway's configuration file (TOML). docs/configuration.md documents every field."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from veilgate.config import ConfigError, load_toml, read_key_file
+from veilgate.config.keys import decode_key
+
+DEFAULT_UDP_PORT = 51820
+DEFAULT_TCP_PORT = 443
+DEFAULT_POOL_V4 = "10.201.0.0/16"
+DEFAULT_POOL_V6 = "fd7a:201::/64"
+DEFAULT_STATUS_SOCKET = "/run/veilgate/gateway.sock"
+
+
+@dataclass
+class GatewayConfig:
+    private_key: bytes
+    issuer_public_keys: list[bytes]
+    listen: str = "0.0.0.0"
+    listen6: str | None = "::"
+    udp_port: int = DEFAULT_UDP_PORT
+    tcp_port: int = DEFAULT_TCP_PORT
+    tun_name: str = "vg0"
+    mtu: int = 1420
+    pool_v4: ipaddress.IPv4Network = field(default_factory=lambda: ipaddress.IPv4Network(DEFAULT_POOL_V4))
+    pool_v6: ipaddress.IPv6Network | None = field(
+        default_factory=lambda: ipaddress.IPv6Network(DEFAULT_POOL_V6)
+    )
+    dns: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = field(default_factory=list)
+    routes: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = field(
+        default_factory=lambda: [ipaddress.IPv4Network("0.0.0.0/0"), ipaddress.IPv6Network("::/0")]
+    )
+    lease: int = 3600
+    client_to_client: bool = False
+    nat: bool = False
+    nat_interface: str | None = None
+    max_skew: int = 120
+    status_socket: Path = Path(DEFAULT_STATUS_SOCKET)
+    log_level: str = "info"
+    max_tcp_connections: int = 4096
+
+
+def load_gateway_config(path: str | Path) -> GatewayConfig:
+    root = load_toml(path)
+    gw = root.section("gateway", required=True)
+    key_file = gw.path_value("private_key_file")
+    private_key = read_key_file(key_file, "gateway private key")
+    pool_v4 = gw.network("pool_v4", 4, DEFAULT_POOL_V4)
+    pool_v6_text = gw.optional_str("pool_v6")
+    pool_v6 = None if pool_v6_text == "" else gw.network("pool_v6", 6, DEFAULT_POOL_V6)
+    assert isinstance(pool_v4, ipaddress.IPv4Network)
+    assert pool_v6 is None or isinstance(pool_v6, ipaddress.IPv6Network)
+    if pool_v4.prefixlen > 30:
+        raise gw.error("pool_v4", "a network of at least 4 addresses (prefix /30 or shorter)", str(pool_v4))
+    cfg = GatewayConfig(
+        private_key=private_key,
+        issuer_public_keys=[],
+        listen=gw.get_str("listen", "0.0.0.0", "an IPv4 address to listen on"),
+        listen6=gw.optional_str("listen6") if "listen6" in gw.data else "::",
+        udp_port=gw.port("udp_port", DEFAULT_UDP_PORT),
+        tcp_port=gw.port("tcp_port", DEFAULT_TCP_PORT),
+        tun_name=gw.get_str("tun_name", "vg0", "an interface name of at most 15 characters"),
+        mtu=gw.get_int("mtu", 1420, low=1280, high=9000),
+        pool_v4=pool_v4,
+        pool_v6=pool_v6,
+        dns=gw.address_list("dns", []),
+        routes=gw.network_list("routes", ["0.0.0.0/0", "::/0"]),
+        lease=gw.get_int("lease", 3600, low=60, high=7 * 86400),
+        client_to_client=gw.get_bool("client_to_client", False),
+        nat=gw.get_bool("nat", False),
+        nat_interface=gw.optional_str("nat_interface"),
+        status_socket=gw.path_value("status_socket", DEFAULT_STATUS_SOCKET),
+        log_level=gw.choice("log_level", ("debug", "info", "warning", "error"), "info"),
+        max_tcp_connections=gw.get_int("max_tcp_connections", 4096, low=1, high=1_000_000),
+    )
+    if cfg.listen6 == "":
+        cfg.listen6 = None
+    if len(cfg.tun_name) > 15:
+        raise gw.error("tun_name", "an interface name of at most 15 characters", cfg.tun_name)
+    if cfg.nat and not cfg.nat_interface:
+        raise gw.error("nat_interface", "the interface NATed traffic leaves by (needed because nat = true)")
+    gw.reject_unknown()
+
+    cred = root.section("credentials", required=True)
+    keys = cred.str_list("issuer_public_keys")
+    if not keys:
+        raise cred.error(
+            "issuer_public_keys", "at least one issuer public key (from `veilgate issuer init`)", keys
+        )
+    for text in keys:
+        try:
+            cfg.issuer_public_keys.append(decode_key(text, "issuer public key"))
+        except ValueError as exc:
+            raise cred.error("issuer_public_keys", "base64 issuer public keys of 32 bytes", text) from exc
+    cfg.max_skew = cred.get_int("max_skew", 120, low=0, high=3600)
+    cred.reject_unknown()
+    root.reject_unknown()
+    return cfg
+
+
+__all__ = ["ConfigError", "GatewayConfig", "load_gateway_config"]

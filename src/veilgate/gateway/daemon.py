@@ -1,0 +1,452 @@
+"""The gateway daemon: asyncio around ``GatewayProtocol``, a TUN device, UDP and TCP.
+
+Thin by design: all protocol decisions are in ``veilgate.protocol``. This
+module moves bytes between the sockets, the TUN device and the core, assigns
+tunnel addresses from in-memory pools when the core reports a new session, and
+answers status queries with aggregate figures only.
+
+Privacy: at the default log level nothing is logged that links a key, a
+credential or a source address to a tunnel address, and nothing about clients
+is written to disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import ipaddress
+import json
+import logging
+import os
+import signal
+import socket
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+from veilgate.credentials import CredentialVerifier, IssuerPublicKey
+from veilgate.gateway.config import GatewayConfig
+from veilgate.gateway.pool import AddressPool, PoolExhausted
+from veilgate.netfilter import NftTable, gateway_isolation_rules, gateway_nat_rules
+from veilgate.protocol.control import TunnelConfig
+from veilgate.protocol.crypto import KeyPair
+from veilgate.protocol.events import HandshakeRefused, SessionEnded, SessionEstablished, SessionRekeyed
+from veilgate.protocol.gateway import GatewayProtocol, Session
+from veilgate.transport.tcp import FramedConnection, serve_tcp
+from veilgate.tun import TunDevice, netlink
+
+log = logging.getLogger("veilgate.gateway")
+
+TUN_BATCH = 256
+UDP_BATCH = 256
+UDP_BUFFER = 4 * 1024 * 1024
+
+
+class UdpEndpoint:
+    """A client's UDP address; equal when host and port are equal."""
+
+    __slots__ = ("addr", "sock")
+    transport = "udp"
+
+    def __init__(self, addr: tuple[Any, ...], sock: socket.socket) -> None:
+        self.addr = addr[:2]
+        self.sock = sock
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, UdpEndpoint) and other.addr == self.addr
+
+    def __hash__(self) -> int:
+        return hash(self.addr)
+
+    def cookie_bytes(self) -> bytes:
+        host, port = self.addr
+        return ipaddress.ip_address(host.split("%")[0]).packed + int(port).to_bytes(2, "big")
+
+    def send(self, data: bytes) -> None:
+        try:
+            self.sock.sendto(data, self.addr)
+        except (BlockingIOError, InterruptedError):
+            pass  # socket buffer full: a datagram lost, as on the wire
+        except OSError as exc:
+            log.debug("udp send failed: %s", exc.strerror)
+
+
+class TcpEndpoint:
+    """A client's TCP connection; equal only to itself."""
+
+    __slots__ = ("conn",)
+    transport = "tcp"
+
+    def __init__(self, conn: FramedConnection) -> None:
+        self.conn = conn
+
+    def cookie_bytes(self) -> bytes:
+        host, port = self.conn.peer[:2]
+        return ipaddress.ip_address(host.split("%")[0]).packed + int(port).to_bytes(2, "big")
+
+    def send(self, data: bytes) -> None:
+        self.conn.send(data)
+
+
+Endpoint = UdpEndpoint | TcpEndpoint
+
+
+class Gateway:
+    def __init__(self, config: GatewayConfig, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.config = config
+        self.clock = clock
+        verifier = CredentialVerifier(
+            [IssuerPublicKey.from_bytes(k) for k in config.issuer_public_keys], max_skew=config.max_skew
+        )
+        self.core = GatewayProtocol(KeyPair.from_private_bytes(config.private_key), _WallClockCheck(verifier))
+        self.pool4 = AddressPool(config.pool_v4)
+        self.pool6 = AddressPool(config.pool_v6) if config.pool_v6 is not None else None
+        self.routes: dict[bytes, Session] = {}
+        self.counters: Counter[str] = Counter()
+        self.started = time.time()
+        self.tun: TunDevice | None = None
+        self.udp_socks: list[socket.socket] = []
+        self.tcp_servers: list[asyncio.AbstractServer] = []
+        self.tcp_conns: dict[FramedConnection, TcpEndpoint] = {}
+        self.status_server: asyncio.AbstractServer | None = None
+        self.nft: NftTable | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._stopping: asyncio.Event | None = None
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        cfg = self.config
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        self._stopping = asyncio.Event()
+        self.tun = TunDevice.create(cfg.tun_name, cfg.mtu)
+        netlink.disable_dad(self.tun.name)
+        netlink.add_address(self.tun.name, f"{self.pool4.gateway_address}/{cfg.pool_v4.prefixlen}")
+        if self.pool6 is not None and cfg.pool_v6 is not None:
+            netlink.add_address(self.tun.name, f"{self.pool6.gateway_address}/{cfg.pool_v6.prefixlen}")
+        netlink.set_link(self.tun.name, up=True, mtu=cfg.mtu)
+        loop.add_reader(self.tun.fd, self._on_tun_readable)
+
+        for host in [cfg.listen, cfg.listen6]:
+            if host is None:
+                continue
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            sock = socket.socket(family, socket.SOCK_DGRAM)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_BUFFER)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, UDP_BUFFER)
+            try:
+                sock.bind((host, cfg.udp_port))
+            except OSError as exc:
+                sock.close()
+                if family == socket.AF_INET6 and exc.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
+                    log.warning("IPv6 listening unavailable (%s); UDP on IPv4 only", exc.strerror)
+                    continue
+                raise
+            sock.setblocking(False)
+            self.udp_socks.append(sock)
+            loop.add_reader(sock.fileno(), self._on_udp_readable, sock)
+            server = await serve_tcp(host, cfg.tcp_port, self._on_tcp_datagram, self._on_tcp_close)
+            self.tcp_servers.append(server)
+
+        if cfg.nat or not cfg.client_to_client:
+            self.nft = NftTable(f"veilgate_{self.tun.name}")
+            body = ""
+            if not cfg.client_to_client:
+                body += gateway_isolation_rules(self.tun.name)
+            if cfg.nat and cfg.nat_interface:
+                pools = [str(cfg.pool_v4)] + ([str(cfg.pool_v6)] if cfg.pool_v6 else [])
+                body += gateway_nat_rules(pools, cfg.nat_interface)
+            self.nft.apply(body)
+
+        cfg.status_socket.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            cfg.status_socket.unlink()
+        self.status_server = await asyncio.start_unix_server(self._on_status, path=str(cfg.status_socket))
+        os.chmod(cfg.status_socket, 0o600)
+        log.info(
+            "gateway up: udp %d, tcp %d, tun %s, pools %s%s",
+            cfg.udp_port,
+            cfg.tcp_port,
+            self.tun.name,
+            cfg.pool_v4,
+            f" {cfg.pool_v6}" if cfg.pool_v6 else "",
+        )
+
+    async def run(self) -> None:
+        await self.start()
+        loop = asyncio.get_running_loop()
+        assert self._stopping is not None
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stopping.set)
+        try:
+            await self._stopping.wait()
+        finally:
+            await self.stop()
+
+    def request_stop(self) -> None:
+        if self._stopping is not None:
+            self._stopping.set()
+
+    async def stop(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._timer is not None:
+            self._timer.cancel()
+        for sock in self.udp_socks:
+            loop.remove_reader(sock.fileno())
+            sock.close()
+        self.udp_socks.clear()
+        for server in self.tcp_servers:
+            server.close()
+        for conn in list(self.tcp_conns):
+            conn.close()
+        self.tcp_servers.clear()
+        if self.status_server is not None:
+            self.status_server.close()
+            with contextlib.suppress(FileNotFoundError):
+                self.config.status_socket.unlink()
+        if self.tun is not None:
+            loop.remove_reader(self.tun.fd)
+            self.tun.close()
+            self.tun = None
+        if self.nft is not None:
+            self.nft.delete()
+        for session_id in list(self.core.sessions):
+            self.core.end_session(session_id, "gateway stopping")
+        self._process_events()
+        log.info("gateway stopped")
+
+    # ------------------------------------------------------------ I/O callbacks
+
+    def _on_udp_readable(self, sock: socket.socket) -> None:
+        now = self.clock()
+        core = self.core
+        tun_write = os.write
+        tun_fd = self.tun.fd if self.tun is not None else -1
+        recvfrom = sock.recvfrom
+        for _ in range(UDP_BATCH):
+            try:
+                data, addr = recvfrom(65535)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:  # e.g. ICMP errors reported on the socket
+                self.counters["udp-recv-error"] += 1
+                log.debug("udp receive error: %s", exc.strerror)
+                continue
+            packet = core.receive_datagram(data, UdpEndpoint(addr, sock), now)
+            if packet is not None:
+                self._deliver(packet, tun_write, tun_fd)
+        self._after_io(now)
+
+    def _on_tcp_datagram(self, data: bytes, conn: FramedConnection) -> None:
+        now = self.clock()
+        endpoint = self.tcp_conns.get(conn)
+        if endpoint is None:
+            if len(self.tcp_conns) >= self.config.max_tcp_connections:
+                self.counters["tcp-too-many"] += 1
+                conn.close()
+                return
+            endpoint = self.tcp_conns[conn] = TcpEndpoint(conn)
+        packet = self.core.receive_datagram(data, endpoint, now)
+        if packet is not None and self.tun is not None:
+            self._deliver(packet, os.write, self.tun.fd)
+        self._after_io(now)
+
+    def _on_tcp_close(self, conn: FramedConnection) -> None:
+        self.tcp_conns.pop(conn, None)
+
+    def _deliver(self, packet: bytes, tun_write: Callable[[int, bytes], int], tun_fd: int) -> None:
+        if not self.config.client_to_client:
+            dst = packet[16:20] if packet[0] >> 4 == 4 else packet[24:40]
+            if dst in self.routes:
+                self.counters["client-to-client-dropped"] += 1
+                return
+        try:
+            tun_write(tun_fd, packet)
+        except OSError as exc:
+            self.counters["tun-write-error"] += 1
+            log.debug("tun write failed: %s", exc.strerror)
+
+    def _on_tun_readable(self) -> None:
+        if self.tun is None:
+            return
+        now = self.clock()
+        fd = self.tun.fd
+        read = os.read
+        routes = self.routes
+        send_packet = self.core.send_packet
+        for _ in range(TUN_BATCH):
+            try:
+                packet = read(fd, 65535)
+            except (BlockingIOError, InterruptedError):
+                break
+            if not packet:
+                break
+            version = packet[0] >> 4
+            dst = packet[16:20] if version == 4 else packet[24:40]
+            session = routes.get(dst)
+            if session is None:
+                self.counters["tun-no-route"] += 1
+                continue
+            out = send_packet(session, packet, now)
+            if out is not None:
+                endpoint = out[1]
+                assert isinstance(endpoint, UdpEndpoint | TcpEndpoint)
+                endpoint.send(out[0])
+        self._after_io(now)
+
+    def _after_io(self, now: float) -> None:
+        for data, endpoint in self.core.datagrams_to_send():
+            assert isinstance(endpoint, UdpEndpoint | TcpEndpoint)
+            endpoint.send(data)
+        if self._process_events():
+            for data, endpoint in self.core.datagrams_to_send():
+                assert isinstance(endpoint, UdpEndpoint | TcpEndpoint)
+                endpoint.send(data)
+        self._arm_timer()
+
+    def _arm_timer(self) -> None:
+        at = self.core.get_timer()
+        if at == self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = at
+        if at is not None and self._loop is not None:
+            self._timer = self._loop.call_at(at, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        now = self.clock()
+        self.core.handle_timer(now)
+        self._after_io(now)
+
+    # ------------------------------------------------------------ sessions
+
+    def _process_events(self) -> bool:
+        """Handle the core's events; True if there were any."""
+        event = self.core.next_event()
+        if event is None:
+            return False
+        now = self.clock()
+        while event is not None:
+            if isinstance(event, SessionEstablished):
+                self._assign(event.session_id, now)
+            elif isinstance(event, SessionEnded):
+                self._release(event.session_id)
+                self.counters["sessions-ended"] += 1
+                log.info("session ended (%s); %d active", event.reason, len(self.core.sessions))
+            elif isinstance(event, SessionRekeyed):
+                self.counters["rekeys"] += 1
+                if event.identity_rotated:
+                    self.counters["identity-rotations"] += 1
+            elif isinstance(event, HandshakeRefused):
+                self.counters["refused-" + event.reason] += 1
+                log.warning("handshake refused: credential %s", event.reason)
+            event = self.core.next_event()
+        return True
+
+    def _assign(self, session_id: int, now: float) -> None:
+        cfg = self.config
+        session = self.core.sessions[session_id]
+        try:
+            v4 = self.pool4.allocate()
+            v6 = self.pool6.allocate() if self.pool6 is not None else None
+        except PoolExhausted:
+            log.error("address pool exhausted; refusing a session")
+            self.counters["pool-exhausted"] += 1
+            self.core.end_session(session_id, "pool exhausted")
+            return
+        tunnel = TunnelConfig(
+            ipv4=ipaddress.IPv4Interface(f"{v4}/{cfg.pool_v4.prefixlen}"),
+            ipv6=ipaddress.IPv6Interface(f"{v6}/{cfg.pool_v6.prefixlen}") if v6 and cfg.pool_v6 else None,
+            dns=tuple(cfg.dns),
+            routes=tuple(cfg.routes),
+            mtu=cfg.mtu,
+            lease=cfg.lease,
+            keepalive=10,
+        )
+        session.extra["addresses"] = (v4, v6)
+        self.routes[v4.packed] = session
+        if v6 is not None:
+            self.routes[v6.packed] = session
+        self.core.assign(session_id, tunnel, now)
+        self.counters["sessions-established"] += 1
+        log.info("session established; %d active", len(self.core.sessions))
+        log.debug("session %d assigned its addresses", session_id)
+
+    def _release(self, session_id: int) -> None:
+        for key, session in list(self.routes.items()):
+            if session.id == session_id:
+                del self.routes[key]
+                address = ipaddress.ip_address(key)
+                pool = self.pool4 if address.version == 4 else self.pool6
+                if pool is not None:
+                    pool.release(address)
+
+    # ------------------------------------------------------------ status
+
+    def status(self) -> dict[str, object]:
+        """Aggregate figures only: no keys, no client addresses, no tunnel addresses."""
+        now = self.clock()
+        sessions = list(self.core.sessions.values())
+        by_transport = Counter(getattr(s.endpoint, "transport", "?") for s in sessions)
+        return {
+            "role": "gateway",
+            "uptime": round(time.time() - self.started, 1),
+            "sessions": len(sessions),
+            "pending_handshakes": self.core.pending_handshakes,
+            "sessions_by_transport": dict(by_transport),
+            "session_list": [
+                {
+                    "transport": getattr(s.endpoint, "transport", "?"),
+                    "rx_bytes": s.rx_bytes,
+                    "tx_bytes": s.tx_bytes,
+                    "last_handshake_age": round(now - s.last_handshake, 1),
+                }
+                for s in sessions
+            ],
+            "rx_bytes": sum(s.rx_bytes for s in sessions),
+            "tx_bytes": sum(s.tx_bytes for s in sessions),
+            "pool_v4_in_use": self.pool4.in_use,
+            "tcp_connections": len(self.tcp_conns),
+            "counters": dict(self.core.counters + self.counters),
+        }
+
+    async def _on_status(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            writer.write(json.dumps(self.status()).encode() + b"\n")
+            await writer.drain()
+        finally:
+            writer.close()
+
+
+class _WallClockCheck:
+    """Credentials carry wall-clock validity windows; the core's ``now`` is monotonic.
+
+    This adapter gives the verifier the wall clock, the one place a daemon reads it.
+    """
+
+    def __init__(self, verifier: CredentialVerifier) -> None:
+        self.verifier = verifier
+
+    def verify(self, data: bytes, static_public: bytes, now: float) -> object:
+        return self.verifier.verify(data, static_public, time.time())
+
+
+def run_gateway(config: GatewayConfig) -> int:
+    logging.getLogger("veilgate").setLevel(config.log_level.upper())
+    gateway = Gateway(config)
+    asyncio.run(gateway.run())
+    return 0
+
+
+__all__ = ["Gateway", "run_gateway"]
