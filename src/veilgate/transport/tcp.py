@@ -1,0 +1,121 @@
+"""TCP carrier: framed datagrams over asyncio streams, with TCP_NODELAY and bounded buffers.
+
+Datagram semantics are kept: when a connection's write buffer is above its
+high-water mark, a datagram is dropped and counted rather than queued without
+bound (the tunnel's own TCP flows recover, as they would from loss on UDP).
+A malformed stream closes that connection only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import Callable
+from typing import Any
+
+from veilgate.transport.framing import FrameDecoder, FramingError, encode_frame
+
+log = logging.getLogger("veilgate.transport")
+
+WRITE_HIGH_WATER = 1024 * 1024
+READ_LIMIT = 256 * 1024
+
+OnDatagram = Callable[[bytes, "FramedConnection"], None]
+OnClose = Callable[["FramedConnection"], None]
+
+
+class FramedConnection(asyncio.Protocol):
+    """One TCP connection carrying framed datagrams. Hashable by identity."""
+
+    def __init__(self, on_datagram: OnDatagram, on_close: OnClose) -> None:
+        self.on_datagram = on_datagram
+        self.on_close = on_close
+        self.decoder = FrameDecoder()
+        self.transport: asyncio.Transport | None = None
+        self.peer: tuple[Any, ...] = ("", 0)
+        self.frames_in = 0
+        self.frames_out = 0
+        self.dropped = 0
+        self.malformed = 0
+        self.closed = False
+        self.connected: asyncio.Future[None] = asyncio.get_event_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.peer = transport.get_extra_info("peername") or ("", 0)
+        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+        if not self.connected.done():
+            self.connected.set_result(None)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            frames = self.decoder.feed(data)
+        except FramingError as exc:
+            self.malformed += 1
+            log.debug("closing a tcp connection: %s", exc)
+            self.close()
+            return
+        self.frames_in += len(frames)
+        for frame in frames:
+            if self.closed:
+                break
+            self.on_datagram(frame, self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.connected.done():
+            self.connected.set_exception(exc or ConnectionError("connection lost"))
+        if not self.closed:
+            self.closed = True
+            self.on_close(self)
+
+    def send(self, datagram: bytes) -> None:
+        transport = self.transport
+        if transport is None or self.closed or transport.is_closing():
+            self.dropped += 1
+            return
+        if transport.get_write_buffer_size() > WRITE_HIGH_WATER:
+            self.dropped += 1
+            return
+        transport.write(encode_frame(datagram))
+        self.frames_out += 1
+
+    def close(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+        if not self.closed:
+            self.closed = True
+            self.on_close(self)
+
+    __hash__ = object.__hash__
+
+    def __eq__(self, other: object) -> bool:
+        return self is other
+
+
+async def serve_tcp(host: str, port: int, on_datagram: OnDatagram, on_close: OnClose) -> asyncio.Server:
+    """Listen for framed connections; each gets its own FramedConnection."""
+    loop = asyncio.get_running_loop()
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    sock.bind((host, port))
+    sock.listen(1024)
+    sock.setblocking(False)
+    return await loop.create_server(lambda: FramedConnection(on_datagram, on_close), sock=sock)
+
+
+async def connect_tcp(
+    host: str, port: int, on_datagram: OnDatagram, on_close: OnClose, timeout: float = 5.0
+) -> FramedConnection:
+    loop = asyncio.get_running_loop()
+    _, conn = await asyncio.wait_for(
+        loop.create_connection(lambda: FramedConnection(on_datagram, on_close), host, port), timeout
+    )
+    return conn

@@ -1,0 +1,67 @@
+"""TCP framing: round trips, arbitrary splits, bounds, and arbitrary input."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from veilgate.transport.framing import MAX_FRAME, FrameDecoder, FramingError, encode_frame
+
+
+def test_round_trip_split_at_every_byte() -> None:
+    frames = [b"a", b"bc" * 100, bytes(range(256)) * 5, b"z" * MAX_FRAME]
+    stream = b"".join(encode_frame(f) for f in frames)
+    for cut in [*range(0, 600), len(stream) - 1]:
+        d = FrameDecoder()
+        got = d.feed(stream[:cut]) + d.feed(stream[cut:])
+        assert got == frames
+        assert d.buffered == 0
+
+
+def test_byte_by_byte() -> None:
+    frames = [b"x" * n for n in (1, 2, 1420, 3)]
+    d = FrameDecoder()
+    got: list[bytes] = []
+    for b in b"".join(encode_frame(f) for f in frames):
+        got += d.feed(bytes([b]))
+    assert got == frames
+
+
+def test_zero_length_frame_is_an_error() -> None:
+    with pytest.raises(FramingError):
+        FrameDecoder().feed(b"\x00\x00")
+    with pytest.raises(ValueError):
+        encode_frame(b"")
+    with pytest.raises(ValueError):
+        encode_frame(b"x" * (MAX_FRAME + 1))
+
+
+def test_buffer_bound() -> None:
+    d = FrameDecoder(max_buffer=MAX_FRAME + 2)
+    d.feed(b"\xff\xff" + b"x" * 1000)
+    with pytest.raises(FramingError):
+        d.feed(b"x" * (MAX_FRAME + 2))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.binary(max_size=3000), max_size=20))
+def test_arbitrary_chunks_give_frames_or_framing_error(chunks: list[bytes]) -> None:
+    d = FrameDecoder()
+    try:
+        for c in chunks:
+            for f in d.feed(c):
+                assert 0 < len(f) <= MAX_FRAME
+    except FramingError:
+        pass
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.binary(min_size=1, max_size=2000), max_size=20), st.integers(min_value=1, max_value=97))
+def test_any_frames_any_chunking(frames: list[bytes], step: int) -> None:
+    stream = b"".join(encode_frame(f) for f in frames)
+    d = FrameDecoder()
+    got: list[bytes] = []
+    for i in range(0, len(stream), step):
+        got += d.feed(stream[i : i + step])
+    assert got == frames
