@@ -89,7 +89,7 @@ class SystemState:
         state = cls(path)
         try:
             data = json.loads(path.read_text())
-            state.routes = [tuple(r) for r in data.get("routes", [])]  # type: ignore[misc]
+            state.routes = [tuple(r) for r in data.get("routes", [])]
             state.dns_applied = bool(data.get("dns_applied"))
             state.nft_table = data.get("nft_table")
         except (OSError, ValueError):

@@ -1,0 +1,97 @@
+"""nftables rules, applied through the ``nft`` command, one table per owner.
+
+Each owner (the gateway's NAT and isolation, the client's kill switch, a test
+router's UDP block) owns one ``inet`` table and replaces it atomically: the
+whole table is deleted and recreated in one ``nft -f`` transaction.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import shutil
+import subprocess
+
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+
+
+class NftError(Exception):
+    pass
+
+
+class NftTable:
+    def __init__(self, name: str, netns: str | None = None) -> None:
+        if not _NAME.match(name):
+            raise ValueError(f"bad nftables table name {name!r}")
+        self.name = name
+        self.netns = netns
+
+    def _nft(self, script: str) -> None:
+        nft = shutil.which("nft")
+        if nft is None:
+            raise NftError("the nft command is missing: apt-get install nftables")
+        cmd = [nft, "-f", "-"]
+        if self.netns is not None:
+            cmd = ["ip", "netns", "exec", self.netns, *cmd]
+        result = subprocess.run(cmd, input=script, text=True, capture_output=True, check=False)
+        if result.returncode != 0:
+            raise NftError(f"nft refused the rules for table {self.name}: {result.stderr.strip()}")
+
+    def apply(self, body: str) -> None:
+        """Replace the table with ``body`` (chains and sets) in one transaction."""
+        reset = f"table inet {self.name} {{}}\ndelete table inet {self.name}\n"
+        self._nft(f"{reset}table inet {self.name} {{\n{body}}}\n")
+
+    def delete(self) -> None:
+        self._nft(f"table inet {self.name} {{}}\ndelete table inet {self.name}\n")
+
+
+def gateway_isolation_rules(tun: str) -> str:
+    """Clients cannot reach each other through the gateway (defence in depth; the daemon also drops)."""
+    return (
+        "  chain forward_isolation {\n"
+        "    type filter hook forward priority filter; policy accept;\n"
+        f'    iifname "{tun}" oifname "{tun}" drop\n'
+        "  }\n"
+    )
+
+
+def gateway_nat_rules(pools: list[str], out_interface: str) -> str:
+    """Masquerade traffic from the tunnel pools leaving by ``out_interface``."""
+    lines = []
+    for pool in pools:
+        family = "ip" if ipaddress.ip_network(pool).version == 4 else "ip6"
+        lines.append(f'    {family} saddr {pool} oifname "{out_interface}" masquerade\n')
+    return (
+        "  chain postrouting_nat {\n"
+        "    type nat hook postrouting priority srcnat; policy accept;\n" + "".join(lines) + "  }\n"
+    )
+
+
+def kill_switch_rules(tun: str, gateway: str, udp_port: int, tcp_port: int) -> str:
+    """While active, nothing leaves but loopback, the tunnel, and the client's traffic to the gateway."""
+    family = "ip" if ipaddress.ip_address(gateway).version == 4 else "ip6"
+    return (
+        "  chain output_killswitch {\n"
+        "    type filter hook output priority filter; policy drop;\n"
+        '    oifname "lo" accept\n'
+        f'    oifname "{tun}" accept\n'
+        f"    {family} daddr {gateway} udp dport {udp_port} accept\n"
+        f"    {family} daddr {gateway} tcp dport {tcp_port} accept\n"
+        "  }\n"
+        "  chain forward_killswitch {\n"
+        "    type filter hook forward priority filter; policy drop;\n"
+        f'    oifname "{tun}" accept\n'
+        f'    iifname "{tun}" ct state established,related accept\n'
+        "  }\n"
+    )
+
+
+def block_udp_rules() -> str:
+    """Drop every forwarded UDP datagram: a hostile network, for tests and the demo."""
+    return (
+        "  chain forward_block_udp {\n"
+        "    type filter hook forward priority filter; policy accept;\n"
+        "    meta l4proto udp drop\n"
+        "  }\n"
+    )
