@@ -7,7 +7,7 @@ from veilgate.client.paths import TCP, UDP, Act, Action, PathManager
 
 def test_udp_answers_first() -> None:
     pm = PathManager()
-    assert pm.start(0.0) == [Action(Act.SEND_HANDSHAKE, UDP)]
+    assert pm.start(0.0) == []
     pm.response_on(UDP, 0.05)
     assert pm.active == UDP
     assert pm.handle_timer(0.5) == []

@@ -91,7 +91,7 @@ class PathManager:
         if self.mode == TCP:
             return self._open_tcp()
         self._race_at = now + self.udp_grace if self.mode == "auto" else _INF
-        return [Action(Act.SEND_HANDSHAKE, UDP)]
+        return []  # the first handshake message goes out on UDP with the core's other datagrams
 
     def handshake_started(self, now: float) -> list[Action]:
         """The core began a new handshake (rekey or after a stall): where to send it."""

@@ -1,10 +1,21 @@
-"""Addresses, links and routes over netlink, with pyroute2."""
+"""Addresses, links and routes over netlink, with pyroute2.
+
+pyroute2's synchronous ``IPRoute`` drives an asyncio loop of its own and so
+cannot be used from inside a running loop; the daemons call these functions
+from their loop, so each call runs on a worker thread when a loop is running
+in the caller's thread (configuration changes are rare and take milliseconds).
+"""
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import functools
 import ipaddress
+from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path
+from typing import ParamSpec, TypeVar
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
@@ -14,6 +25,23 @@ class RouteError(Exception):
     pass
 
 
+P = ParamSpec("P")
+R = TypeVar("R")
+_worker = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="veilgate-netlink")
+
+
+def _off_loop(fn: Callable[P, R]) -> Callable[P, R]:
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return fn(*args, **kwargs)
+        return _worker.submit(fn, *args, **kwargs).result()
+
+    return wrapper
+
+
 def _index(ipr: IPRoute, name: str) -> int:
     found = ipr.link_lookup(ifname=name)
     if not found:
@@ -21,6 +49,7 @@ def _index(ipr: IPRoute, name: str) -> int:
     return int(found[0])
 
 
+@_off_loop
 def set_link(name: str, *, up: bool = True, mtu: int | None = None) -> None:
     with IPRoute() as ipr:
         idx = _index(ipr, name)
@@ -37,6 +66,7 @@ def disable_dad(name: str) -> None:
             Path(f"/proc/sys/net/ipv6/conf/{name}/{key}").write_text("0")
 
 
+@_off_loop
 def add_address(name: str, interface: str) -> None:
     """Add ``interface`` (e.g. '10.201.3.4/16') to the link; adding it twice is not an error."""
     iface = ipaddress.ip_interface(interface)
@@ -49,6 +79,7 @@ def add_address(name: str, interface: str) -> None:
                 raise RouteError(f"cannot add {interface} to {name}: {exc}") from exc
 
 
+@_off_loop
 def delete_address(name: str, interface: str) -> None:
     iface = ipaddress.ip_interface(interface)
     with IPRoute() as ipr:
@@ -57,6 +88,7 @@ def delete_address(name: str, interface: str) -> None:
             ipr.addr("del", index=idx, address=str(iface.ip), prefixlen=iface.network.prefixlen)
 
 
+@_off_loop
 def add_route(dst: str, *, gateway: str | None = None, device: str | None = None) -> None:
     net = ipaddress.ip_network(dst)
     with IPRoute() as ipr:
@@ -72,6 +104,7 @@ def add_route(dst: str, *, gateway: str | None = None, device: str | None = None
             raise RouteError(f"cannot add route {dst}: {exc}") from exc
 
 
+@_off_loop
 def delete_route(dst: str, *, gateway: str | None = None, device: str | None = None) -> None:
     net = ipaddress.ip_network(dst)
     with IPRoute() as ipr:
@@ -88,6 +121,7 @@ def delete_route(dst: str, *, gateway: str | None = None, device: str | None = N
             ipr.route("del", **kwargs)
 
 
+@_off_loop
 def route_to(address: str) -> tuple[str | None, str] | None:
     """The (gateway, device) the kernel uses to reach ``address`` now, or None."""
     with IPRoute() as ipr:

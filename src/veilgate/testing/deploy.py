@@ -1,0 +1,223 @@
+"""Deploy a gateway and clients into a Topology, from freshly generated keys and credentials.
+
+Used by the end-to-end tests and by ``make demo``.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from veilgate.config.keys import encode_key, write_key_file
+from veilgate.credentials import IssuerKey, issue
+from veilgate.protocol.crypto import KeyPair
+from veilgate.testing import netns
+from veilgate.testing.netns import Topology
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return json.dumps(str(value))
+
+
+def _toml(sections: dict[str, dict[str, object]]) -> str:
+    out = []
+    for name, fields in sections.items():
+        out.append(f"[{name}]")
+        out += [f"{k} = {_toml_value(v)}" for k, v in fields.items()]
+        out.append("")
+    return "\n".join(out)
+
+
+class Deployment:
+    def __init__(self, topo: Topology, workdir: Path, *, udp_port: int = 51820, tcp_port: int = 8443) -> None:
+        self.topo = topo
+        self.dir = workdir
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.udp_port = udp_port
+        self.tcp_port = tcp_port
+        self.issuer = IssuerKey.generate()
+        self.gateway_key = KeyPair.generate()
+        write_key_file(self.dir / "gateway.key", self.gateway_key.private_bytes())
+        self.gateway_proc: subprocess.Popen[Any] | None = None
+        self.clients: dict[str, subprocess.Popen[Any]] = {}
+        self.gateway_tun = f"vgt{topo.tag}"
+
+    # ---- gateway
+
+    @property
+    def gateway_socket(self) -> Path:
+        return self.dir / "gateway.sock"
+
+    def gateway_config(self, **overrides: object) -> Path:
+        gw: dict[str, object] = {
+            "private_key_file": str(self.dir / "gateway.key"),
+            "listen": netns.GATEWAY_V4,
+            "listen6": "",
+            "udp_port": self.udp_port,
+            "tcp_port": self.tcp_port,
+            "tun_name": self.gateway_tun,
+            "pool_v4": netns.TUNNEL_POOL_V4,
+            "pool_v6": netns.TUNNEL_POOL_V6,
+            "dns": ["10.201.0.1"],
+            "status_socket": str(self.gateway_socket),
+            "log_level": "info",
+        }
+        gw.update(overrides)
+        cred: dict[str, object] = {"issuer_public_keys": [encode_key(self.issuer.public_key().to_bytes())]}
+        path = self.dir / "gateway.toml"
+        path.write_text(_toml({"gateway": gw, "credentials": cred}))
+        return path
+
+    def start_gateway(self, **overrides: object) -> subprocess.Popen[Any]:
+        config = self.gateway_config(**overrides)
+        log = (self.dir / "gateway.log").open("a")
+        self.gateway_proc = self.topo.spawn(
+            self.topo.gateway,
+            sys.executable,
+            "-m",
+            "veilgate",
+            "gateway",
+            "--config",
+            str(config),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        wait_for(self.gateway_socket.exists, 10, "the gateway to start", self.dir / "gateway.log")
+        return self.gateway_proc
+
+    def stop_gateway(self) -> int:
+        assert self.gateway_proc is not None
+        code = self.topo.stop(self.gateway_proc)
+        self.gateway_proc = None
+        return code
+
+    # ---- clients
+
+    def make_client(
+        self,
+        name: str = "c1",
+        *,
+        lifetime: int = 3600,
+        now: float | None = None,
+        forged: bool = False,
+        **overrides: object,
+    ) -> Path:
+        key = KeyPair.generate()
+        write_key_file(self.dir / f"{name}.key", key.private_bytes())
+        issuer = IssuerKey.generate() if forged else self.issuer
+        credential = issue(
+            issuer, key.public, time.time() if now is None else now, lifetime=lifetime, granularity=1
+        )
+        (self.dir / f"{name}.cred").write_text(encode_key(credential.encode()) + "\n")
+        client: dict[str, object] = {
+            "gateway_host": netns.GATEWAY_V4,
+            "gateway_public_key": encode_key(self.gateway_key.public),
+            "private_key_file": str(self.dir / f"{name}.key"),
+            "credential_file": str(self.dir / f"{name}.cred"),
+            "udp_port": self.udp_port,
+            "tcp_port": self.tcp_port,
+            "tun_name": f"vg{self.topo.tag}{name}"[:15],
+            "state_dir": str(self.dir / f"{name}-state"),
+            "status_socket": str(self.client_socket(name)),
+            "reprobe_interval": 2.0,
+            "log_level": "info",
+        }
+        client.update(overrides)
+        path = self.dir / f"{name}.toml"
+        path.write_text(_toml({"client": client}))
+        return path
+
+    def client_socket(self, name: str) -> Path:
+        return self.dir / f"{name}.sock"
+
+    def start_client(
+        self, name: str = "c1", ns: str | None = None, **overrides: object
+    ) -> subprocess.Popen[Any]:
+        config = self.dir / f"{name}.toml"
+        if overrides or not config.exists():
+            config = self.make_client(name, **overrides)
+        log = (self.dir / f"{name}.log").open("a")
+        proc = self.topo.spawn(
+            ns or self.topo.client,
+            sys.executable,
+            "-m",
+            "veilgate",
+            "connect",
+            "--config",
+            str(config),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        self.clients[name] = proc
+        wait_for(
+            lambda: self.client_socket(name).exists(), 10, f"client {name} to start", self.dir / f"{name}.log"
+        )
+        return proc
+
+    def stop_client(self, name: str = "c1") -> int:
+        return self.topo.stop(self.clients.pop(name))
+
+    # ---- status
+
+    def status(self, sock: Path) -> dict[str, Any]:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(5)
+            s.connect(str(sock))
+            data = b""
+            while chunk := s.recv(65536):
+                data += chunk
+        result: dict[str, Any] = json.loads(data)
+        return result
+
+    def client_status(self, name: str = "c1") -> dict[str, Any]:
+        return self.status(self.client_socket(name))
+
+    def gateway_status(self) -> dict[str, Any]:
+        return self.status(self.gateway_socket)
+
+    def wait_client(
+        self, name: str = "c1", *, transport: str | None = None, timeout: float = 15
+    ) -> dict[str, Any]:
+        """Wait until the client is connected with an address (on ``transport`` if given)."""
+        last: dict[str, Any] = {}
+
+        def ready() -> bool:
+            nonlocal last
+            try:
+                last = self.client_status(name)
+            except OSError:
+                return False
+            return bool(last.get("connected") and last.get("ipv4")) and (
+                transport is None or last.get("transport") == transport
+            )
+
+        wait_for(
+            ready,
+            timeout,
+            f"client {name} connected{' on ' + transport if transport else ''}",
+            self.dir / f"{name}.log",
+        )
+        return last
+
+
+def wait_for(predicate: Any, timeout: float, what: str, log: Path | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    tail = ""
+    if log is not None and log.exists():
+        tail = "\n--- " + str(log) + " ---\n" + "\n".join(log.read_text().splitlines()[-30:])
+    raise TimeoutError(f"timed out after {timeout} s waiting for {what}{tail}")
