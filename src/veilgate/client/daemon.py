@@ -134,6 +134,7 @@ class Client:
         self._stopping: asyncio.Event | None = None
         self.status_server: asyncio.AbstractServer | None = None
         self.counters: dict[str, int] = {}
+        self._logged_switches = 0
 
     # ------------------------------------------------------------ lifecycle
 
@@ -153,7 +154,7 @@ class Client:
             )
             log.info("kill switch on: only traffic to the gateway leaves while the tunnel is down")
         self.tun = TunDevice.create(cfg.tun_name, 1420)
-        netlink.disable_dad(self.tun.name)
+        netlink.prepare_tunnel_interface(self.tun.name)
         loop.add_reader(self.tun.fd, self._on_tun_readable)
         if cfg.transport != TCP:
             self.udp = socket.socket(self.family, socket.SOCK_DGRAM)
@@ -407,9 +408,9 @@ class Client:
             elif isinstance(event, HandshakeTimeout):
                 log.warning("the gateway has not answered for 90 s; still trying")
         switches = self.paths.switches
-        if switches and switches[-1].at == now and switches[-1].new != getattr(self, "_logged_switch", None):
-            sw = switches[-1]
-            self._logged_switch = sw.new
+        while self._logged_switches < len(switches):
+            sw = switches[self._logged_switches]
+            self._logged_switches += 1
             log.info("on %s (%s, %.2f s)", sw.new, sw.why, sw.took)
 
     # ------------------------------------------------------------ system configuration
@@ -418,20 +419,21 @@ class Client:
         assert self.tun is not None
         tun = self.tun.name
         old = self.applied
-        if old is not None:
-            for iface in (old.ipv4, old.ipv6):
-                if iface is not None:
-                    with contextlib.suppress(Exception):
-                        netlink.delete_address(tun, str(iface))
         netlink.set_link(tun, up=True, mtu=config.mtu)
+        # New addresses first: removing a device's last address makes the kernel drop its routes.
         for iface in (config.ipv4, config.ipv6):
             if iface is not None:
                 netlink.add_address(tun, str(iface))
+        if old is not None:
+            for iface in (old.ipv4, old.ipv6):
+                if iface is not None and iface not in (config.ipv4, config.ipv6):
+                    with contextlib.suppress(Exception):
+                        netlink.delete_address(tun, str(iface))
         if old is None:
             self._pin_gateway_route()
-            for net in config.routes:
-                for half in _halves(net):
-                    self._add_route(half, None, tun)
+        for net in config.routes:
+            for half in _halves(net):
+                self._add_route(half, None, tun)
         if self.config.apply_dns and config.dns and not self.state.dns_applied:
             dns.apply_dns([str(a) for a in config.dns], self.dns_state)
             self.state.dns_applied = True
@@ -460,8 +462,9 @@ class Client:
         except Exception as exc:
             log.warning("could not add route %s: %s", dst, exc)
             return
-        self.state.routes.append((dst, gateway, device))
-        self.state.save()
+        if (dst, gateway, device) not in self.state.routes:
+            self.state.routes.append((dst, gateway, device))
+            self.state.save()
 
     # ------------------------------------------------------------ status
 

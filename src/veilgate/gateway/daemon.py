@@ -125,7 +125,7 @@ class Gateway:
         self._loop = loop
         self._stopping = asyncio.Event()
         self.tun = TunDevice.create(cfg.tun_name, cfg.mtu)
-        netlink.disable_dad(self.tun.name)
+        netlink.prepare_tunnel_interface(self.tun.name)
         netlink.add_address(self.tun.name, f"{self.pool4.gateway_address}/{cfg.pool_v4.prefixlen}")
         if self.pool6 is not None and cfg.pool_v6 is not None:
             netlink.add_address(self.tun.name, f"{self.pool6.gateway_address}/{cfg.pool_v6.prefixlen}")

@@ -127,7 +127,7 @@ class Deployment:
             "credential_file": str(self.dir / f"{name}.cred"),
             "udp_port": self.udp_port,
             "tcp_port": self.tcp_port,
-            "tun_name": f"vg{self.topo.tag}{name}"[:15],
+            "tun_name": f"vgu{self.topo.tag}{name}"[:15],
             "state_dir": str(self.dir / f"{name}-state"),
             "status_socket": str(self.client_socket(name)),
             "reprobe_interval": 2.0,
@@ -141,12 +141,11 @@ class Deployment:
     def client_socket(self, name: str) -> Path:
         return self.dir / f"{name}.sock"
 
-    def start_client(
-        self, name: str = "c1", ns: str | None = None, **overrides: object
-    ) -> subprocess.Popen[Any]:
+    def start_client(self, name: str = "c1", ns: str | None = None) -> subprocess.Popen[Any]:
+        """Start client ``name`` (made with ``make_client`` first, or with its defaults)."""
         config = self.dir / f"{name}.toml"
-        if overrides or not config.exists():
-            config = self.make_client(name, **overrides)
+        if not config.exists():
+            config = self.make_client(name)
         log = (self.dir / f"{name}.log").open("a")
         proc = self.topo.spawn(
             ns or self.topo.client,

@@ -102,6 +102,29 @@ class Topology:
         self.ns_run(self.internet, "ip", "route", "add", TUNNEL_POOL_V4, "via", GATEWAY_I_V4)
         self.ns_run(self.internet, "ip", "-6", "route", "add", TUNNEL_POOL_V6, "via", GATEWAY_I_V6)
 
+    def add_client(self, n: int) -> tuple[str, str]:
+        """Another client host behind the router, on 172.31.(3+n).0/24; returns (namespace, its address)."""
+        if not 2 <= n <= 9:
+            raise ValueError("extra clients are numbered 2 to 9")
+        ns = f"vgc{n}{self.tag}"
+        _run("ip", "netns", "add", ns)
+        self.namespaces.append(ns)
+        etc = Path("/etc/netns") / ns
+        etc.mkdir(parents=True, exist_ok=True)
+        (etc / "resolv.conf").write_text("# resolv.conf of a veilgate test namespace\n")
+        self.ns_run(ns, "ip", "link", "set", "lo", "up")
+        dev_c, dev_r = f"vg{self.tag}c{n}", f"vg{self.tag}r{n}x"
+        self._link(ns, dev_c, self.router, dev_r)
+        v4, rv4 = f"172.31.{3 + n}.2", f"172.31.{3 + n}.1"
+        v6, rv6 = f"fd00:31:{3 + n}::2", f"fd00:31:{3 + n}::1"
+        self._addr(ns, dev_c, v4, 24, v6)
+        self._addr(self.router, dev_r, rv4, 24, rv6)
+        self.ns_run(ns, "ip", "route", "add", "default", "via", rv4)
+        self.ns_run(ns, "ip", "-6", "route", "add", "default", "via", rv6)
+        self.ns_run(self.gateway, "ip", "route", "add", f"172.31.{3 + n}.0/24", "via", ROUTER_G_V4)
+        self.ns_run(self.gateway, "ip", "-6", "route", "add", f"fd00:31:{3 + n}::/64", "via", ROUTER_G_V6)
+        return ns, v4
+
     def _link(self, ns_a: str, dev_a: str, ns_b: str, dev_b: str) -> None:
         _run("ip", "link", "add", dev_a, "netns", ns_a, "type", "veth", "peer", "name", dev_b, "netns", ns_b)
         self.ns_run(ns_a, "ip", "link", "set", dev_a, "up")

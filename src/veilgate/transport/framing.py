@@ -2,7 +2,8 @@
 
 This is the convention of udp-over-tcp tools; it lets the protocol's datagrams
 travel unchanged over a stream. The decoder is bounded: a peer cannot make it
-buffer more than ``max_buffer`` bytes.
+keep more than ``max_buffer`` bytes between reads (at most one partial frame
+is ever kept, so the default bound is the largest frame).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Final
 from veilgate.protocol.errors import RemoteProtocolError
 
 MAX_FRAME: Final = 65535
-DEFAULT_MAX_BUFFER: Final = 4 * (MAX_FRAME + 2)
+DEFAULT_MAX_BUFFER: Final = MAX_FRAME + 2
 
 
 class FramingError(RemoteProtocolError):
@@ -47,8 +48,6 @@ class FrameDecoder:
         if self._pos and (self._pos > 65536 or self._pos * 2 > len(buf)):
             del buf[: self._pos]  # compact now and then, not on every frame
             self._pos = 0
-        if len(buf) - self._pos + len(data) > self.max_buffer:
-            raise FramingError("peer sent more than the framing buffer holds")
         buf += data
         frames = []
         pos = self._pos
@@ -65,4 +64,6 @@ class FrameDecoder:
             buf.clear()
             pos = 0
         self._pos = pos
+        if len(buf) - pos > self.max_buffer:
+            raise FramingError("peer left more unframed bytes than the framing buffer holds")
         return frames

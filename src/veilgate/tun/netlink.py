@@ -59,11 +59,18 @@ def set_link(name: str, *, up: bool = True, mtu: int | None = None) -> None:
         ipr.link("set", **kwargs)
 
 
-def disable_dad(name: str) -> None:
-    """Make IPv6 addresses on ``name`` usable at once (no duplicate address detection delay)."""
+def prepare_tunnel_interface(name: str) -> None:
+    """Settings a tunnel interface wants before it gets addresses.
+
+    IPv6 addresses usable at once (no duplicate address detection delay), and an
+    IPv4 address added in the same subnet as an old one survives the old one's
+    removal (``promote_secondaries``), so a client can change address in place.
+    """
     for key in ("accept_dad", "dad_transmits"):
         with suppress(OSError):
             Path(f"/proc/sys/net/ipv6/conf/{name}/{key}").write_text("0")
+    with suppress(OSError):
+        Path(f"/proc/sys/net/ipv4/conf/{name}/promote_secondaries").write_text("1")
 
 
 @_off_loop

@@ -1,0 +1,306 @@
+"""The VPN end to end: real TUN devices, namespaces, veths, nftables, ping and curl."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from veilgate.config.keys import decode_key, encode_key
+from veilgate.protocol.crypto import KeyPair
+from veilgate.testing import Topology, netns
+from veilgate.testing.deploy import Deployment, wait_for
+
+from .conftest import WebServer
+
+pytestmark = pytest.mark.e2e
+
+
+def ping(topo: Topology, ns: str, address: str, count: int = 3, timeout: float = 2) -> bool:
+    cmd = [
+        "ping",
+        "-6" if ":" in address else "-4",
+        "-c",
+        str(count),
+        "-i",
+        "0.2",
+        "-W",
+        str(timeout),
+        address,
+    ]
+    return topo.ns_run(ns, *cmd, check=False, timeout=30).returncode == 0
+
+
+def download(topo: Topology, ns: str, url: str, dest: Path, max_time: float = 60) -> str:
+    topo.ns_run(
+        ns, "curl", "-sS", "--fail", "--max-time", str(max_time), "-o", str(dest), url, timeout=max_time + 10
+    )
+    return hashlib.sha256(dest.read_bytes()).hexdigest()
+
+
+def test_ping_v4_and_v6_and_transfer_with_checksum(
+    deploy: Deployment, web: WebServer, tmp_path: Path
+) -> None:
+    topo = deploy.topo
+    assert not ping(topo, topo.client, netns.INTERNET_V4, count=1, timeout=1), "no tunnel yet: no way out"
+    deploy.start_client("c1")
+    status = deploy.wait_client("c1")
+    assert status["transport"] == "udp"
+    assert ping(topo, topo.client, netns.INTERNET_V4)
+    assert ping(topo, topo.client, netns.INTERNET_V6)
+    assert download(topo, topo.client, web.url4, tmp_path / "b4") == web.sha256
+    assert download(topo, topo.client, web.url6, tmp_path / "b6") == web.sha256
+    gw = deploy.gateway_status()
+    assert gw["sessions"] == 1 and gw["sessions_by_transport"] == {"udp": 1}
+    assert gw["rx_bytes"] > 0 and gw["tx_bytes"] > 2 * web.size
+
+
+def test_udp_blocked_from_the_start_connects_over_tcp(deploy: Deployment) -> None:
+    topo = deploy.topo
+    topo.block_udp()
+    deploy.make_client("c1", udp_grace=0.3)
+    deploy.start_client("c1")
+    status = deploy.wait_client("c1", transport="tcp", timeout=10)
+    first = status["switches"][0]
+    assert first["to"] == "tcp"
+    # TCP is raced 0.3 s after the UDP attempt; the first packet flows within 1 s after that.
+    assert first["took"] < 0.3 + 1.0, status
+    assert ping(topo, topo.client, netns.INTERNET_V4)
+    assert deploy.gateway_status()["sessions_by_transport"] == {"tcp": 1}
+
+
+def test_udp_blocked_mid_transfer_then_back(deploy: Deployment, web: WebServer, tmp_path: Path) -> None:
+    topo = deploy.topo
+    deploy.make_client("c1", reprobe_interval=2.0)
+    deploy.start_client("c1")
+    deploy.wait_client("c1", transport="udp")
+    dest = tmp_path / "blob"
+    # A slow transfer (rate-limited) so that the block lands in its middle.
+    curl = topo.spawn(
+        topo.client,
+        "curl",
+        "-sS",
+        "--fail",
+        "--limit-rate",
+        "1M",
+        "--max-time",
+        "60",
+        "-o",
+        str(dest),
+        web.url4,
+        stderr=subprocess.PIPE,
+    )
+    time.sleep(2)
+    assert curl.poll() is None, "the transfer ended before UDP was blocked"
+    topo.block_udp()
+    deploy.wait_client("c1", transport="tcp", timeout=15)
+    assert curl.wait(timeout=60) == 0, curl.stderr.read() if curl.stderr else ""
+    assert hashlib.sha256(dest.read_bytes()).hexdigest() == web.sha256
+    t0 = time.monotonic()
+    topo.unblock_udp()
+    deploy.wait_client("c1", transport="udp", timeout=2.0 + 3.0)
+    assert time.monotonic() - t0 < 2.0 + 3.0
+    assert ping(topo, topo.client, netns.INTERNET_V4)
+    switches = deploy.client_status("c1")["switches"]
+    assert [s["to"] for s in switches] == ["udp", "tcp", "udp"]
+
+
+def test_two_clients_get_distinct_addresses_and_cannot_reach_each_other(deploy: Deployment) -> None:
+    topo = deploy.topo
+    ns2, _ = topo.add_client(2)
+    deploy.start_client("c1")
+    deploy.make_client("c2")
+    deploy.start_client("c2", ns=ns2)
+    a = deploy.wait_client("c1")
+    b = deploy.wait_client("c2")
+    ip_a, ip_b = a["ipv4"].split("/")[0], b["ipv4"].split("/")[0]
+    assert ip_a != ip_b and a["ipv6"] != b["ipv6"]
+    assert ping(topo, topo.client, netns.INTERNET_V4)
+    assert ping(topo, ns2, netns.INTERNET_V4)
+    assert not ping(topo, topo.client, ip_b, count=2, timeout=1)
+    assert not ping(topo, ns2, ip_a, count=2, timeout=1)
+    assert deploy.gateway_status()["counters"].get("client-to-client-dropped", 0) >= 2
+
+
+def test_gateway_restart_client_reconnects(deploy: Deployment) -> None:
+    topo = deploy.topo
+    deploy.start_client("c1")
+    deploy.wait_client("c1")
+    assert deploy.stop_gateway() == 0
+    deploy.start_gateway()
+    wait_for(
+        lambda: ping(topo, topo.client, netns.INTERNET_V4, count=1, timeout=1), 20, "traffic after restart"
+    )
+    assert deploy.gateway_status()["sessions"] == 1
+
+
+@pytest.mark.parametrize("case", ["expired", "forged"])
+def test_bad_credential_refused_others_undisturbed(deploy: Deployment, case: str) -> None:
+    topo = deploy.topo
+    ns2, _ = topo.add_client(2)
+    deploy.start_client("c1")
+    deploy.wait_client("c1")
+    if case == "expired":
+        deploy.make_client("bad", now=time.time() - 7200, lifetime=600)
+    else:
+        deploy.make_client("bad", forged=True)
+    deploy.start_client("bad", ns=ns2)
+    wait_for(
+        lambda: (
+            deploy.gateway_status()["counters"].get(
+                f"refused-{'expired' if case == 'expired' else 'unknown-issuer'}", 0
+            )
+            > 0
+        ),
+        10,
+        "the refusal",
+    )
+    assert not deploy.client_status("bad")["connected"]
+    assert deploy.gateway_status()["sessions"] == 1
+    assert ping(topo, topo.client, netns.INTERNET_V4)
+    log = (deploy.dir / "gateway.log").read_text()
+    assert "handshake refused: credential" in log
+
+
+def test_kill_switch_blocks_traffic_while_tunnel_is_down(deploy: Deployment) -> None:
+    topo = deploy.topo
+    # Without the kill switch the client's ISP network is reachable directly.
+    assert ping(topo, topo.client, netns.ROUTER_C_V4, count=1)
+    deploy.make_client("c1", kill_switch=True)
+    deploy.start_client("c1")
+    deploy.wait_client("c1")
+    assert ping(topo, topo.client, netns.INTERNET_V4)
+    deploy.stop_gateway()
+    wait_for(lambda: not deploy.client_status("c1")["connected"] or True, 5, "")
+    # The tunnel is down: nothing leaves but traffic to the gateway.
+    assert not ping(topo, topo.client, netns.ROUTER_C_V4, count=2, timeout=1)
+    assert not ping(topo, topo.client, netns.INTERNET_V4, count=2, timeout=1)
+    r = topo.ns_run(
+        topo.client, "curl", "-s", "--max-time", "2", f"http://{netns.ROUTER_C_V4}:9/", check=False
+    )
+    assert r.returncode != 0
+    # Stopping the client on purpose lifts it.
+    deploy.stop_client("c1")
+    assert ping(topo, topo.client, netns.ROUTER_C_V4, count=1)
+
+
+def test_client_restores_routes_and_dns_on_exit_and_after_a_crash(deploy: Deployment) -> None:
+    topo = deploy.topo
+    resolv = Path("/etc/netns") / topo.client / "resolv.conf"
+    original = resolv.read_text()
+    deploy.start_client("c1")
+    deploy.wait_client("c1")
+    assert "nameserver 10.201.0.1" in resolv.read_text()
+    routes = topo.ns_run(topo.client, "ip", "route").stdout
+    assert "0.0.0.0/1" in routes and netns.GATEWAY_V4 in routes
+    assert deploy.stop_client("c1") == 0
+    assert resolv.read_text() == original
+    routes = topo.ns_run(topo.client, "ip", "route").stdout
+    assert "0.0.0.0/1" not in routes and f"{netns.GATEWAY_V4} via" not in routes
+    # A crash (SIGKILL) leaves DNS and the gateway route behind; the next start repairs them.
+    proc = deploy.start_client("c1")
+    deploy.wait_client("c1")
+    proc.kill()
+    proc.wait()
+    deploy.clients.pop("c1")
+    assert "nameserver 10.201.0.1" in resolv.read_text()
+    deploy.start_client("c1")
+    deploy.wait_client("c1")
+    assert deploy.stop_client("c1") == 0
+    assert resolv.read_text() == original
+    assert f"{netns.GATEWAY_V4} via" not in topo.ns_run(topo.client, "ip", "route").stdout
+
+
+JUNK_SENDER = r"""
+import os, random, socket, sys, struct
+host, udp_port, tcp_port = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+rng = random.Random(7)
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for i in range(3000):
+    kind = i % 4
+    if kind == 0:
+        data = os.urandom(rng.randrange(0, 1500))
+    else:
+        # plausible headers with junk behind them
+        data = bytes([kind + 1 if kind < 3 else 5, 1, 0, 0]) + os.urandom(rng.randrange(0, 1400))
+    u.sendto(data, (host, udp_port))
+for i in range(20):
+    t = socket.create_connection((host, tcp_port), timeout=5)
+    if i % 2:
+        t.sendall(os.urandom(rng.randrange(1, 5000)))
+    else:
+        for _ in range(50):
+            body = bytes([5, 1, 0, 0]) + os.urandom(rng.randrange(20, 1400))
+            t.sendall(struct.pack("!H", len(body)) + body)
+        t.sendall(b"\x00\x00")
+    t.close()
+"""
+
+
+def test_malformed_datagrams_and_frames_are_dropped(deploy: Deployment) -> None:
+    topo = deploy.topo
+    ns2, _ = topo.add_client(2)
+    deploy.start_client("c1")
+    deploy.wait_client("c1")
+    pinger = topo.spawn(
+        topo.client,
+        "ping",
+        "-c",
+        "60",
+        "-i",
+        "0.05",
+        "-W",
+        "1",
+        netns.INTERNET_V4,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    topo.ns_run(
+        ns2,
+        sys.executable,
+        "-c",
+        JUNK_SENDER,
+        netns.GATEWAY_V4,
+        str(deploy.udp_port),
+        str(deploy.tcp_port),
+        timeout=60,
+    )
+    out, _ = pinger.communicate(timeout=30)
+    assert " 0% packet loss" in out, out[-300:]
+    status = deploy.gateway_status()
+    dropped = sum(v for k, v in status["counters"].items() if k.startswith("drop-"))
+    assert dropped >= 2900
+    assert status["sessions"] == 1
+    assert deploy.gateway_proc is not None and deploy.gateway_proc.poll() is None
+    assert ping(topo, topo.client, netns.INTERNET_V4)
+
+
+def test_status_shows_no_keys_or_addresses(deploy: Deployment) -> None:
+    topo = deploy.topo
+    deploy.start_client("c1")
+    client = deploy.wait_client("c1")
+    tunnel_ip = client["ipv4"].split("/")[0]
+    r = topo.ns_run(
+        topo.gateway, sys.executable, "-m", "veilgate", "status", "--socket", str(deploy.gateway_socket)
+    )
+    assert "sessions: " in r.stdout and "udp" in r.stdout
+    text = r.stdout + (deploy.dir / "gateway.log").read_text()
+    key_b64 = (deploy.dir / "c1.key").read_text().strip()
+    public = encode_key(KeyPair.from_private_bytes(decode_key(key_b64)).public)
+    for secret in (
+        tunnel_ip,
+        netns.CLIENT_V4,
+        public,
+        public[:16],
+        (deploy.dir / "c1.cred").read_text().strip()[:16],
+    ):
+        assert secret not in text
+    assert not any(
+        p.suffix not in (".toml", ".key", ".log", ".sock", ".cred")
+        for p in deploy.dir.iterdir()
+        if p.is_file()
+    )
