@@ -29,11 +29,12 @@ def test_stall_on_udp_moves_to_tcp_then_back_when_probe_answers() -> None:
     pm = PathManager(reprobe_interval=5.0, tcp_linger=1.0)
     pm.start(0.0)
     pm.response_on(UDP, 0.01)
-    assert pm.stalled(10.0) == [Action(Act.OPEN_TCP, TCP)]
+    assert pm.stalled(10.0, silent_for=3.0) == [Action(Act.OPEN_TCP, TCP)]
     assert pm.active is None
     assert pm.tcp_connected(10.01) == [Action(Act.SEND_HANDSHAKE, TCP)]
     pm.response_on(TCP, 10.02)
     assert pm.active == TCP and pm.switches[-1].why == "udp stalled"
+    assert abs(pm.switches[-1].took - 3.02) < 1e-9  # from the last sign of life on UDP
     assert pm.handle_timer(15.02) == [Action(Act.PROBE_UDP, UDP)]
     # No answer: probe again later.
     assert pm.handle_timer(20.02) == [Action(Act.PROBE_UDP, UDP)]

@@ -392,7 +392,7 @@ class Client:
                 log.debug("handshake completed (%s)", "rekey" if event.rekey else "first")
             elif isinstance(event, PathStalled):
                 was = self.paths.active
-                actions = self.paths.stalled(now)
+                actions = self.paths.stalled(now, event.silent_for)
                 if was != self.paths.active:
                     log.info("%s path stalled (nothing back for %.1f s); trying tcp", was, event.silent_for)
                 self._do(actions, now)

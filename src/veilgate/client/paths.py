@@ -107,12 +107,13 @@ class PathManager:
         if self.active is None:
             self._set_active(path, now)
 
-    def stalled(self, now: float) -> list[Action]:
+    def stalled(self, now: float, silent_for: float = 0.0) -> list[Action]:
+        """The active path stalled; it has been silent for ``silent_for`` seconds (counted in the switch)."""
         if self.mode == UDP:
             return []
         if self.active == UDP or self.active is None:
             self._why = "udp stalled"
-            self._searching_since = now
+            self._searching_since = now - silent_for
             old = self.active
             self.active = None
             self._last_old = old
@@ -120,7 +121,7 @@ class PathManager:
             return actions
         # Stalled on TCP: reconnect TCP and try UDP as well.
         self._why = "tcp stalled"
-        self._searching_since = now
+        self._searching_since = now - silent_for
         self._last_old = self.active
         self.active = None
         return [Action(Act.CLOSE_TCP), *self._open_tcp(), Action(Act.SEND_HANDSHAKE, UDP)]
