@@ -6,6 +6,7 @@ import ipaddress
 
 import pytest
 
+from veilgate.credentials import CredentialVerifier, IssuerKey, issue
 from veilgate.protocol import constants, messages
 from veilgate.protocol.control import TunnelConfig
 from veilgate.protocol.crypto import KeyPair
@@ -402,3 +403,48 @@ def test_padding_to_16(size: int) -> None:
     assert d is not None
     assert (len(d) - messages.TRANSPORT_MIN_LEN) % 16 == 0
     assert net.gateway.receive_datagram(d, net.addr, net.now) == packet
+
+
+class _WallClock:
+    """The daemons pass wall-clock time to the verifier; here the harness clock is used as wall clock."""
+
+    def __init__(self, verifier: object) -> None:
+        self.verifier = verifier
+
+    def verify(self, data: bytes, static_public: bytes, now: float) -> object:
+        return self.verifier.verify(data, static_public, now)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    "case", ["valid", "forged", "expired", "not-yet-valid", "unknown-issuer", "wrong-key", "malformed"]
+)
+def test_real_credentials_through_the_handshake(case: str) -> None:
+    issuer = IssuerKey.generate()
+    gateway_key = KeyPair.generate()
+    client_key = KeyPair.generate()
+    gateway = GatewayProtocol(gateway_key, _WallClock(CredentialVerifier([issuer.public_key()])))
+    now = 1_750_000_000.0
+    cred = issue(issuer, client_key.public, now, granularity=1).encode()
+    if case == "forged":
+        cred = cred[:-1] + bytes([cred[-1] ^ 0x80])
+    elif case == "expired":
+        cred = issue(issuer, client_key.public, now - 100_000, lifetime=3600, granularity=1).encode()
+    elif case == "not-yet-valid":
+        cred = issue(issuer, client_key.public, now + 100_000, granularity=1).encode()
+    elif case == "unknown-issuer":
+        cred = issue(IssuerKey.generate(), client_key.public, now, granularity=1).encode()
+    elif case == "wrong-key":
+        cred = issue(issuer, KeyPair.generate().public, now, granularity=1).encode()
+    elif case == "malformed":
+        cred = b"\x01\x01garbage"
+    net = Net(gateway=gateway, gateway_key=gateway_key, client_key=client_key, credential=cred)
+    net.now = now
+    net.client.connect(net.now)
+    net.run(2)
+    if case == "valid":
+        assert net.client.connected and len(gateway.sessions) == 1
+        return
+    assert not net.client.connected and gateway.sessions == {}
+    refused = [e for e in net.gateway_events if isinstance(e, HandshakeRefused)]
+    assert refused and refused[0].reason == case
+    assert gateway.counters[f"refused-{case}"] >= 1
