@@ -79,10 +79,18 @@ class KeyPair:
         return dh(self, peer_public)
 
 
-def dh(keypair: KeyPair, peer_public: bytes) -> bytes:
-    """X25519. A low-order peer key (all-zero output) is a remote protocol error."""
+def load_public(raw: bytes) -> X25519PublicKey:
     try:
-        return keypair._private.exchange(X25519PublicKey.from_public_bytes(peer_public))
+        return X25519PublicKey.from_public_bytes(raw)
+    except ValueError as exc:
+        raise RemoteProtocolError("invalid X25519 public key") from exc
+
+
+def dh(keypair: KeyPair, peer_public: bytes | X25519PublicKey) -> bytes:
+    """X25519. A low-order peer key (all-zero output) is a remote protocol error."""
+    peer = load_public(peer_public) if isinstance(peer_public, bytes) else peer_public
+    try:
+        return keypair._private.exchange(peer)
     except ValueError as exc:  # cryptography refuses the all-zero shared secret
         raise RemoteProtocolError("invalid X25519 public key") from exc
 

@@ -184,7 +184,10 @@ def pack_transport_header(receiver: int, counter: int) -> bytes:
     return _TRANSPORT_HDR.pack(TYPE_TRANSPORT, PROTOCOL_VERSION, 0, receiver, counter)
 
 
+_RECEIVER_COUNTER = struct.Struct("<IQ")
+
+
 def unpack_transport_header(data: bytes) -> tuple[int, int]:
     """Return (receiver, counter) of a transport message whose header was already checked."""
-    _, _, _, receiver, counter = _TRANSPORT_HDR.unpack_from(data)
+    receiver, counter = _RECEIVER_COUNTER.unpack_from(data, 4)
     return receiver, counter

@@ -16,6 +16,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
+
 from veilgate.protocol import crypto
 from veilgate.protocol.crypto import (
     DHLEN,
@@ -151,6 +153,7 @@ class HandshakeState:
         self.re1: bytes | None = None
         self._encapsulate = encapsulate
         self._index = 0
+        self._peer_keys: dict[bytes, X25519PublicKey] = {}
         self.symmetric.mix_hash(prologue)
         for owner_is_initiator, tokens in ((True, pattern.initiator_pre), (False, pattern.responder_pre)):
             for token in tokens:
@@ -177,14 +180,17 @@ class HandshakeState:
     def my_turn_to_write(self) -> bool:
         return (self._index % 2 == 0) == self.initiator
 
-    def _dh_pair(self, token: str) -> tuple[KeyPair, bytes]:
+    def _dh(self, token: str) -> bytes:
         # token "xy": x is the initiator's key, y the responder's.
         local, remote = (token[0], token[1]) if self.initiator else (token[1], token[0])
         mine = self.e if local == "e" else self.s
         theirs = self.re if remote == "e" else self.rs
         if mine is None or theirs is None:
             raise LocalProtocolError(f"keys for {token!r} missing")
-        return mine, theirs
+        peer = self._peer_keys.get(theirs)
+        if peer is None:  # parse each peer key once: a handshake uses one twice
+            peer = self._peer_keys[theirs] = crypto.load_public(theirs)
+        return crypto.dh(mine, peer)
 
     def write_message(self, payload: bytes = b"") -> bytes:
         if self.complete:
@@ -214,8 +220,7 @@ class HandshakeState:
                 out += sym.encrypt_and_hash(ciphertext)
                 sym.mix_key(shared)
             else:
-                mine, theirs = self._dh_pair(token)
-                sym.mix_key(crypto.dh(mine, theirs))
+                sym.mix_key(self._dh(token))
         out += sym.encrypt_and_hash(payload)
         self._index += 1
         return bytes(out)
@@ -252,8 +257,7 @@ class HandshakeState:
                 ciphertext = sym.decrypt_and_hash(take(KEM_CIPHERTEXT_LEN + tag))
                 sym.mix_key(self.e1.decapsulate(ciphertext))
             else:
-                mine, theirs = self._dh_pair(token)
-                sym.mix_key(crypto.dh(mine, theirs))
+                sym.mix_key(self._dh(token))
             tag = TAGLEN if sym.cipher.has_key() else 0
         payload = sym.decrypt_and_hash(bytes(view[pos:]))
         self._index += 1

@@ -1,8 +1,10 @@
-"""Sliding replay window over 64-bit counters (RFC 6479's idea, as a Python int bitmap).
+"""Sliding replay window over 64-bit counters (RFC 6479's ring of bits).
 
-Bit ``i`` of the bitmap stands for counter ``top - i``. A Python int is used as
-the bitmap because shifting and masking one big integer is a handful of C
-operations, where a list of words would be a Python loop per packet.
+A ``bytearray`` ring of ``size`` bits: the bit for counter ``c`` lives at
+position ``c mod size``. Moving the window forward clears the bits of the
+counters skipped over, so a check and an in-order update cost a few
+operations whatever the window size (a big-integer bitmap would shift a
+kilobyte on every packet).
 """
 
 from __future__ import annotations
@@ -11,38 +13,65 @@ from veilgate.protocol.constants import REJECT_AFTER_MESSAGES, REPLAY_WINDOW
 
 
 class ReplayWindow:
-    __slots__ = ("_bitmap", "_mask", "size", "top")
+    __slots__ = ("_bits", "_mask", "size", "top")
 
     def __init__(self, size: int = REPLAY_WINDOW) -> None:
+        if size < 64 or size & (size - 1):
+            raise ValueError("the replay window is a power of two of at least 64 bits")
         self.size = size
-        self._mask = (1 << size) - 1
+        self._mask = size - 1
+        self._bits = bytearray(size // 8)
         self.top = -1
-        self._bitmap = 0
 
     def check(self, counter: int) -> bool:
         """True if ``counter`` is new and inside the window (it may still be forged: update after auth)."""
         if counter >= REJECT_AFTER_MESSAGES:
             return False
-        if counter > self.top:
+        top = self.top
+        if counter > top:
             return True
-        diff = self.top - counter
-        return diff < self.size and not (self._bitmap >> diff) & 1
+        if top - counter >= self.size:
+            return False
+        i = counter & self._mask
+        return not (self._bits[i >> 3] >> (i & 7)) & 1
 
     def update(self, counter: int) -> bool:
         """Mark ``counter`` seen, after its packet authenticated. False if it was a replay."""
         if counter >= REJECT_AFTER_MESSAGES:
             return False
         top = self.top
+        bits = self._bits
+        i = counter & self._mask
+        bit = 1 << (i & 7)
         if counter > top:
-            shift = counter - top
-            self._bitmap = ((self._bitmap << shift) | 1) & self._mask if shift < self.size else 1
+            gap = counter - top - 1
+            if gap:
+                if gap >= self.size:
+                    bits[:] = bytes(len(bits))
+                else:
+                    self._clear(top + 1, counter - 1)
+            bits[i >> 3] |= bit
             self.top = counter
             return True
-        diff = top - counter
-        if diff >= self.size:
+        if top - counter >= self.size or bits[i >> 3] & bit:
             return False
-        bit = 1 << diff
-        if self._bitmap & bit:
-            return False
-        self._bitmap |= bit
+        bits[i >> 3] |= bit
         return True
+
+    def _clear(self, first: int, last: int) -> None:
+        """Clear the bits of counters ``first..last`` (fewer than ``size`` of them)."""
+        bits, mask = self._bits, self._mask
+        c = first
+        while c <= last and c & 7:
+            i = c & mask
+            bits[i >> 3] &= ~(1 << (i & 7)) & 0xFF
+            c += 1
+        while last - c + 1 >= 8:
+            start = (c & mask) >> 3
+            n = min((last - c + 1) >> 3, len(bits) - start)
+            bits[start : start + n] = bytes(n)
+            c += n << 3
+        while c <= last:
+            i = c & mask
+            bits[i >> 3] &= ~(1 << (i & 7)) & 0xFF
+            c += 1
