@@ -1,7 +1,8 @@
 """Anonymous, short-lived client credentials.
 
 The provider's issuer signs a credential binding a client's static public
-key to a validity window; a gateway holds only issuer public keys.
+key to a validity window; a gateway holds only issuer public keys. The
+specification is docs/credentials.md.
 """
 
 from veilgate.credentials.ed25519 import (
@@ -10,6 +11,10 @@ from veilgate.credentials.ed25519 import (
     DEFAULT_LIFETIME,
     DEFAULT_MAX_SKEW,
     ENCODED_LEN,
+    KEY_ID_CONTEXT,
+    REASONS,
+    SIGNING_CONTEXT,
+    VERSION,
     Credential,
     CredentialVerifier,
     IssuerKey,
@@ -17,6 +22,7 @@ from veilgate.credentials.ed25519 import (
     issue,
     key_id_of,
 )
+from veilgate.protocol.errors import CredentialError
 
 __all__ = [
     "ALG_ED25519",
@@ -24,7 +30,12 @@ __all__ = [
     "DEFAULT_LIFETIME",
     "DEFAULT_MAX_SKEW",
     "ENCODED_LEN",
+    "KEY_ID_CONTEXT",
+    "REASONS",
+    "SIGNING_CONTEXT",
+    "VERSION",
     "Credential",
+    "CredentialError",
     "CredentialVerifier",
     "IssuerKey",
     "IssuerPublicKey",

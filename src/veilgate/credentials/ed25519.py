@@ -66,8 +66,12 @@ _SMALL_ORDER_Y: Final = frozenset(
         0,
         1,
         _P - 1,
-        int.from_bytes(bytes.fromhex("26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05"), "little"),
-        int.from_bytes(bytes.fromhex("c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a"), "little"),
+        int.from_bytes(
+            bytes.fromhex("26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05"), "little"
+        ),
+        int.from_bytes(
+            bytes.fromhex("c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a"), "little"
+        ),
     }
 )
 
@@ -103,7 +107,7 @@ class IssuerPublicKey:
     def from_bytes(cls, raw: bytes) -> IssuerPublicKey:
         """Load a raw 32-byte key; ValueError if it is not a usable Ed25519 public key."""
         raw = bytes(raw)
-        _check_issuer_public(raw)
+        _check_issuer_public(raw)  # before cryptography, which loads any 32 bytes
         return cls(Ed25519PublicKey.from_public_bytes(raw))
 
     def to_bytes(self) -> bytes:
@@ -117,7 +121,7 @@ class IssuerPublicKey:
         return True
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, IssuerPublicKey) and hmac.compare_digest(self.raw, other.raw)
+        return isinstance(other, IssuerPublicKey) and self.raw == other.raw
 
     def __hash__(self) -> int:
         return hash(self.raw)
@@ -198,7 +202,7 @@ class Credential:
 
     @classmethod
     def decode(cls, data: bytes) -> Credential:
-        """Parse the wire format; raise CredentialError ("malformed" or "unsupported"). Checks no signature."""
+        """Parse the wire format or raise CredentialError (malformed, unsupported). No signature check."""
         data = bytes(data)
         if len(data) < 1:
             raise CredentialError("empty credential", "malformed")
@@ -248,7 +252,9 @@ def issue(
         VERSION, ALG_ED25519, issuer.key_id, not_before, not_after, bytes(static_public), b""
     )
     signature = issuer.sign(unsigned.signed_message())
-    return Credential(VERSION, ALG_ED25519, issuer.key_id, not_before, not_after, bytes(static_public), signature)
+    return Credential(
+        VERSION, ALG_ED25519, issuer.key_id, not_before, not_after, bytes(static_public), signature
+    )
 
 
 class CredentialVerifier:

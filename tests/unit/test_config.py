@@ -1,0 +1,97 @@
+"""Configuration files: a wrong or missing field names the file, the field and what is expected."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from veilgate.client.config import load_client_config
+from veilgate.config import ConfigError, write_key_file
+from veilgate.config.keys import encode_key
+from veilgate.gateway.config import load_gateway_config
+
+KEY = encode_key(bytes(range(32)))
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> Path:
+    write_key_file(tmp_path / "gw.key", bytes(range(32)))
+    write_key_file(tmp_path / "c.key", bytes(range(32, 64)))
+    (tmp_path / "c.cred").write_text(encode_key(b"x" * 122) + "\n")
+    return tmp_path
+
+
+def gateway_toml(tmp: Path, extra: str = "", creds: str = f'issuer_public_keys = ["{KEY}"]') -> Path:
+    p = tmp / "gateway.toml"
+    p.write_text(f'[gateway]\nprivate_key_file = "gw.key"\n{extra}\n[credentials]\n{creds}\n')
+    return p
+
+
+def error_of(fn: object, path: Path) -> str:
+    with pytest.raises(ConfigError) as info:
+        fn(path)  # type: ignore[operator]
+    return str(info.value)
+
+
+def test_gateway_defaults(keys: Path) -> None:
+    cfg = load_gateway_config(gateway_toml(keys))
+    assert cfg.udp_port == 51820 and cfg.tcp_port == 443
+    assert str(cfg.pool_v4) == "10.201.0.0/16" and str(cfg.pool_v6) == "fd7a:201::/64"
+    assert not cfg.client_to_client and cfg.private_key == bytes(range(32))
+
+
+@pytest.mark.parametrize(
+    ("extra", "field", "expected"),
+    [
+        ('udp_port = "fifty"', "gateway.udp_port", "an integer from 1 to 65535"),
+        ("udp_port = 70000", "gateway.udp_port", "an integer from 1 to 65535"),
+        ('pool_v4 = "10.0.0.0/33"', "gateway.pool_v4", "an IPv4 network"),
+        ('pool_v4 = "fd00::/64"', "gateway.pool_v4", "an IPv4 network"),
+        ('tun_name = "a-very-long-interface-name"', "gateway.tun_name", "at most 15 characters"),
+        ("nat = true", "gateway.nat_interface", "needed because nat = true"),
+        ('dns = ["not an address"]', "gateway.dns", "a list of IP addresses"),
+        ("udpport = 1", "gateway.udpport", "unknown setting"),
+        ('log_level = "loud"', "gateway.log_level", "one of 'debug'"),
+    ],
+)
+def test_gateway_errors_name_field_and_fix(keys: Path, extra: str, field: str, expected: str) -> None:
+    path = gateway_toml(keys, extra)
+    message = error_of(load_gateway_config, path)
+    assert str(path) in message and field in message and expected in message
+
+
+def test_gateway_missing_pieces(keys: Path) -> None:
+    assert "credentials.issuer_public_keys: missing" in error_of(
+        load_gateway_config, gateway_toml(keys, creds="")
+    )
+    assert "base64 issuer public keys" in error_of(
+        load_gateway_config, gateway_toml(keys, creds='issuer_public_keys = ["nope"]')
+    )
+    (keys / "gw.key").unlink()
+    assert "cannot read the gateway private key" in error_of(load_gateway_config, gateway_toml(keys))
+    assert "no such file" in error_of(load_gateway_config, keys / "absent.toml")
+    bad = keys / "bad.toml"
+    bad.write_text("[gateway\n")
+    assert "not valid TOML" in error_of(load_gateway_config, bad)
+
+
+def client_toml(tmp: Path, extra: str = "", host: str = "192.0.2.7") -> Path:
+    p = tmp / "client.toml"
+    p.write_text(
+        f'[client]\ngateway_host = "{host}"\ngateway_public_key = "{KEY}"\n'
+        f'private_key_file = "c.key"\ncredential_file = "c.cred"\n{extra}\n'
+    )
+    return p
+
+
+def test_client_defaults_and_errors(keys: Path) -> None:
+    cfg = load_client_config(client_toml(keys))
+    assert cfg.transport == "auto" and cfg.udp_grace == 0.3 and cfg.credential == b"x" * 122
+    assert "gateway_host" in error_of(load_client_config, client_toml(keys, host="vpn.example"))
+    msg = error_of(load_client_config, client_toml(keys, 'transport = "quic"'))
+    assert "client.transport" in msg and "one of 'auto', 'udp', 'tcp'" in msg
+    msg = error_of(load_client_config, client_toml(keys, "udp_grace = 0"))
+    assert "client.udp_grace" in msg
+    (keys / "c.cred").write_text("not base64!!\n")
+    assert "client.credential_file" in error_of(load_client_config, client_toml(keys))
