@@ -1,0 +1,95 @@
+"""Fixtures for end-to-end tests on real namespaces, veths, TUN devices and nftables (root only)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from veilgate.testing import Topology, netns
+from veilgate.testing.deploy import Deployment
+
+pytestmark = pytest.mark.e2e
+
+
+def _missing() -> str | None:
+    if os.geteuid() != 0:
+        return "end-to-end tests need root (network namespaces, TUN, nftables)"
+    for tool in ("ip", "nft", "ping", "curl"):
+        if shutil.which(tool) is None:
+            return f"end-to-end tests need {tool} (make test installs it)"
+    if not Path("/dev/net/tun").exists():
+        return "end-to-end tests need /dev/net/tun"
+    return None
+
+
+@pytest.fixture
+def topo() -> Iterator[Topology]:
+    reason = _missing()
+    if reason:
+        pytest.skip(reason)
+    with Topology() as t:
+        yield t
+
+
+@pytest.fixture
+def deploy(topo: Topology, tmp_path: Path) -> Iterator[Deployment]:
+    d = Deployment(topo, tmp_path / "vg")
+    d.start_gateway()
+    try:
+        yield d
+    finally:
+        for name in list(d.clients):
+            d.stop_client(name)
+        if d.gateway_proc is not None:
+            d.stop_gateway()
+
+
+@dataclass
+class WebServer:
+    url4: str
+    url6: str
+    sha256: str
+    size: int
+
+
+@pytest.fixture
+def web(topo: Topology, tmp_path: Path) -> WebServer:
+    """An HTTP server on the internet host serving an 8 MB random file."""
+    root = tmp_path / "www"
+    root.mkdir()
+    data = os.urandom(8 * 1024 * 1024)
+    (root / "blob.bin").write_bytes(data)
+    topo.spawn(
+        topo.internet,
+        sys.executable,
+        "-m",
+        "http.server",
+        "8080",
+        "--bind",
+        "::",
+        "--directory",
+        str(root),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        r = topo.ns_run(topo.internet, "curl", "-s", "-o", "/dev/null", "http://127.0.0.1:8080/", check=False)
+        if r.returncode == 0:
+            break
+        time.sleep(0.1)
+    return WebServer(
+        f"http://{netns.INTERNET_V4}:8080/blob.bin",
+        f"http://[{netns.INTERNET_V6}]:8080/blob.bin",
+        hashlib.sha256(data).hexdigest(),
+        len(data),
+    )
