@@ -304,3 +304,22 @@ def test_status_shows_no_keys_or_addresses(deploy: Deployment) -> None:
         for p in deploy.dir.iterdir()
         if p.is_file()
     )
+
+
+def test_egress_nat_set_up_and_torn_down_by_the_gateway(deploy: Deployment) -> None:
+    topo = deploy.topo
+    # The internet host no longer knows the tunnel pool: only NAT at the gateway gets replies back.
+    topo.ns_run(topo.internet, "ip", "route", "del", netns.TUNNEL_POOL_V4)
+    deploy.start_client("c1")
+    deploy.wait_client("c1")
+    assert not ping(topo, topo.client, netns.INTERNET_V4, count=2, timeout=1)
+    deploy.stop_client("c1")
+    deploy.stop_gateway()
+    deploy.start_gateway(nat=True, nat_interface=f"vg{topo.tag}g1")
+    assert "masquerade" in topo.ns_run(topo.gateway, "nft", "list", "ruleset").stdout
+    deploy.start_client("c1")
+    deploy.wait_client("c1")
+    assert ping(topo, topo.client, netns.INTERNET_V4)
+    deploy.stop_client("c1")
+    assert deploy.stop_gateway() == 0
+    assert "masquerade" not in topo.ns_run(topo.gateway, "nft", "list", "ruleset").stdout
