@@ -84,7 +84,14 @@ def cmd_issue(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"veilgate issue: {exc}", file=sys.stderr)
         return 2
-    credential = issue(issuer, client_public, time.time(), lifetime=args.lifetime)
+    granularity = min(3600, args.lifetime)
+    try:
+        credential = issue(
+            issuer, client_public, time.time(), lifetime=args.lifetime, granularity=granularity
+        )
+    except ValueError as exc:
+        print(f"veilgate issue: {exc}", file=sys.stderr)
+        return 2
     text = encode_key(credential.encode()) + "\n"
     if args.out:
         Path(args.out).write_text(text)

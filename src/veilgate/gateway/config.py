@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from veilgate.config import ConfigError, load_toml, read_key_file
+from veilgate.credentials import IssuerPublicKey
 from veilgate.config.keys import decode_key
 
 DEFAULT_UDP_PORT = 51820
@@ -93,9 +94,13 @@ def load_gateway_config(path: str | Path) -> GatewayConfig:
         )
     for text in keys:
         try:
-            cfg.issuer_public_keys.append(decode_key(text, "issuer public key"))
+            raw = decode_key(text, "issuer public key")
+            IssuerPublicKey.from_bytes(raw)  # refuses weak keys (small order, non-canonical)
         except ValueError as exc:
-            raise cred.error("issuer_public_keys", "base64 issuer public keys of 32 bytes", text) from exc
+            raise cred.error(
+                "issuer_public_keys", f"base64 issuer public keys of 32 bytes ({exc})", text
+            ) from exc
+        cfg.issuer_public_keys.append(raw)
     cfg.max_skew = cred.get_int("max_skew", 120, low=0, high=3600)
     cred.reject_unknown()
     root.reject_unknown()
