@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from veilgate.config import ConfigError, load_toml, read_key_file
-from veilgate.credentials import IssuerPublicKey
 from veilgate.config.keys import decode_key
+from veilgate.credentials import IssuerPublicKey
 
 DEFAULT_UDP_PORT = 51820
 DEFAULT_TCP_PORT = 443
