@@ -1,0 +1,162 @@
+"""Talking to the provider service from clients and gateways: pinned HTTPS, cached document, credentials.
+
+Pinning: the configured fingerprint is the SHA-256 of the provider's TLS
+certificate (aiohttp checks it on every connection); the document must be
+signed by that certificate's Ed25519 key.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from veilgate.credentials.epochs import BlindCredential, CredentialRequest, EpochPublicKey
+from veilgate.provider.document import DocumentError, ProviderDocument, envelope_certificate, open_document
+
+log = logging.getLogger("veilgate.provider")
+
+
+class ProviderUnavailable(Exception):  # noqa: N818 - a condition the caller reports, not a bug
+    """The provider could not be reached or refused; the message says what is wrong."""
+
+
+@dataclass(frozen=True)
+class FetchedDocument:
+    document: ProviderDocument
+    envelope: bytes
+    certificate: bytes
+
+
+def _fingerprint(text: str) -> bytes:
+    try:
+        raw = bytes.fromhex(text.replace(":", ""))
+    except ValueError:
+        raw = b""
+    if len(raw) != 32:
+        raise ValueError("the provider fingerprint is the SHA-256 of its certificate: 64 hex digits")
+    return raw
+
+
+class ProviderClient:
+    def __init__(
+        self, url: str, fingerprint: str, cache_dir: Path | None = None, timeout: float = 10.0
+    ) -> None:
+        self.url = url.rstrip("/")
+        self.pin = aiohttp.Fingerprint(_fingerprint(fingerprint))
+        self.cache_dir = cache_dir
+        self.timeout = aiohttp.ClientTimeout(total=timeout)
+
+    async def fetch_document(self, now: float) -> FetchedDocument:
+        try:
+            async with (
+                aiohttp.ClientSession(timeout=self.timeout) as session,
+                session.get(f"{self.url}/v1/provider", ssl=self.pin) as resp,
+            ):
+                if resp.status != 200:
+                    raise ProviderUnavailable(f"provider answered HTTP {resp.status}")
+                envelope = await resp.read()
+        except aiohttp.ServerFingerprintMismatch:
+            raise ProviderUnavailable(
+                "the provider certificate does not match the pinned fingerprint (wrong server, or an attack)"
+            ) from None
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise ProviderUnavailable(
+                f"cannot reach the provider at {self.url}: {exc or type(exc).__name__}"
+            ) from None
+        fetched = self._open(envelope, now)
+        self._save(fetched)
+        return fetched
+
+    def cached_document(self, now: float) -> FetchedDocument | None:
+        """The last fetched document, if still valid."""
+        if self.cache_dir is None:
+            return None
+        try:
+            envelope = (self.cache_dir / "provider-document.json").read_bytes()
+        except OSError:
+            return None
+        try:
+            return self._open(envelope, now)
+        except (DocumentError, ProviderUnavailable):
+            return None
+
+    async def obtain_credential(
+        self, epoch_key: EpochPublicKey, static_public: bytes, token: str | None = None
+    ) -> BlindCredential:
+        request = CredentialRequest(epoch_key, static_public)
+        body: dict[str, object] = {
+            "epoch": epoch_key.epoch,
+            "blinded": base64.b64encode(request.blinded).decode(),
+        }
+        if token is not None:
+            body["token"] = token
+        try:
+            async with (
+                aiohttp.ClientSession(timeout=self.timeout) as session,
+                session.post(f"{self.url}/v1/credential", json=body, ssl=self.pin) as resp,
+            ):
+                answer = await resp.read()
+                if resp.status != 200:
+                    reason = _error_text(answer)
+                    raise ProviderUnavailable(
+                        f"the provider refused a credential (HTTP {resp.status}: {reason})"
+                    )
+        except aiohttp.ServerFingerprintMismatch:
+            raise ProviderUnavailable(
+                "the provider's certificate does not match the pinned fingerprint"
+            ) from None
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise ProviderUnavailable(
+                f"cannot reach the provider at {self.url}: {exc or type(exc).__name__}"
+            ) from None
+        try:
+            blind_signature = base64.b64decode(json.loads(answer)["blind_signature"], validate=True)
+            return request.finalize(blind_signature)
+        except (ValueError, KeyError, TypeError, binascii.Error) as exc:
+            raise ProviderUnavailable(
+                f"the provider's answer is not a valid blind signature: {exc}"
+            ) from None
+
+    def _open(self, envelope: bytes, now: float) -> FetchedDocument:
+        try:
+            certificate = envelope_certificate(envelope)
+        except DocumentError as exc:
+            raise ProviderUnavailable(str(exc)) from None
+        if _sha256(certificate) != self.pin.fingerprint:
+            raise ProviderUnavailable("the document's certificate does not match the pinned fingerprint")
+        key = x509.load_der_x509_certificate(certificate).public_key()
+        if not isinstance(key, Ed25519PublicKey):
+            raise ProviderUnavailable("the provider's certificate does not carry an Ed25519 key")
+        try:
+            return FetchedDocument(open_document(envelope, key, now), envelope, certificate)
+        except DocumentError as exc:
+            raise ProviderUnavailable(str(exc)) from None
+
+    def _save(self, fetched: FetchedDocument) -> None:
+        if self.cache_dir is None:
+            return
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.cache_dir / "provider-document.json.tmp"
+        tmp.write_bytes(fetched.envelope)
+        os.replace(tmp, self.cache_dir / "provider-document.json")
+
+
+def _sha256(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()
+
+
+def _error_text(body: bytes) -> str:
+    try:
+        return str(json.loads(body).get("error", "?"))
+    except ValueError:
+        return body[:100].decode(errors="replace")

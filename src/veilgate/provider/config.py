@@ -1,0 +1,90 @@
+"""The provider service's configuration file (TOML)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from veilgate.config import load_toml
+from veilgate.provider.document import GatewayEntry
+
+
+@dataclass
+class ProviderConfig:
+    name: str
+    state_dir: Path
+    listen: str = "0.0.0.0"
+    port: int = 8443
+    epoch_length: int = 86400
+    access: str = "open"
+    tokens: frozenset[str] = frozenset()
+    credentials_per_token_per_epoch: int = 4
+    open_rate_per_minute: int = 10
+    gateways: list[GatewayEntry] = field(default_factory=list)
+    rsa_bits: int = 3072
+    log_level: str = "info"
+
+
+def load_provider_config(path: str | Path) -> ProviderConfig:
+    root = load_toml(path)
+    p = root.section("provider", required=True)
+    cfg = ProviderConfig(
+        name=p.get_str("name", expected="the provider's display name"),
+        state_dir=p.path_value("state_dir"),
+        listen=p.get_str("listen", "0.0.0.0", "an IP address to listen on"),
+        port=p.port("port", 8443),
+        epoch_length=p.get_int("epoch_length", 86400, low=10, high=30 * 86400),
+        access=p.choice("access", ("open", "token"), "open"),
+        credentials_per_token_per_epoch=p.get_int("credentials_per_token_per_epoch", 4, low=1, high=1000),
+        open_rate_per_minute=p.get_int("open_rate_per_minute", 10, low=1, high=100000),
+        rsa_bits=p.get_int("rsa_bits", 3072, low=2048, high=4096),
+        log_level=p.choice("log_level", ("debug", "info", "warning", "error"), "info"),
+    )
+    if cfg.access == "token":
+        tokens_file = p.path_value("tokens_file")
+        try:
+            lines = tokens_file.read_text().splitlines()
+        except OSError as exc:
+            raise p.error(
+                "tokens_file", f"a readable file of invite tokens ({exc.strerror})", str(tokens_file)
+            ) from None
+        cfg.tokens = frozenset(t.strip() for t in lines if t.strip() and not t.startswith("#"))
+        if not cfg.tokens:
+            raise p.error(
+                "tokens_file", "a file with at least one invite token (one per line)", str(tokens_file)
+            )
+    elif "tokens_file" in p.data:
+        p.optional_str("tokens_file")
+    p.reject_unknown()
+    gateways = root.data.get("gateway", [])
+    if not isinstance(gateways, list) or not gateways:
+        raise root.error("gateway", "one or more [[gateway]] tables")
+    for i, g in enumerate(gateways):
+        from veilgate.config.toml import Section  # noqa: PLC0415 - a small local helper use
+
+        s = Section(root.path, f"gateway[{i}]", g)
+        text = s.get_str("public_key", expected="the gateway's base64 public key")
+        try:
+            key = base64.b64decode(text, validate=True)
+        except (binascii.Error, ValueError):
+            key = b""
+        if len(key) != 32:
+            raise s.error("public_key", "the gateway's base64 public key (32 bytes)", text)
+        cfg.gateways.append(
+            GatewayEntry(
+                s.get_str("name", expected="a gateway name"),
+                s.get_str("host", expected="the gateway's IPv4 address"),
+                key,
+                s.port("udp_port", 51820),
+                s.port("tcp_port", 443),
+                s.optional_str("ipv6"),
+                s.get_str("location", "unknown", "a location label"),
+                s.get_float("load", 0.0, low=0.0, high=1.0),
+            )
+        )
+        s.reject_unknown()
+    root._read.add("gateway")
+    root.reject_unknown()
+    return cfg

@@ -1,0 +1,251 @@
+"""The provider service: HTTPS API for the signed provider document and blind credential issuance.
+
+``GET /v1/provider`` returns the signed document. ``POST /v1/credential``
+takes ``{"epoch": E, "blinded": base64, "token": "..."}`` and returns
+``{"blind_signature": base64}``: an RSA private-key operation with epoch E's
+key on bytes the service cannot read (RFC 9474). The service keeps no record
+of what it signed; it logs counts and refusal reasons only. In ``token``
+access mode each invite token may obtain a bounded number of credentials per
+epoch (counted in memory); in ``open`` mode issuance is rate-limited per
+source address.
+
+Epoch keys live in the state folder (one RSA key per epoch): the current and
+the next epoch's keys exist at all times, and a key is deleted once its epoch
+is more than one epoch in the past.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import datetime
+import hashlib
+import logging
+import os
+import ssl
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+from aiohttp import web
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.x509.oid import NameOID
+
+from veilgate.credentials.blindrsa import BlindRSAError, BlindRSAPrivateKey
+from veilgate.credentials.epochs import EpochKey, epoch_of, sign_blinded
+from veilgate.protocol.cookie import RateLimiter
+from veilgate.provider.config import ProviderConfig
+from veilgate.provider.document import ProviderDocument, sign_document
+
+log = logging.getLogger("veilgate.provider")
+
+
+def certificate_fingerprint(cert_pem: bytes) -> str:
+    cert = x509.load_pem_x509_certificate(cert_pem)
+    return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
+
+
+def init_identity(state_dir: Path) -> str:
+    """Make the provider's Ed25519 key and self-signed certificate if missing; returns the fingerprint."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    key_path, cert_path = state_dir / "provider.key", state_dir / "provider.crt"
+    if not key_path.exists():
+        key = Ed25519PrivateKey.generate()
+        fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(
+                key.private_bytes(
+                    serialization.Encoding.PEM,
+                    serialization.PrivateFormat.PKCS8,
+                    serialization.NoEncryption(),
+                )
+            )
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "veilgate provider")])
+        now = datetime.datetime.now(datetime.UTC)
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=3650))
+            .sign(key, None)
+        )
+        cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return certificate_fingerprint(cert_path.read_bytes())
+
+
+class ProviderService:
+    def __init__(self, config: ProviderConfig, *, clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.clock = clock
+        self.fingerprint = init_identity(config.state_dir)
+        key = serialization.load_pem_private_key(
+            (config.state_dir / "provider.key").read_bytes(), password=None
+        )
+        assert isinstance(key, Ed25519PrivateKey)
+        self.signing_key = key
+        cert = x509.load_pem_x509_certificate((config.state_dir / "provider.crt").read_bytes())
+        self.certificate = cert.public_bytes(serialization.Encoding.DER)
+        self.epoch_dir = config.state_dir / "epochs"
+        self.epoch_dir.mkdir(exist_ok=True)
+        self.keys: dict[int, EpochKey] = {}
+        self.envelope = b""
+        self.counters: Counter[str] = Counter()
+        self._token_uses: dict[tuple[str, int], int] = {}
+        self._ratelimit = RateLimiter(
+            rate=config.open_rate_per_minute / 60.0, burst=config.open_rate_per_minute
+        )
+        self._runner: web.AppRunner | None = None
+        self._rotation: asyncio.Task[None] | None = None
+        self.rotate()
+
+    # ------------------------------------------------------------ keys and document
+
+    def _load_or_make(self, epoch: int) -> EpochKey:
+        path = self.epoch_dir / f"{epoch}.der"
+        if path.exists():
+            return EpochKey(epoch, BlindRSAPrivateKey.from_der(path.read_bytes()))
+        key = EpochKey(epoch, BlindRSAPrivateKey.generate(self.config.rsa_bits))
+        tmp = path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(key.key.to_der())
+        os.replace(tmp, path)
+        return key
+
+    def rotate(self) -> None:
+        """Keep the keys of the previous, current and next epoch; delete older ones; re-sign the document."""
+        now = self.clock()
+        current = epoch_of(now, self.config.epoch_length)
+        wanted = {current - 1, current, current + 1}
+        for epoch in sorted(wanted):
+            if epoch not in self.keys and (epoch >= current or (self.epoch_dir / f"{epoch}.der").exists()):
+                self.keys[epoch] = self._load_or_make(epoch)
+        for epoch in [e for e in self.keys if e not in wanted]:
+            del self.keys[epoch]
+        for path in self.epoch_dir.glob("*.der"):
+            with contextlib.suppress(ValueError):
+                if int(path.stem) < current - 1:
+                    path.unlink()
+        length = self.config.epoch_length
+        doc = ProviderDocument(
+            provider=self.config.name,
+            issued_at=int(now),
+            valid_until=(current + 2) * length,
+            epoch_length=length,
+            gateways=tuple(self.config.gateways),
+            epochs=tuple(self.keys[e].public for e in sorted(self.keys)),
+            access=self.config.access,
+        )
+        self.envelope = sign_document(doc, self.signing_key, self.certificate)
+        self._current = current
+
+    async def _rotation_loop(self) -> None:
+        while True:
+            length = self.config.epoch_length
+            now = self.clock()
+            await asyncio.sleep(min(60.0, max(0.5, (epoch_of(now, length) + 1) * length - now + 0.05)))
+            self.rotate()
+
+    # ------------------------------------------------------------ HTTP
+
+    async def handle_document(self, request: web.Request) -> web.Response:
+        self.counters["documents"] += 1
+        return web.Response(body=self.envelope, content_type="application/json")
+
+    async def handle_credential(self, request: web.Request) -> web.Response:
+        try:
+            body = await request.json()
+            epoch = int(body["epoch"])
+            blinded = base64.b64decode(body["blinded"], validate=True)
+            token = body.get("token")
+        except (ValueError, KeyError, TypeError, binascii.Error):
+            return self._refuse(400, "malformed request")
+        key = self.keys.get(epoch)
+        if key is None or epoch < self._current:
+            return self._refuse(404, "no issuing key for that epoch")
+        if self.config.access == "token":
+            if not isinstance(token, str) or token not in self.config.tokens:
+                return self._refuse(403, "invalid token")
+            uses = self._token_uses.get((token, epoch), 0)
+            if uses >= self.config.credentials_per_token_per_epoch:
+                return self._refuse(429, "token used up for this epoch")
+            self._token_uses[(token, epoch)] = uses + 1
+        else:
+            peer = request.remote or ""
+            if not self._ratelimit.allow(peer.encode(), self.clock()):
+                return self._refuse(429, "rate limited")
+        try:
+            blind_signature = await asyncio.get_running_loop().run_in_executor(
+                None, sign_blinded, key, blinded
+            )
+        except BlindRSAError:
+            return self._refuse(400, "blinded message refused")
+        self.counters["issued"] += 1
+        return web.json_response({"blind_signature": base64.b64encode(blind_signature).decode()})
+
+    def _refuse(self, status: int, reason: str) -> web.Response:
+        self.counters[f"refused-{status}"] += 1
+        log.info("credential request refused: %s", reason)
+        return web.json_response({"error": reason}, status=status)
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=64 * 1024)
+        app.router.add_get("/v1/provider", self.handle_document)
+        app.router.add_post("/v1/credential", self.handle_credential)
+        return app
+
+    def ssl_context(self) -> ssl.SSLContext:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+        ctx.load_cert_chain(self.config.state_dir / "provider.crt", self.config.state_dir / "provider.key")
+        return ctx
+
+    async def start(self) -> None:
+        # access_log=None: the HTTP access log would tie source addresses to requests.
+        self._runner = web.AppRunner(self.app(), access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.config.listen, self.config.port, ssl_context=self.ssl_context())
+        await site.start()
+        self._rotation = asyncio.ensure_future(self._rotation_loop())
+        log.info(
+            "provider up on %s:%d (access %s, epoch %d s); fingerprint %s",
+            self.config.listen,
+            self.config.port,
+            self.config.access,
+            self.config.epoch_length,
+            self.fingerprint,
+        )
+
+    async def stop(self) -> None:
+        if self._rotation is not None:
+            self._rotation.cancel()
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def run(self) -> None:
+        import signal  # noqa: PLC0415
+
+        await self.start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await stop.wait()
+        finally:
+            await self.stop()
+            log.info("provider stopped; issued %d credentials", self.counters["issued"])
+
+
+def run_provider(config: ProviderConfig) -> int:
+    logging.getLogger("veilgate").setLevel(config.log_level.upper())
+    asyncio.run(ProviderService(config).run())
+    return 0
