@@ -110,10 +110,31 @@ def cmd_gateway(args: argparse.Namespace) -> int:
 
 def cmd_connect(args: argparse.Namespace) -> int:
     from veilgate.client.config import load_client_config
-    from veilgate.client.daemon import run_client
 
     config = load_client_config(args.config)
+    if config.provider_url:
+        from veilgate.client.supervisor import run_provider_client
+
+        return run_provider_client(config)
+    from veilgate.client.daemon import run_client
+
     return run_client(config)
+
+
+def cmd_provider_init(args: argparse.Namespace) -> int:
+    from veilgate.provider.config import load_provider_config
+    from veilgate.provider.service import init_identity
+
+    config = load_provider_config(args.config)
+    print(init_identity(config.state_dir))
+    return 0
+
+
+def cmd_provider_serve(args: argparse.Namespace) -> int:
+    from veilgate.provider.config import load_provider_config
+    from veilgate.provider.service import run_provider
+
+    return run_provider(load_provider_config(args.config))
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -186,6 +207,17 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("connect", help="connect to a gateway")
     g.add_argument("--config", required=True)
     g.set_defaults(func=cmd_connect)
+
+    provider = sub.add_parser(
+        "provider", help="the provider service (document and blind credential issuance)"
+    )
+    psub = provider.add_subparsers(dest="provider_command", required=True)
+    g = psub.add_parser("init", help="make the provider's key and certificate; prints the fingerprint to pin")
+    g.add_argument("--config", required=True)
+    g.set_defaults(func=cmd_provider_init)
+    g = psub.add_parser("serve", help="run the provider service")
+    g.add_argument("--config", required=True)
+    g.set_defaults(func=cmd_provider_serve)
 
     g = sub.add_parser("status", help="a running daemon's aggregate status")
     g.add_argument("--socket", default="/run/veilgate/gateway.sock")

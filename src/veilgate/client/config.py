@@ -5,9 +5,11 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from veilgate.config import load_toml, read_key_file
 from veilgate.config.keys import decode_key
+from veilgate.config.toml import Section
 
 DEFAULT_STATE_DIR = "/var/lib/veilgate"
 DEFAULT_STATUS_SOCKET = "/run/veilgate/client.sock"
@@ -32,12 +34,18 @@ class ClientConfig:
     state_dir: Path = Path(DEFAULT_STATE_DIR)
     status_socket: Path = Path(DEFAULT_STATUS_SOCKET)
     log_level: str = "info"
+    provider_url: str | None = None
+    provider_fingerprint: str | None = None
+    provider_token: str | None = None
+    failover_after: float = 15.0
 
 
 def load_client_config(path: str | Path) -> ClientConfig:
     root = load_toml(path)
     c = root.section("client", required=True)
-    host = c.get_str("gateway_host", expected="the gateway's IP address")
+    if "provider_url" in c.data:
+        return _provider_mode(root, c)
+    host = c.get_str("gateway_host", expected="the gateway's IP address (or provider_url)")
     try:
         ipaddress.ip_address(host)
     except ValueError:
@@ -86,6 +94,55 @@ def load_client_config(path: str | Path) -> ClientConfig:
         state_dir=c.path_value("state_dir", DEFAULT_STATE_DIR),
         status_socket=c.path_value("status_socket", DEFAULT_STATUS_SOCKET),
         log_level=c.choice("log_level", ("debug", "info", "warning", "error"), "info"),
+    )
+    if len(cfg.tun_name) > 15:
+        raise c.error("tun_name", "an interface name of at most 15 characters", cfg.tun_name)
+    c.reject_unknown()
+    root.reject_unknown()
+    return cfg
+
+
+def _common(c: Section) -> dict[str, Any]:
+    return {
+        "transport": c.choice("transport", ("auto", "udp", "tcp"), "auto"),
+        "udp_grace": c.get_float("udp_grace", 0.3, low=0.05, high=10),
+        "reprobe_interval": c.get_float("reprobe_interval", 10.0, low=0.5, high=3600),
+        "stall_timeout": c.get_float("stall_timeout", 3.0, low=0.5, high=120),
+        "keepalive": c.get_float("keepalive", 10.0, low=1, high=600),
+        "tun_name": c.get_str("tun_name", "vg0", "an interface name of at most 15 characters"),
+        "kill_switch": c.get_bool("kill_switch", False),
+        "apply_dns": c.get_bool("apply_dns", True),
+        "state_dir": c.path_value("state_dir", DEFAULT_STATE_DIR),
+        "status_socket": c.path_value("status_socket", DEFAULT_STATUS_SOCKET),
+        "log_level": c.choice("log_level", ("debug", "info", "warning", "error"), "info"),
+    }
+
+
+def _provider_mode(root: Section, c: Section) -> ClientConfig:
+    """Only the provider URL and pinned fingerprint: gateways and credentials come from the provider."""
+    url = c.get_str("provider_url", expected="the provider's https:// URL")
+    if not url.startswith("https://"):
+        raise c.error("provider_url", "an https:// URL", url)
+    fingerprint = c.get_str(
+        "provider_fingerprint", expected="the provider certificate's SHA-256, 64 hex digits"
+    )
+    try:
+        if len(bytes.fromhex(fingerprint.replace(":", ""))) != 32:
+            raise ValueError
+    except ValueError:
+        raise c.error(
+            "provider_fingerprint", "the provider certificate's SHA-256, 64 hex digits", fingerprint
+        ) from None
+    cfg = ClientConfig(
+        gateway_host="",
+        gateway_public_key=b"",
+        private_key=b"",
+        credential=b"",
+        provider_url=url,
+        provider_fingerprint=fingerprint,
+        provider_token=c.optional_str("provider_token"),
+        failover_after=c.get_float("failover_after", 15.0, low=2, high=3600),
+        **_common(c),
     )
     if len(cfg.tun_name) > 15:
         raise c.error("tun_name", "an interface name of at most 15 characters", cfg.tun_name)

@@ -135,6 +135,7 @@ class Client:
         self.status_server: asyncio.AbstractServer | None = None
         self.counters: dict[str, int] = {}
         self._logged_switches = 0
+        self.extra_status: dict[str, object] = {}
 
     # ------------------------------------------------------------ lifecycle
 
@@ -466,6 +467,12 @@ class Client:
             self.state.routes.append((dst, gateway, device))
             self.state.save()
 
+    def rotate_identity(self, key: KeyPair, credential: bytes) -> None:
+        """Switch to a new static key and credential; the session, its addresses and TCP flows inside stay."""
+        now = self.clock()
+        self.core.rotate_identity(key, credential, now)
+        self._after_io(now)
+
     # ------------------------------------------------------------ status
 
     def status(self) -> dict[str, object]:
@@ -493,7 +500,7 @@ class Client:
                 for s in self.paths.switches
             ],
             "counters": dict(self.core.counters) | self.counters,
-        }
+        } | self.extra_status
 
     async def _on_status(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:

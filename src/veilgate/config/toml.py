@@ -70,6 +70,15 @@ class Section:
             raise self.error(key, "a table", value)
         return Section(self.path, self._name(key), value)
 
+    def tables(self, key: str, expected: str) -> list[Section]:
+        """An array of tables (``[[key]]``), at least one."""
+        value = self._get(key, _MISSING)
+        if value is _MISSING or not isinstance(value, list) or not value:
+            raise self.error(key, expected, None if value is _MISSING else value)
+        if not all(isinstance(v, dict) for v in value):
+            raise self.error(key, expected, value)
+        return [Section(self.path, f"{self._name(key)}[{i}]", v) for i, v in enumerate(value)]
+
     def get_str(self, key: str, default: str | None = None, expected: str = "a string") -> str:
         value = self._get(key, _MISSING if default is None else default)
         if value is _MISSING:

@@ -43,6 +43,8 @@ class GatewayConfig:
     status_socket: Path = Path(DEFAULT_STATUS_SOCKET)
     log_level: str = "info"
     max_tcp_connections: int = 4096
+    provider_url: str | None = None
+    provider_fingerprint: str | None = None
 
 
 def load_gateway_config(path: str | Path) -> GatewayConfig:
@@ -87,10 +89,16 @@ def load_gateway_config(path: str | Path) -> GatewayConfig:
     gw.reject_unknown()
 
     cred = root.section("credentials", required=True)
-    keys = cred.str_list("issuer_public_keys")
-    if not keys:
+    cfg.provider_url = cred.optional_str("provider_url")
+    if cfg.provider_url:
+        cfg.provider_fingerprint = cred.get_str(
+            "provider_fingerprint",
+            expected="the provider certificate's SHA-256 (from `veilgate provider init`)",
+        )
+    keys = cred.str_list("issuer_public_keys", [] if cfg.provider_url else None)
+    if not keys and not cfg.provider_url:
         raise cred.error(
-            "issuer_public_keys", "at least one issuer public key (from `veilgate issuer init`)", keys
+            "issuer_public_keys", "issuer public keys (`veilgate issuer init`), or provider_url", keys
         )
     for text in keys:
         try:

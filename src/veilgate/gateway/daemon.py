@@ -27,6 +27,7 @@ from collections.abc import Callable
 from typing import Any
 
 from veilgate.credentials import CredentialVerifier, IssuerPublicKey
+from veilgate.credentials.epochs import DEFAULT_EPOCH_LENGTH, AnyCredentialVerifier, EpochVerifier
 from veilgate.gateway.config import GatewayConfig
 from veilgate.gateway.pool import AddressPool, PoolExhausted
 from veilgate.netfilter import NftTable, gateway_isolation_rules, gateway_nat_rules
@@ -34,6 +35,7 @@ from veilgate.protocol.control import TunnelConfig
 from veilgate.protocol.crypto import KeyPair
 from veilgate.protocol.events import HandshakeRefused, SessionEnded, SessionEstablished, SessionRekeyed
 from veilgate.protocol.gateway import GatewayProtocol, Session
+from veilgate.provider.client import ProviderClient, ProviderUnavailable
 from veilgate.transport.tcp import FramedConnection, serve_tcp
 from veilgate.tun import TunDevice, netlink
 
@@ -97,10 +99,18 @@ class Gateway:
     def __init__(self, config: GatewayConfig, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config
         self.clock = clock
-        verifier = CredentialVerifier(
+        ed25519 = CredentialVerifier(
             [IssuerPublicKey.from_bytes(k) for k in config.issuer_public_keys], max_skew=config.max_skew
         )
+        self.epochs = EpochVerifier([], DEFAULT_EPOCH_LENGTH, max_skew=config.max_skew)
+        verifier = AnyCredentialVerifier(ed25519, self.epochs)
         self.core = GatewayProtocol(KeyPair.from_private_bytes(config.private_key), _WallClockCheck(verifier))
+        self.provider = (
+            ProviderClient(config.provider_url, config.provider_fingerprint or "")
+            if config.provider_url
+            else None
+        )
+        self._provider_task: asyncio.Task[None] | None = None
         self.pool4 = AddressPool(config.pool_v4)
         self.pool6 = AddressPool(config.pool_v6) if config.pool_v6 is not None else None
         self.routes: dict[bytes, Session] = {}
@@ -165,6 +175,9 @@ class Gateway:
                 body += gateway_nat_rules(pools, cfg.nat_interface)
             self.nft.apply(body)
 
+        if self.provider is not None:
+            await self._refresh_epochs()
+            self._provider_task = asyncio.ensure_future(self._provider_loop())
         cfg.status_socket.parent.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
             cfg.status_socket.unlink()
@@ -178,6 +191,34 @@ class Gateway:
             cfg.pool_v4,
             f" {cfg.pool_v6}" if cfg.pool_v6 else "",
         )
+
+    async def _refresh_epochs(self) -> bool:
+        """Load the issuer's epoch keys from the provider document; False if the provider is unreachable."""
+        assert self.provider is not None
+        try:
+            fetched = await self.provider.fetch_document(time.time())
+        except ProviderUnavailable as exc:
+            self.counters["provider-unreachable"] += 1
+            log.warning("provider document not refreshed: %s", exc)
+            return False
+        doc = fetched.document
+        self.epochs.epoch_length = doc.epoch_length
+        self.epochs.update(doc.epochs)
+        log.info("issuer epoch keys loaded: epochs %s", ", ".join(str(e.epoch) for e in doc.epochs))
+        return True
+
+    async def _provider_loop(self) -> None:
+        retry = 1.0
+        while True:
+            length = self.epochs.epoch_length
+            if await self._refresh_epochs():
+                retry = 1.0
+                # Soon after each epoch starts (new keys), and at least every 5 minutes.
+                now = time.time()
+                await asyncio.sleep(min(300.0, (int(now // length) + 1) * length - now + 1.0))
+            else:
+                await asyncio.sleep(retry)
+                retry = min(retry * 2, 60.0)
 
     async def run(self) -> None:
         await self.start()
@@ -198,6 +239,8 @@ class Gateway:
         loop = asyncio.get_running_loop()
         if self._timer is not None:
             self._timer.cancel()
+        if self._provider_task is not None:
+            self._provider_task.cancel()
         for sock in self.udp_socks:
             loop.remove_reader(sock.fileno())
             sock.close()
@@ -435,7 +478,7 @@ class _WallClockCheck:
     This adapter gives the verifier the wall clock, the one place a daemon reads it.
     """
 
-    def __init__(self, verifier: CredentialVerifier) -> None:
+    def __init__(self, verifier: AnyCredentialVerifier) -> None:
         self.verifier = verifier
 
     def verify(self, data: bytes, static_public: bytes, now: float) -> object:

@@ -58,13 +58,7 @@ def load_provider_config(path: str | Path) -> ProviderConfig:
     elif "tokens_file" in p.data:
         p.optional_str("tokens_file")
     p.reject_unknown()
-    gateways = root.data.get("gateway", [])
-    if not isinstance(gateways, list) or not gateways:
-        raise root.error("gateway", "one or more [[gateway]] tables")
-    for i, g in enumerate(gateways):
-        from veilgate.config.toml import Section  # noqa: PLC0415 - a small local helper use
-
-        s = Section(root.path, f"gateway[{i}]", g)
+    for s in root.tables("gateway", "one or more [[gateway]] tables"):
         text = s.get_str("public_key", expected="the gateway's base64 public key")
         try:
             key = base64.b64decode(text, validate=True)
@@ -85,6 +79,5 @@ def load_provider_config(path: str | Path) -> ProviderConfig:
             )
         )
         s.reject_unknown()
-    root._read.add("gateway")
     root.reject_unknown()
     return cfg

@@ -1,0 +1,259 @@
+"""Provider mode: a client that knows only the provider's URL and pinned fingerprint.
+
+It bootstraps from the signed provider document (cached, so a provider outage
+does not stop a client whose cached document and credential are still valid),
+picks the best gateway by measured handshake round-trip time and the
+document's load hints, obtains a blind credential for a fresh static key, and
+connects. At the start of each epoch it obtains a new credential for a new
+static key and re-handshakes under the new identity on the same session (the
+tunnel, its addresses and the TCP connections inside it stay up). When the
+gateway stops answering for ``failover_after`` seconds it moves to the next
+gateway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import secrets
+import signal
+import time
+
+from veilgate.client.config import ClientConfig
+from veilgate.client.daemon import Client
+from veilgate.credentials.epochs import BlindCredential, epoch_of
+from veilgate.protocol.cookie import CookieGenerator
+from veilgate.protocol.crypto import KeyPair
+from veilgate.protocol.handshake import InitiatorHandshake
+from veilgate.protocol.messages import TYPE_COOKIE_REPLY, TYPE_HANDSHAKE_RESP
+from veilgate.provider.client import FetchedDocument, ProviderClient, ProviderUnavailable
+from veilgate.provider.document import GatewayEntry
+
+log = logging.getLogger("veilgate.client")
+
+
+class _Probe(asyncio.DatagramProtocol):
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.answered: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+
+    def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
+        if (
+            len(data) >= 12
+            and data[0] in (TYPE_HANDSHAKE_RESP, TYPE_COOKIE_REPLY)
+            and int.from_bytes(data[8 if data[0] == TYPE_HANDSHAKE_RESP else 4 :][:4], "little") == self.index
+            and not self.answered.done()
+        ):
+            self.answered.set_result(time.monotonic())
+
+
+async def handshake_rtt(gateway: GatewayEntry, timeout: float = 1.0) -> float | None:
+    """Time a handshake initiation to ``gateway`` over UDP until its answer (response or cookie reply)."""
+    loop = asyncio.get_running_loop()
+    index = secrets.randbits(32)
+    probe = _Probe(index)
+    try:
+        transport, _ = await loop.create_datagram_endpoint(
+            lambda: probe, remote_addr=(gateway.host, gateway.udp_port)
+        )
+    except OSError:
+        return None
+    try:
+        init = InitiatorHandshake(
+            KeyPair.generate(),
+            gateway.public_key,
+            index,
+            CookieGenerator(gateway.public_key),
+            time.monotonic(),
+        )
+        t0 = time.monotonic()
+        transport.sendto(init.init_message)
+        try:
+            return await asyncio.wait_for(probe.answered, timeout) - t0
+        except TimeoutError:
+            return None
+    finally:
+        transport.close()
+
+
+async def rank_gateways(gateways: tuple[GatewayEntry, ...]) -> list[tuple[GatewayEntry, float | None]]:
+    """Best first: measured RTT weighted by the load hint; unanswered gateways last, in document order."""
+    rtts = await asyncio.gather(*(handshake_rtt(g) for g in gateways))
+    ranked = list(zip(gateways, rtts, strict=True))
+    ranked.sort(key=lambda p: (p[1] is None, (p[1] or 0.0) * (1.0 + 2.0 * p[0].load)))
+    return ranked
+
+
+class ProviderModeClient:
+    def __init__(self, config: ClientConfig) -> None:
+        assert config.provider_url and config.provider_fingerprint
+        self.config = config
+        self.provider = ProviderClient(
+            config.provider_url, config.provider_fingerprint, cache_dir=config.state_dir / "provider"
+        )
+        self.fetched: FetchedDocument | None = None
+        self.client: Client | None = None
+        self.gateway: GatewayEntry | None = None
+        self.credential: BlindCredential | None = None
+        self.rotations = 0
+        self.failovers = 0
+        self._stop = asyncio.Event()
+
+    # ------------------------------------------------------------ provider
+
+    async def document(self, *, required: bool) -> FetchedDocument | None:
+        """A fresh document, else the cached one if valid; retries with backoff while ``required``."""
+        delay = 1.0
+        while not self._stop.is_set():
+            try:
+                self.fetched = await self.provider.fetch_document(time.time())
+                return self.fetched
+            except ProviderUnavailable as exc:
+                cached = self.provider.cached_document(time.time())
+                if cached is not None:
+                    log.warning("provider unreachable (%s); using the cached provider document", exc)
+                    self.fetched = cached
+                    return cached
+                if not required:
+                    log.warning("provider unreachable (%s)", exc)
+                    return None
+                log.error("cannot start: %s; no valid cached document; retrying in %.0f s", exc, delay)
+            await self._sleep(delay)
+            delay = min(delay * 2, 60.0)
+        return None
+
+    async def new_identity(self) -> tuple[KeyPair, BlindCredential] | None:
+        """A fresh static key and a blind credential for it, for the current epoch."""
+        delay = 1.0
+        while not self._stop.is_set():
+            fetched = self.fetched or await self.document(required=True)
+            if fetched is None:
+                return None
+            doc = fetched.document
+            epoch_key = doc.epoch_key(epoch_of(time.time(), doc.epoch_length))
+            if epoch_key is None:
+                await self.document(required=False)
+                fetched = self.fetched
+                epoch_key = (
+                    fetched.document.epoch_key(epoch_of(time.time(), doc.epoch_length)) if fetched else None
+                )
+            if epoch_key is not None:
+                key = KeyPair.generate()
+                try:
+                    credential = await self.provider.obtain_credential(
+                        epoch_key, key.public, self.config.provider_token
+                    )
+                    return key, credential
+                except ProviderUnavailable as exc:
+                    log.error("no new credential: %s; retrying in %.0f s", exc, delay)
+            else:
+                log.error("the provider document has no issuing key for the current epoch; retrying")
+            await self._sleep(delay)
+            delay = min(delay * 2, 60.0)
+        return None
+
+    # ------------------------------------------------------------ running
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        fetched = await self.document(required=True)
+        if fetched is None:
+            return
+        attempt = 0
+        while not self._stop.is_set():
+            assert self.fetched is not None
+            ranked = await rank_gateways(self.fetched.document.gateways)
+            for gw, rtt in ranked:
+                log.info(
+                    "gateway %s (%s): %s",
+                    gw.name,
+                    gw.location,
+                    f"handshake RTT {rtt * 1000:.1f} ms" if rtt is not None else "no answer over UDP",
+                )
+            gateway = ranked[attempt % len(ranked)][0]
+            identity = await self.new_identity()
+            if identity is None:
+                break
+            outcome = await self.connect(gateway, *identity)
+            if outcome == "stop":
+                break
+            self.failovers += 1
+            attempt += 1
+            log.warning("gateway %s stopped answering; failing over", gateway.name)
+            await self.document(required=False)
+
+    async def connect(self, gateway: GatewayEntry, key: KeyPair, credential: BlindCredential) -> str:
+        cfg = dataclasses.replace(
+            self.config,
+            gateway_host=gateway.host,
+            gateway_public_key=gateway.public_key,
+            udp_port=gateway.udp_port,
+            tcp_port=gateway.tcp_port,
+            private_key=key.private_bytes(),
+            credential=credential.encode(),
+        )
+        self.gateway, self.credential = gateway, credential
+        client = self.client = Client(cfg)
+        self._update_status()
+        log.info("connecting to gateway %s (%s)", gateway.name, gateway.location)
+        await client.start()
+        try:
+            return await self.supervise(client)
+        finally:
+            await client.stop()
+            self.client = None
+
+    async def supervise(self, client: Client) -> str:
+        length = self.fetched.document.epoch_length if self.fetched else 86400
+        renew_at = self._renewal_time(self.credential, length)
+        last_ok = time.monotonic()
+        while not self._stop.is_set():
+            await self._sleep(0.5)
+            now = time.monotonic()
+            if client.core.connected:
+                last_ok = now
+            elif now - last_ok > self.config.failover_after:
+                return "failover"
+            if time.time() >= renew_at:
+                identity = await self.new_identity()
+                if identity is None:
+                    return "stop"
+                key, credential = identity
+                client.rotate_identity(key, credential.encode())
+                self.credential = credential
+                self.rotations += 1
+                log.info("new static key and credential (epoch %d); same session", credential.epoch)
+                renew_at = self._renewal_time(credential, length)
+                self._update_status()
+        return "stop"
+
+    @staticmethod
+    def _renewal_time(credential: BlindCredential | None, length: int) -> float:
+        """Early in the next epoch, at a random moment, so renewals do not line up across clients."""
+        if credential is None:
+            return time.time()
+        jitter = secrets.randbelow(max(1, int(min(length / 4, 300) * 1000))) / 1000
+        return (credential.epoch + 1) * length + 1.0 + jitter
+
+    def _update_status(self) -> None:
+        if self.client is not None:
+            self.client.extra_status = {
+                "gateway": self.gateway.name if self.gateway else None,
+                "credential_epoch": self.credential.epoch if self.credential else None,
+                "identity_rotations": self.rotations,
+                "failovers": self.failovers,
+            }
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), seconds)
+
+
+def run_provider_client(config: ClientConfig) -> int:
+    logging.getLogger("veilgate").setLevel(config.log_level.upper())
+    asyncio.run(ProviderModeClient(config).run())
+    return 0
