@@ -101,3 +101,31 @@ def test_dispatch_by_alg(keys: dict[int, EpochKey]) -> None:
     assert any_v.verify(issue(issuer, STATIC, NOW).encode(), STATIC, NOW)
     with pytest.raises(CredentialError):
         any_v.verify(b"\x01\x09", STATIC, NOW)
+
+
+def test_every_pairing_of_issuance_and_credential_is_equally_consistent(keys: dict[int, EpochKey]) -> None:
+    """Unlinkability, shown: the issuer's transcript fits each credential equally well.
+
+    The issuer sees (blinded message, blind signature) per request; the gateway later sees
+    credentials. For *every* pairing of a transcript i with a credential j there is a blinding
+    factor r with ``blinded_i = EM_j * r^e`` and ``blind_sig_i = sig_j * r`` (mod n), where EM_j is
+    the encoded message the signature opens to. So nothing in the two views says which request
+    produced which credential.
+    """
+    key = keys[EPOCH]
+    pub = key.key.public
+    n, e = pub.n, pub.e
+    transcripts: list[tuple[int, int]] = []
+    credentials: list[BlindCredential] = []
+    for static in (bytes([1]) * 32, bytes([2]) * 32):
+        request = CredentialRequest(key.public, static)
+        answer = sign_blinded(key, request.blinded)
+        transcripts.append((int.from_bytes(request.blinded, "big"), int.from_bytes(answer, "big")))
+        credentials.append(request.finalize(answer))
+    for blinded, blind_sig in transcripts:
+        for cred in credentials:
+            sig = int.from_bytes(cred.signature, "big")
+            encoded = pow(sig, e, n)  # what the signature opens to: public, from the credential alone
+            r = blind_sig * pow(sig, -1, n) % n
+            assert encoded * pow(r, e, n) % n == blinded
+            assert sig * r % n == blind_sig

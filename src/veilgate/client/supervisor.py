@@ -210,13 +210,14 @@ class ProviderModeClient:
     async def supervise(self, client: Client) -> str:
         length = self.fetched.document.epoch_length if self.fetched else 86400
         renew_at = self._renewal_time(self.credential, length)
-        last_ok = time.monotonic()
+        started = time.monotonic()
         while not self._stop.is_set():
             await self._sleep(0.5)
             now = time.monotonic()
-            if client.core.connected:
-                last_ok = now
-            elif now - last_ok > self.config.failover_after:
+            core = client.core
+            if core.unanswered_for(now) > self.config.failover_after or (
+                not core.connected and now - started > self.config.failover_after
+            ):
                 return "failover"
             if time.time() >= renew_at:
                 identity = await self.new_identity()

@@ -176,8 +176,8 @@ class Gateway:
             self.nft.apply(body)
 
         if self.provider is not None:
-            await self._refresh_epochs()
-            self._provider_task = asyncio.ensure_future(self._provider_loop())
+            loaded = await self._refresh_epochs()
+            self._provider_task = asyncio.ensure_future(self._provider_loop(loaded))
         cfg.status_socket.parent.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
             cfg.status_socket.unlink()
@@ -207,18 +207,20 @@ class Gateway:
         log.info("issuer epoch keys loaded: epochs %s", ", ".join(str(e.epoch) for e in doc.epochs))
         return True
 
-    async def _provider_loop(self) -> None:
+    async def _provider_loop(self, ok: bool) -> None:
+        """Refresh after each epoch starts (new keys) and at least every 5 minutes; retry with backoff."""
         retry = 1.0
         while True:
-            length = self.epochs.epoch_length
-            if await self._refresh_epochs():
-                retry = 1.0
-                # Soon after each epoch starts (new keys), and at least every 5 minutes.
+            if ok:
+                length = self.epochs.epoch_length
                 now = time.time()
                 await asyncio.sleep(min(300.0, (int(now // length) + 1) * length - now + 1.0))
-            else:
+            ok = await self._refresh_epochs()
+            if not ok:
                 await asyncio.sleep(retry)
                 retry = min(retry * 2, 60.0)
+            else:
+                retry = 1.0
 
     async def run(self) -> None:
         await self.start()

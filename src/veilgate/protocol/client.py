@@ -109,6 +109,10 @@ class ClientProtocol:
         """A keypair the gateway confirmed is in use."""
         return self.current is not None and self._confirmed
 
+    def unanswered_for(self, now: float) -> float:
+        """How long the client has been sending with nothing authenticated coming back (0 if answered)."""
+        return 0.0 if self._awaiting_since is None else now - self._awaiting_since
+
     def connect(self, now: float) -> None:
         if self._started:
             raise LocalProtocolError("connect() called twice")

@@ -47,9 +47,15 @@ class Deployment:
         self.udp_port = udp_port
         self.tcp_port = tcp_port
         self.issuer = IssuerKey.generate()
-        self.gateway_key = KeyPair.generate()
-        write_key_file(self.dir / "gateway.key", self.gateway_key.private_bytes())
+        self.gateway_keys: dict[str, KeyPair] = {}
+        self.gateway_public("gateway")
+        self.gateway_key = self.gateway_keys["gateway"]
         self.gateway_proc: subprocess.Popen[Any] | None = None
+        self.gateways: dict[str, subprocess.Popen[Any]] = {}
+        self.provider_port = 9443
+        self.provider_url = ""
+        self.provider_fingerprint: str | None = None
+        self.provider_proc: subprocess.Popen[Any] | None = None
         self.clients: dict[str, subprocess.Popen[Any]] = {}
         self.gateway_tun = f"vgt{topo.tag}"
 
@@ -57,11 +63,22 @@ class Deployment:
 
     @property
     def gateway_socket(self) -> Path:
-        return self.dir / "gateway.sock"
+        return self.gateway_sock("gateway")
 
-    def gateway_config(self, **overrides: object) -> Path:
+    def gateway_sock(self, name: str) -> Path:
+        return self.dir / f"{name}.sock"
+
+    def gateway_public(self, name: str = "gateway") -> bytes:
+        if name not in self.gateway_keys:
+            key = KeyPair.generate()
+            write_key_file(self.dir / f"{name}.key", key.private_bytes())
+            self.gateway_keys[name] = key
+        return self.gateway_keys[name].public
+
+    def gateway_config(self, name: str = "gateway", **overrides: object) -> Path:
+        self.gateway_public(name)
         gw: dict[str, object] = {
-            "private_key_file": str(self.dir / "gateway.key"),
+            "private_key_file": str(self.dir / f"{name}.key"),
             "listen": netns.GATEWAY_V4,
             "listen6": "",
             "udp_port": self.udp_port,
@@ -70,19 +87,22 @@ class Deployment:
             "pool_v4": netns.TUNNEL_POOL_V4,
             "pool_v6": netns.TUNNEL_POOL_V6,
             "dns": ["10.201.0.1"],
-            "status_socket": str(self.gateway_socket),
+            "status_socket": str(self.gateway_sock(name)),
             "log_level": "info",
         }
         gw.update(overrides)
         cred: dict[str, object] = {"issuer_public_keys": [encode_key(self.issuer.public_key().to_bytes())]}
-        path = self.dir / "gateway.toml"
+        if self.provider_fingerprint is not None:
+            cred["provider_url"] = self.provider_url
+            cred["provider_fingerprint"] = self.provider_fingerprint
+        path = self.dir / f"{name}.toml"
         path.write_text(_toml({"gateway": gw, "credentials": cred}))
         return path
 
-    def start_gateway(self, **overrides: object) -> subprocess.Popen[Any]:
-        config = self.gateway_config(**overrides)
-        log = (self.dir / "gateway.log").open("a")
-        self.gateway_proc = self.topo.spawn(
+    def start_gateway(self, name: str = "gateway", **overrides: object) -> subprocess.Popen[Any]:
+        config = self.gateway_config(name, **overrides)
+        log = (self.dir / f"{name}.log").open("a")
+        proc = self.topo.spawn(
             self.topo.gateway,
             sys.executable,
             "-m",
@@ -93,14 +113,110 @@ class Deployment:
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-        wait_for(self.gateway_socket.exists, 10, "the gateway to start", self.dir / "gateway.log")
-        return self.gateway_proc
+        self.gateways[name] = proc
+        if name == "gateway":
+            self.gateway_proc = proc
+        wait_for(self.gateway_sock(name).exists, 15, f"{name} to start", self.dir / f"{name}.log")
+        return proc
 
-    def stop_gateway(self) -> int:
-        assert self.gateway_proc is not None
-        code = self.topo.stop(self.gateway_proc)
-        self.gateway_proc = None
+    def stop_gateway(self, name: str = "gateway") -> int:
+        proc = self.gateways.pop(name)
+        code = self.topo.stop(proc)
+        if name == "gateway":
+            self.gateway_proc = None
         return code
+
+    # ---- provider
+
+    def start_provider(
+        self,
+        gateways: list[tuple[str, int, int, str, float]] | None = None,
+        *,
+        epoch_length: int = 3600,
+        access: str = "open",
+        tokens: list[str] | None = None,
+    ) -> str:
+        """The provider service in the gateway's namespace; returns its certificate fingerprint.
+
+        ``gateways``: (name, udp port, tcp port, location, load) of gateways started later with those names.
+        """
+        gateways = gateways or [("gateway", self.udp_port, self.tcp_port, "here", 0.0)]
+        provider: dict[str, object] = {
+            "name": "veilgate test provider",
+            "listen": netns.GATEWAY_V4,
+            "port": self.provider_port,
+            "state_dir": str(self.dir / "provider-state"),
+            "epoch_length": epoch_length,
+            "access": access,
+            "rsa_bits": 2048,
+            "log_level": "info",
+        }
+        if tokens is not None:
+            (self.dir / "tokens.txt").write_text("\n".join(tokens) + "\n")
+            provider["tokens_file"] = str(self.dir / "tokens.txt")
+        lines = [_toml({"provider": provider})]
+        for name, udp, tcp, location, load in gateways:
+            entry = {
+                "name": name,
+                "host": netns.GATEWAY_V4,
+                "public_key": encode_key(self.gateway_public(name)),
+                "udp_port": udp,
+                "tcp_port": tcp,
+                "location": location,
+                "load": load,
+            }
+            lines.append("[[gateway]]\n" + _toml({"x": entry}).split("\n", 1)[1])
+        config = self.dir / "provider.toml"
+        config.write_text("\n".join(lines))
+        init = self.topo.ns_run(
+            self.topo.gateway, sys.executable, "-m", "veilgate", "provider", "init", "--config", str(config)
+        )
+        self.provider_fingerprint = init.stdout.strip()
+        self.provider_url = f"https://{netns.GATEWAY_V4}:{self.provider_port}"
+        log = (self.dir / "provider.log").open("a")
+        self.provider_proc = self.topo.spawn(
+            self.topo.gateway,
+            sys.executable,
+            "-m",
+            "veilgate",
+            "provider",
+            "serve",
+            "--config",
+            str(config),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        wait_for(
+            lambda: "provider up" in (self.dir / "provider.log").read_text(),
+            20,
+            "the provider to start",
+            self.dir / "provider.log",
+        )
+        return self.provider_fingerprint
+
+    def stop_provider(self) -> int:
+        assert self.provider_proc is not None
+        code = self.topo.stop(self.provider_proc)
+        self.provider_proc = None
+        return code
+
+    def make_provider_client(self, name: str = "c1", **overrides: object) -> Path:
+        """A client configured with only the provider's URL and fingerprint."""
+        assert self.provider_fingerprint is not None
+        client: dict[str, object] = {
+            "provider_url": self.provider_url,
+            "provider_fingerprint": self.provider_fingerprint,
+            "tun_name": f"vgu{self.topo.tag}{name}"[:15],
+            "state_dir": str(self.dir / f"{name}-state"),
+            "status_socket": str(self.client_socket(name)),
+            "reprobe_interval": 2.0,
+            "failover_after": 6.0,
+            "log_level": "info",
+        }
+        client.update(overrides)
+        path = self.dir / f"{name}.toml"
+        path.write_text(_toml({"client": client}))
+        return path
 
     # ---- clients
 

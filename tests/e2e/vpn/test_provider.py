@@ -1,0 +1,156 @@
+"""Provider mode end to end: bootstrap from the provider URL, key rotation, failover, unlinkability."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from veilgate.testing import netns
+from veilgate.testing.deploy import Deployment, wait_for
+
+from .conftest import WebServer
+from .test_vpn import ping
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def pdeploy(deploy: Deployment) -> Deployment:
+    """A deployment whose gateway trusts the provider's epoch keys (the default gateway is restarted)."""
+    deploy.stop_gateway()
+    return deploy
+
+
+def test_client_with_only_the_provider_url_connects(
+    pdeploy: Deployment, web: WebServer, tmp_path: Path
+) -> None:
+    d = pdeploy
+    d.start_provider()
+    d.start_gateway()
+    d.make_provider_client("c1")
+    config_text = (d.dir / "c1.toml").read_text()
+    assert "gateway_host" not in config_text and "credential" not in config_text
+    d.start_client("c1")
+    status = d.wait_client("c1", timeout=20)
+    assert status["gateway"] == "gateway" and status["credential_epoch"] is not None
+    assert ping(d.topo, d.topo.client, netns.INTERNET_V4)
+    d.topo.ns_run(d.topo.client, "curl", "-sS", "--fail", "-o", str(tmp_path / "f"), web.url4, timeout=70)
+    assert hashlib.sha256((tmp_path / "f").read_bytes()).hexdigest() == web.sha256
+
+
+def test_credential_renewal_and_key_rotation_during_a_transfer(
+    pdeploy: Deployment, web: WebServer, tmp_path: Path
+) -> None:
+    d = pdeploy
+    d.start_provider(epoch_length=12)
+    d.start_gateway()
+    d.make_provider_client("c1")
+    d.start_client("c1")
+    d.wait_client("c1", timeout=20)
+    dest = tmp_path / "blob"
+    curl = d.topo.spawn(
+        d.topo.client,
+        "curl",
+        "-sS",
+        "--fail",
+        "--limit-rate",
+        "300K",
+        "--max-time",
+        "90",
+        "-o",
+        str(dest),
+        web.url4,
+        stderr=subprocess.PIPE,
+    )
+    assert curl.wait(timeout=100) == 0, curl.stderr.read() if curl.stderr else ""
+    assert hashlib.sha256(dest.read_bytes()).hexdigest() == web.sha256
+    status = d.client_status("c1")
+    assert status["identity_rotations"] >= 1, status
+    gw = d.gateway_status()
+    assert gw["sessions"] == 1
+    assert gw["counters"].get("sessions-established") == 1
+    assert gw["counters"].get("identity-rotations", 0) >= 1
+
+
+def test_failover_when_the_chosen_gateway_stops(pdeploy: Deployment) -> None:
+    d = pdeploy
+    topo = d.topo
+    topo.ns_run(topo.internet, "ip", "route", "add", "10.202.0.0/16", "via", netns.GATEWAY_I_V4)
+    d.start_provider(
+        [
+            ("gateway", d.udp_port, d.tcp_port, "near", 0.0),
+            ("gw2", d.udp_port + 1, d.tcp_port + 1, "far", 0.9),
+        ]
+    )
+    d.start_gateway()
+    d.start_gateway(
+        "gw2",
+        udp_port=d.udp_port + 1,
+        tcp_port=d.tcp_port + 1,
+        tun_name=f"vgt{topo.tag}b",
+        pool_v4="10.202.0.0/16",
+        pool_v6="fd7a:202::/64",
+        dns=["10.202.0.1"],
+    )
+    d.make_provider_client("c1", failover_after=5.0)
+    d.start_client("c1")
+    status = d.wait_client("c1", timeout=20)
+    assert status["gateway"] == "gateway"
+    assert ping(topo, topo.client, netns.INTERNET_V4)
+    t0 = time.monotonic()
+    d.stop_gateway("gateway")
+    wait_for(
+        lambda: (
+            d.client_socket("c1").exists()
+            and _status_or_empty(d).get("gateway") == "gw2"
+            and bool(_status_or_empty(d).get("connected"))
+        ),
+        40,
+        "failover to gw2",
+        d.dir / "c1.log",
+    )
+    assert ping(topo, topo.client, netns.INTERNET_V4)
+    assert time.monotonic() - t0 < 40
+    assert d.status(d.gateway_sock("gw2"))["sessions"] == 1
+
+
+def _status_or_empty(d: Deployment) -> dict[str, object]:
+    try:
+        return d.client_status("c1")
+    except OSError:
+        return {}
+
+
+def test_issuer_and_gateway_records_cannot_link_issuance_to_connection(pdeploy: Deployment) -> None:
+    d = pdeploy
+    topo = d.topo
+    ns2, _ = topo.add_client(2)
+    d.start_provider()
+    d.start_gateway()
+    for name, ns in (("c1", topo.client), ("c2", ns2)):
+        d.make_provider_client(name)
+        d.start_client(name, ns=ns)
+        d.wait_client(name, timeout=20)
+    assert ping(topo, topo.client, netns.INTERNET_V4) and ping(topo, ns2, netns.INTERNET_V4)
+    # Everything the issuer stored or logged, and everything the gateway logged or reports.
+    issuer_side = (
+        b"".join(p.read_bytes() for p in sorted((d.dir / "provider-state").rglob("*")) if p.is_file())
+        + (d.dir / "provider.log").read_bytes()
+    )
+    gateway_side = (d.dir / "gateway.log").read_bytes() + str(d.gateway_status()).encode()
+    for name in ("c1", "c2"):
+        cached = d.dir / f"{name}-state" / "provider"
+        assert cached.exists()
+        status = d.client_status(name)
+        tunnel_ip = status["ipv4"].split("/")[0].encode()
+        for secret in (tunnel_ip, netns.CLIENT_V4.encode(), b"172.31.5.2"):
+            assert secret not in issuer_side and secret not in gateway_side
+    # The issuer saw only blinded messages; the gateway saw only finalized credentials. Blinding makes
+    # every pairing of the two equally consistent (RFC 9474): there is nothing to match them by.
+    log = (d.dir / "provider.log").read_text()
+    assert "credential request refused" not in log
+    assert "172.31.1.2" not in log and "172.31.5.2" not in log
