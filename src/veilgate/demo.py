@@ -88,8 +88,11 @@ def run(demo: Demo, topo: Topology, work: Path) -> None:
     print(f"  internet {topo.internet:14s} {netns.INTERNET_V4}, {netns.INTERNET_V6}")
 
     deploy = Deployment(topo, work / "vg")
-    demo.step("provider: issuer key, gateway key, an anonymous credential for the client")
-    print("  the credential binds the client's public key to a 1 h window; no name, no serial")
+    demo.step("provider service: signed provider document, blind credential issuance (RFC 9474)")
+    fingerprint = deploy.start_provider()
+    print(f"  provider at {deploy.provider_url}, certificate fingerprint {fingerprint[:16]}...")
+    print("  the client is configured with these two values only; it gets the gateway list and a")
+    print("  credential for a fresh key from the provider, which signs blind and never sees that key")
     www = work / "www"
     www.mkdir()
     blob = os.urandom(4 * 1024 * 1024)
@@ -111,14 +114,18 @@ def run(demo: Demo, topo: Topology, work: Path) -> None:
 
     demo.step("gateway and client start; the client tries UDP first")
     deploy.start_gateway()
-    deploy.make_client("c1", reprobe_interval=3.0)
+    deploy.make_provider_client("c1", reprobe_interval=3.0)
     deploy.start_client("c1")
     try:
-        status = deploy.wait_client("c1", timeout=15)
+        status = deploy.wait_client("c1", timeout=30)
     except TimeoutError as exc:
         demo.check("client connected", False, str(exc).splitlines()[0])
         return
-    demo.check("client connected", True, f"over {status['transport']}, tunnel address {status['ipv4']}")
+    demo.check(
+        "client connected from the provider URL alone",
+        True,
+        f"gateway {status.get('gateway')}, over {status['transport']}, tunnel address {status['ipv4']}",
+    )
 
     def ping(address: str, count: int = 3) -> bool:
         flag = "-6" if ":" in address else "-4"
