@@ -124,8 +124,11 @@ class ProviderModeClient:
             delay = min(delay * 2, 60.0)
         return None
 
-    async def new_identity(self) -> tuple[KeyPair, BlindCredential] | None:
-        """A fresh static key and a blind credential for it, for the current epoch."""
+    async def new_identity(self, *, once: bool = False) -> tuple[KeyPair, BlindCredential] | None:
+        """A fresh static key and a blind credential for it, for the current epoch.
+
+        Retries with backoff until it succeeds, or, with ``once``, gives up after one attempt.
+        """
         delay = 1.0
         while not self._stop.is_set():
             fetched = self.fetched or await self.document(required=True)
@@ -150,6 +153,8 @@ class ProviderModeClient:
                     log.error("no new credential: %s; retrying in %.0f s", exc, delay)
             else:
                 log.error("the provider document has no issuing key for the current epoch; retrying")
+            if once:
+                return None
             await self._sleep(delay)
             delay = min(delay * 2, 60.0)
         return None
@@ -211,6 +216,7 @@ class ProviderModeClient:
         length = self.fetched.document.epoch_length if self.fetched else 86400
         renew_at = self._renewal_time(self.credential, length)
         started = time.monotonic()
+        renew_retry = 1.0
         while not self._stop.is_set():
             await self._sleep(0.5)
             now = time.monotonic()
@@ -220,9 +226,14 @@ class ProviderModeClient:
             ):
                 return "failover"
             if time.time() >= renew_at:
-                identity = await self.new_identity()
+                identity = await self.new_identity(once=True)
                 if identity is None:
-                    return "stop"
+                    # The tunnel keeps working on the current credential (valid to the end of the next
+                    # epoch); try again later without pausing the failover watch.
+                    renew_retry = min(renew_retry * 2, 300.0)
+                    renew_at = time.time() + renew_retry
+                    continue
+                renew_retry = 1.0
                 key, credential = identity
                 client.rotate_identity(key, credential.encode())
                 self.credential = credential
