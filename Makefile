@@ -6,7 +6,7 @@ DEB_PACKAGES := iproute2 nftables iperf3 iputils-ping curl python3-venv
 STAMP_DEB := $(VENV)/.deb-stamp
 STAMP_PY := $(VENV)/.py-stamp
 
-.PHONY: test demo bench lint typecheck unit e2e clean deps
+.PHONY: test demo bench bench-core lint typecheck unit e2e clean deps
 
 deps: $(STAMP_DEB) $(STAMP_PY)
 
@@ -40,6 +40,10 @@ demo: deps
 	$(PY) -m veilgate.demo
 
 bench: deps
+	@bash scripts/install-debian-packages.sh wireguard-go wireguard-tools openvpn iperf3 openssl
+	$(PY) bench/compare.py
+
+bench-core: deps
 	$(PY) bench/core.py
 
 clean:
