@@ -37,6 +37,7 @@ from veilgate.protocol.events import HandshakeRefused, SessionEnded, SessionEsta
 from veilgate.protocol.gateway import GatewayProtocol, Session
 from veilgate.provider.client import ProviderClient, ProviderUnavailable
 from veilgate.transport.tcp import FramedConnection, serve_tcp
+from veilgate.transport.udp import UdpSender, enable_gro, recv_coalesced, split
 from veilgate.tun import TunDevice, netlink
 
 log = logging.getLogger("veilgate.gateway")
@@ -47,14 +48,14 @@ UDP_BUFFER = 4 * 1024 * 1024
 
 
 class UdpEndpoint:
-    """A client's UDP address; equal when host and port are equal."""
+    """A client's UDP address (and the socket that reaches it); equal when host and port are equal."""
 
-    __slots__ = ("addr", "sock")
+    __slots__ = ("addr", "tx")
     transport = "udp"
 
-    def __init__(self, addr: tuple[Any, ...], sock: socket.socket) -> None:
+    def __init__(self, addr: tuple[Any, ...], tx: UdpSender) -> None:
         self.addr = addr[:2]
-        self.sock = sock
+        self.tx = tx
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, UdpEndpoint) and other.addr == self.addr
@@ -67,22 +68,22 @@ class UdpEndpoint:
         return ipaddress.ip_address(host.split("%")[0]).packed + int(port).to_bytes(2, "big")
 
     def send(self, data: bytes) -> None:
-        try:
-            self.sock.sendto(data, self.addr)
-        except (BlockingIOError, InterruptedError):
-            pass  # socket buffer full: a datagram lost, as on the wire
-        except OSError as exc:
-            log.debug("udp send failed: %s", exc.strerror)
+        self.tx.send(data, self.addr)
+
+    def queue(self, data: bytes) -> None:
+        """Send with the next flush of the socket's sender, where runs to one client share a GSO send."""
+        self.tx.queue(data, self.addr)
 
 
 class TcpEndpoint:
     """A client's TCP connection; equal only to itself."""
 
-    __slots__ = ("conn",)
+    __slots__ = ("conn", "flush_list")
     transport = "tcp"
 
-    def __init__(self, conn: FramedConnection) -> None:
+    def __init__(self, conn: FramedConnection, flush_list: list[FramedConnection]) -> None:
         self.conn = conn
+        self.flush_list = flush_list
 
     def cookie_bytes(self) -> bytes:
         host, port = self.conn.peer[:2]
@@ -90,6 +91,11 @@ class TcpEndpoint:
 
     def send(self, data: bytes) -> None:
         self.conn.send(data)
+
+    def queue(self, data: bytes) -> None:
+        """Send with the gateway's next flush, in one write with the frames queued before it."""
+        if self.conn.queue(data):
+            self.flush_list.append(self.conn)
 
 
 Endpoint = UdpEndpoint | TcpEndpoint
@@ -118,6 +124,9 @@ class Gateway:
         self.started = time.time()
         self.tun: TunDevice | None = None
         self.udp_socks: list[socket.socket] = []
+        self.udp_tx: dict[socket.socket, UdpSender] = {}
+        self._gro: set[socket.socket] = set()
+        self._tcp_to_flush: list[FramedConnection] = []
         self.tcp_servers: list[asyncio.AbstractServer] = []
         self.tcp_conns: dict[FramedConnection, TcpEndpoint] = {}
         self.status_server: asyncio.AbstractServer | None = None
@@ -161,6 +170,9 @@ class Gateway:
                 raise
             sock.setblocking(False)
             self.udp_socks.append(sock)
+            self.udp_tx[sock] = UdpSender(sock)
+            if enable_gro(sock):
+                self._gro.add(sock)
             loop.add_reader(sock.fileno(), self._on_udp_readable, sock)
             server = await serve_tcp(host, cfg.tcp_port, self._on_tcp_datagram, self._on_tcp_close)
             self.tcp_servers.append(server)
@@ -247,6 +259,8 @@ class Gateway:
             loop.remove_reader(sock.fileno())
             sock.close()
         self.udp_socks.clear()
+        self.udp_tx.clear()
+        self._gro.clear()
         for server in self.tcp_servers:
             server.close()
         for conn in list(self.tcp_conns):
@@ -274,17 +288,30 @@ class Gateway:
         core = self.core
         tun_write = os.write
         tun_fd = self.tun.fd if self.tun is not None else -1
-        recvfrom = sock.recvfrom
+        tx = self.udp_tx[sock]
+        gro = sock in self._gro
+        segment = 0
+        addr: Any
         for _ in range(UDP_BATCH):
             try:
-                data, addr = recvfrom(65535)
+                if gro:
+                    data, segment, addr = recv_coalesced(sock)
+                else:
+                    data, addr = sock.recvfrom(65535)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as exc:  # e.g. ICMP errors reported on the socket
                 self.counters["udp-recv-error"] += 1
                 log.debug("udp receive error: %s", exc.strerror)
                 continue
-            packet = core.receive_datagram(data, UdpEndpoint(addr, sock), now)
+            endpoint = UdpEndpoint(addr, tx)
+            if segment and len(data) > segment:
+                for part in split(data, segment):
+                    packet = core.receive_datagram(part, endpoint, now)
+                    if packet is not None:
+                        self._deliver(packet, tun_write, tun_fd)
+                continue
+            packet = core.receive_datagram(data, endpoint, now)
             if packet is not None:
                 self._deliver(packet, tun_write, tun_fd)
         self._after_io(now)
@@ -297,7 +324,7 @@ class Gateway:
                 self.counters["tcp-too-many"] += 1
                 conn.close()
                 return
-            endpoint = self.tcp_conns[conn] = TcpEndpoint(conn)
+            endpoint = self.tcp_conns[conn] = TcpEndpoint(conn, self._tcp_to_flush)
         packet = self.core.receive_datagram(data, endpoint, now)
         if packet is not None and self.tun is not None:
             self._deliver(packet, os.write, self.tun.fd)
@@ -343,7 +370,13 @@ class Gateway:
             if out is not None:
                 endpoint = out[1]
                 assert isinstance(endpoint, UdpEndpoint | TcpEndpoint)
-                endpoint.send(out[0])
+                endpoint.queue(out[0])
+        for tx in self.udp_tx.values():
+            tx.flush()
+        if self._tcp_to_flush:
+            for conn in self._tcp_to_flush:
+                conn.flush()
+            self._tcp_to_flush.clear()
         self._after_io(now)
 
     def _after_io(self, now: float) -> None:
@@ -464,6 +497,13 @@ class Gateway:
             "pool_v4_in_use": self.pool4.in_use,
             "tcp_connections": len(self.tcp_conns),
             "counters": dict(self.core.counters + self.counters),
+            "udp": {
+                "gso": all(tx.gso for tx in self.udp_tx.values()),
+                "gro": len(self._gro) == len(self.udp_tx),
+                "datagrams_out": sum(tx.datagrams for tx in self.udp_tx.values()),
+                "sends": sum(tx.syscalls for tx in self.udp_tx.values()),
+                "dropped": sum(tx.dropped for tx in self.udp_tx.values()),
+            },
         }
 
     async def _on_status(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

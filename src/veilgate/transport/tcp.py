@@ -39,6 +39,7 @@ class FramedConnection(asyncio.Protocol):
         self.dropped = 0
         self.malformed = 0
         self.closed = False
+        self._pending: list[bytes] = []
         self.connected: asyncio.Future[None] = asyncio.get_event_loop().create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -74,6 +75,8 @@ class FramedConnection(asyncio.Protocol):
             self.on_close(self)
 
     def send(self, datagram: bytes) -> None:
+        if self._pending:
+            self.flush()  # what was queued goes first
         transport = self.transport
         if transport is None or self.closed or transport.is_closing():
             self.dropped += 1
@@ -83,6 +86,39 @@ class FramedConnection(asyncio.Protocol):
             return
         transport.write(encode_frame(datagram))
         self.frames_out += 1
+
+    def queue(self, datagram: bytes) -> bool:
+        """Hold a datagram for the next :meth:`flush`, which writes all held frames at once
+        (one system call for a burst instead of one per frame). True when the queue was empty,
+        so the caller knows to flush this connection later."""
+        first = not self._pending
+        self._pending.append(encode_frame(datagram))
+        return first
+
+    def flush(self) -> None:
+        pending = self._pending
+        if not pending:
+            return
+        self._pending = []
+        transport = self.transport
+        if transport is None or self.closed or transport.is_closing():
+            self.dropped += len(pending)
+            return
+        room = WRITE_HIGH_WATER - transport.get_write_buffer_size()
+        if room <= 0:
+            self.dropped += len(pending)
+            return
+        data = b"".join(pending)
+        if len(data) > room:  # keep the frames that fit; drop the rest, as send() would
+            kept, size = 0, 0
+            while size + len(pending[kept]) <= room:
+                size += len(pending[kept])
+                kept += 1
+            self.dropped += len(pending) - kept
+            data = data[:size]
+            pending = pending[:kept]
+        transport.write(data)
+        self.frames_out += len(pending)
 
     def close(self) -> None:
         if self.transport is not None and not self.transport.is_closing():

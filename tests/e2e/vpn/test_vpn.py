@@ -57,6 +57,9 @@ def test_ping_v4_and_v6_and_transfer_with_checksum(
     gw = deploy.gateway_status()
     assert gw["sessions"] == 1 and gw["sessions_by_transport"] == {"udp": 1}
     assert gw["rx_bytes"] > 0 and gw["tx_bytes"] > 2 * web.size
+    # The downloads left the gateway in GSO runs: fewer sends than datagrams, none dropped.
+    assert gw["udp"]["gso"] and gw["udp"]["gro"]
+    assert gw["udp"]["sends"] < gw["udp"]["datagrams_out"] and gw["udp"]["dropped"] == 0
 
 
 def test_udp_blocked_from_the_start_connects_over_tcp(deploy: Deployment) -> None:
