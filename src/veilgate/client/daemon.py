@@ -379,7 +379,9 @@ class Client:
     def _arm_timer(self) -> None:
         timers = [t for t in (self.core.get_timer(), self.paths.get_timer()) if t is not None]
         at = min(timers) if timers else None
-        if at == self._timer_at:
+        if self._timer_at is not None and (at is None or self._timer_at <= at):
+            # The armed timer comes first (deadlines such as the keepalive move later with every
+            # packet): let it fire, find nothing due, and re-arm then, instead of re-arming per packet.
             return
         if self._timer is not None:
             self._timer.cancel()
