@@ -31,6 +31,7 @@ class ClientConfig:
     tun_name: str = "vg0"
     kill_switch: bool = False
     apply_dns: bool = True
+    udp_offload: bool = True
     state_dir: Path = Path(DEFAULT_STATE_DIR)
     status_socket: Path = Path(DEFAULT_STATUS_SOCKET)
     log_level: str = "info"
@@ -83,17 +84,7 @@ def load_client_config(path: str | Path) -> ClientConfig:
         credential=credential,
         udp_port=c.port("udp_port", 51820),
         tcp_port=c.port("tcp_port", 443),
-        transport=c.choice("transport", ("auto", "udp", "tcp"), "auto"),
-        udp_grace=c.get_float("udp_grace", 0.3, low=0.05, high=10),
-        reprobe_interval=c.get_float("reprobe_interval", 10.0, low=0.5, high=3600),
-        stall_timeout=c.get_float("stall_timeout", 3.0, low=0.5, high=120),
-        keepalive=c.get_float("keepalive", 10.0, low=1, high=600),
-        tun_name=c.get_str("tun_name", "vg0", "an interface name of at most 15 characters"),
-        kill_switch=c.get_bool("kill_switch", False),
-        apply_dns=c.get_bool("apply_dns", True),
-        state_dir=c.path_value("state_dir", DEFAULT_STATE_DIR),
-        status_socket=c.path_value("status_socket", DEFAULT_STATUS_SOCKET),
-        log_level=c.choice("log_level", ("debug", "info", "warning", "error"), "info"),
+        **_common(c),
     )
     if len(cfg.tun_name) > 15:
         raise c.error("tun_name", "an interface name of at most 15 characters", cfg.tun_name)
@@ -112,6 +103,7 @@ def _common(c: Section) -> dict[str, Any]:
         "tun_name": c.get_str("tun_name", "vg0", "an interface name of at most 15 characters"),
         "kill_switch": c.get_bool("kill_switch", False),
         "apply_dns": c.get_bool("apply_dns", True),
+        "udp_offload": c.get_bool("udp_offload", True),
         "state_dir": c.path_value("state_dir", DEFAULT_STATE_DIR),
         "status_socket": c.path_value("status_socket", DEFAULT_STATUS_SOCKET),
         "log_level": c.choice("log_level", ("debug", "info", "warning", "error"), "info"),

@@ -166,8 +166,8 @@ class Client:
             self.udp.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * 1024 * 1024)
             self.udp.setblocking(False)
             self.udp.connect(self.gateway_addr)
-            self.udp_tx = UdpSender(self.udp)
-            self._gro = enable_gro(self.udp)
+            self.udp_tx = UdpSender(self.udp, gso=cfg.udp_offload)
+            self._gro = cfg.udp_offload and enable_gro(self.udp)
             loop.add_reader(self.udp.fileno(), self._on_udp_readable)
         cfg.status_socket.parent.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):

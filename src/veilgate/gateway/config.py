@@ -38,6 +38,7 @@ class GatewayConfig:
     lease: int = 3600
     client_to_client: bool = False
     nat: bool = False
+    udp_offload: bool = True
     nat_interface: str | None = None
     max_skew: int = 120
     status_socket: Path = Path(DEFAULT_STATUS_SOCKET)
@@ -75,6 +76,7 @@ def load_gateway_config(path: str | Path) -> GatewayConfig:
         lease=gw.get_int("lease", 3600, low=60, high=7 * 86400),
         client_to_client=gw.get_bool("client_to_client", False),
         nat=gw.get_bool("nat", False),
+        udp_offload=gw.get_bool("udp_offload", True),
         nat_interface=gw.optional_str("nat_interface"),
         status_socket=gw.path_value("status_socket", DEFAULT_STATUS_SOCKET),
         log_level=gw.choice("log_level", ("debug", "info", "warning", "error"), "info"),

@@ -170,8 +170,8 @@ class Gateway:
                 raise
             sock.setblocking(False)
             self.udp_socks.append(sock)
-            self.udp_tx[sock] = UdpSender(sock)
-            if enable_gro(sock):
+            self.udp_tx[sock] = UdpSender(sock, gso=cfg.udp_offload)
+            if cfg.udp_offload and enable_gro(sock):
                 self._gro.add(sock)
             loop.add_reader(sock.fileno(), self._on_udp_readable, sock)
             server = await serve_tcp(host, cfg.tcp_port, self._on_tcp_datagram, self._on_tcp_close)
