@@ -14,3 +14,16 @@ def test_core_benchmark_runs(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     for key in ("handshakes_per_second=", "seal_us=", "open_us=", "gateway_receive_datagram_us="):
         assert key in out
+
+
+def test_benchmark_rewrites_only_its_block_of_the_performance_page(tmp_path: Path) -> None:
+    module = runpy.run_path(str(Path(__file__).parents[2] / "bench" / "compare.py"))
+    write, begin, end = module["write_between_markers"], module["BEGIN"], module["END"]
+    doc = tmp_path / "performance.md"
+    write(doc, "first run")
+    assert begin in doc.read_text() and "first run" in doc.read_text()
+    doc.write_text(doc.read_text().replace(begin, "prose before\n" + begin) + "prose after\n")
+    write(doc, "second run")
+    text = doc.read_text()
+    assert "second run" in text and "first run" not in text
+    assert text.index("prose before") < text.index(begin) < text.index(end) < text.index("prose after")
