@@ -326,3 +326,22 @@ def test_egress_nat_set_up_and_torn_down_by_the_gateway(deploy: Deployment) -> N
     deploy.stop_client("c1")
     assert deploy.stop_gateway() == 0
     assert "masquerade" not in topo.ns_run(topo.gateway, "nft", "list", "ruleset").stdout
+
+
+def test_without_udp_offload_one_datagram_per_send(
+    deploy: Deployment, web: WebServer, tmp_path: Path
+) -> None:
+    """udp_offload = false on both sides (for kernels or devices where GSO/GRO misbehave): same traffic."""
+    topo = deploy.topo
+    assert deploy.stop_gateway() == 0
+    deploy.start_gateway(udp_offload=False)
+    deploy.make_client("c1", udp_offload=False)
+    deploy.start_client("c1")
+    deploy.wait_client("c1", transport="udp")
+    assert ping(topo, topo.client, netns.INTERNET_V4)
+    assert download(topo, topo.client, web.url4, tmp_path / "b") == web.sha256
+    udp = deploy.gateway_status()["udp"]
+    assert not udp["gso"] and not udp["gro"]
+    assert udp["sends"] == udp["datagrams_out"] > 0
+    counters = deploy.client_status("c1")["counters"]
+    assert counters["udp-sends"] == counters["udp-datagrams-out"] > 0
