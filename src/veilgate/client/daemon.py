@@ -310,11 +310,8 @@ class Client:
             except OSError:
                 self._count("udp-recv-error")
                 continue
-            if segment and len(data) > segment:
-                for part in split(data, segment):
-                    self._receive(UDP, part, now)
-            else:
-                self._receive(UDP, data, now)
+            for part in split(data, segment) if segment else (data,):
+                self._receive(UDP, part, now)
         self._after_io(now)
 
     def _on_tcp_datagram(self, data: bytes, conn: FramedConnection) -> None:

@@ -305,15 +305,10 @@ class Gateway:
                 log.debug("udp receive error: %s", exc.strerror)
                 continue
             endpoint = UdpEndpoint(addr, tx)
-            if segment and len(data) > segment:
-                for part in split(data, segment):
-                    packet = core.receive_datagram(part, endpoint, now)
-                    if packet is not None:
-                        self._deliver(packet, tun_write, tun_fd)
-                continue
-            packet = core.receive_datagram(data, endpoint, now)
-            if packet is not None:
-                self._deliver(packet, tun_write, tun_fd)
+            for part in split(data, segment) if segment else (data,):
+                packet = core.receive_datagram(part, endpoint, now)
+                if packet is not None:
+                    self._deliver(packet, tun_write, tun_fd)
         self._after_io(now)
 
     def _on_tcp_datagram(self, data: bytes, conn: FramedConnection) -> None:
