@@ -347,11 +347,8 @@ class Client:
             if not packet:
                 break
             data = send_packet(packet, now)
-            if data is not None:
-                if tx is not None:
-                    tx.queue(data)
-                else:
-                    self._send(path, data)
+            if data is not None and tx is not None:  # no carrier open on this path: lost, as _send would
+                tx.queue(data)
         if tx is not None:
             tx.flush()
         self._after_io(now)
