@@ -35,6 +35,8 @@ from veilgate.protocol.events import (
     PathStalled,
     ProbeAnswered,
 )
+from veilgate.transport import loop as event_loop
+from veilgate.transport.loop import add_data_reader, remove_data_reader
 from veilgate.transport.tcp import FramedConnection, connect_tcp
 from veilgate.transport.udp import UdpSender, enable_gro, recv_coalesced, split
 from veilgate.tun import TunDevice, dns, netlink
@@ -159,7 +161,7 @@ class Client:
             log.info("kill switch on: only traffic to the gateway leaves while the tunnel is down")
         self.tun = TunDevice.create(cfg.tun_name, 1420)
         netlink.prepare_tunnel_interface(self.tun.name)
-        loop.add_reader(self.tun.fd, self._on_tun_readable)
+        add_data_reader(loop, self.tun.fd, self._on_tun_readable)
         if cfg.transport != TCP:
             self.udp = socket.socket(self.family, socket.SOCK_DGRAM)
             self.udp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
@@ -168,7 +170,7 @@ class Client:
             self.udp.connect(self.gateway_addr)
             self.udp_tx = UdpSender(self.udp, gso=cfg.udp_offload)
             self._gro = cfg.udp_offload and enable_gro(self.udp)
-            loop.add_reader(self.udp.fileno(), self._on_udp_readable)
+            add_data_reader(loop, self.udp.fileno(), self._on_udp_readable)
         cfg.status_socket.parent.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
             cfg.status_socket.unlink()
@@ -213,10 +215,10 @@ class Client:
         if self.tcp is not None:
             self.tcp.close()
         if self.udp is not None:
-            loop.remove_reader(self.udp.fileno())
+            remove_data_reader(loop, self.udp.fileno())
             self.udp.close()
         if self.tun is not None:
-            loop.remove_reader(self.tun.fd)
+            remove_data_reader(loop, self.tun.fd)
             self.tun.close()
             self.tun = None
         self.state.undo(self.dns_state)
@@ -535,5 +537,5 @@ def _halves(net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> list[str]:
 def run_client(config: ClientConfig) -> int:
     logging.getLogger("veilgate").setLevel(config.log_level.upper())
     client = Client(config)
-    asyncio.run(client.run())
+    event_loop.run(client.run())
     return 0

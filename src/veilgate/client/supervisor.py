@@ -30,6 +30,7 @@ from veilgate.protocol.handshake import InitiatorHandshake
 from veilgate.protocol.messages import TYPE_COOKIE_REPLY, TYPE_HANDSHAKE_RESP
 from veilgate.provider.client import FetchedDocument, ProviderClient, ProviderUnavailable
 from veilgate.provider.document import GatewayEntry
+from veilgate.transport import loop as event_loop
 
 log = logging.getLogger("veilgate.client")
 
@@ -267,5 +268,5 @@ class ProviderModeClient:
 
 def run_provider_client(config: ClientConfig) -> int:
     logging.getLogger("veilgate").setLevel(config.log_level.upper())
-    asyncio.run(ProviderModeClient(config).run())
+    event_loop.run(ProviderModeClient(config).run())
     return 0

@@ -36,6 +36,8 @@ from veilgate.protocol.crypto import KeyPair
 from veilgate.protocol.events import HandshakeRefused, SessionEnded, SessionEstablished, SessionRekeyed
 from veilgate.protocol.gateway import GatewayProtocol, Session
 from veilgate.provider.client import ProviderClient, ProviderUnavailable
+from veilgate.transport import loop as event_loop
+from veilgate.transport.loop import add_data_reader, remove_data_reader
 from veilgate.transport.tcp import FramedConnection, serve_tcp
 from veilgate.transport.udp import UdpSender, enable_gro, recv_coalesced, split
 from veilgate.tun import TunDevice, netlink
@@ -149,7 +151,7 @@ class Gateway:
         if self.pool6 is not None and cfg.pool_v6 is not None:
             netlink.add_address(self.tun.name, f"{self.pool6.gateway_address}/{cfg.pool_v6.prefixlen}")
         netlink.set_link(self.tun.name, up=True, mtu=cfg.mtu)
-        loop.add_reader(self.tun.fd, self._on_tun_readable)
+        add_data_reader(loop, self.tun.fd, self._on_tun_readable)
 
         for host in [cfg.listen, cfg.listen6]:
             if host is None:
@@ -173,7 +175,7 @@ class Gateway:
             self.udp_tx[sock] = UdpSender(sock, gso=cfg.udp_offload)
             if cfg.udp_offload and enable_gro(sock):
                 self._gro.add(sock)
-            loop.add_reader(sock.fileno(), self._on_udp_readable, sock)
+            add_data_reader(loop, sock.fileno(), self._on_udp_readable, sock)
             server = await serve_tcp(host, cfg.tcp_port, self._on_tcp_datagram, self._on_tcp_close)
             self.tcp_servers.append(server)
 
@@ -256,7 +258,7 @@ class Gateway:
         if self._provider_task is not None:
             self._provider_task.cancel()
         for sock in self.udp_socks:
-            loop.remove_reader(sock.fileno())
+            remove_data_reader(loop, sock.fileno())
             sock.close()
         self.udp_socks.clear()
         self.udp_tx.clear()
@@ -271,7 +273,7 @@ class Gateway:
             with contextlib.suppress(FileNotFoundError):
                 self.config.status_socket.unlink()
         if self.tun is not None:
-            loop.remove_reader(self.tun.fd)
+            remove_data_reader(loop, self.tun.fd)
             self.tun.close()
             self.tun = None
         if self.nft is not None:
@@ -525,7 +527,7 @@ class _WallClockCheck:
 def run_gateway(config: GatewayConfig) -> int:
     logging.getLogger("veilgate").setLevel(config.log_level.upper())
     gateway = Gateway(config)
-    asyncio.run(gateway.run())
+    event_loop.run(gateway.run())
     return 0
 
 

@@ -1,0 +1,224 @@
+"""The daemons' event loop: asyncio, with the data-path descriptors served straight from the poll.
+
+asyncio turns every readiness event into a ``Handle`` queued on the loop's ready list, run by
+``_run_once`` after it has scanned its timers; for a packet that arrives after an idle gap, that
+bookkeeping runs on a CPU whose caches the gap has emptied, and it shows in the round-trip time
+(docs/performance.md). A daemon therefore registers its TUN device and UDP sockets as *direct*
+readers: ``DispatchSelector.select`` calls their callbacks the moment ``epoll_wait`` returns,
+before it hands the remaining events (TCP, the status socket, the provider API) to asyncio as
+usual. Timers, tasks and everything else stay asyncio's.
+
+No maintained library offers this (uvloop and the selectors module only report readiness), so
+the selector is written here against the documented ``selectors.BaseSelector`` interface, which
+``asyncio.SelectorEventLoop`` accepts as its selector.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import select
+import selectors
+import weakref
+from collections.abc import Callable, Coroutine, Mapping
+from typing import Any, TypeVar
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Callback = Callable[..., object]
+
+_EVENT_READ = selectors.EVENT_READ
+_EVENT_WRITE = selectors.EVENT_WRITE
+
+
+class DispatchSelector(selectors.BaseSelector):
+    """An epoll selector whose *direct* readers are run inside ``select`` itself."""
+
+    def __init__(self) -> None:
+        self._epoll = select.epoll()
+        self._keys: dict[int, selectors.SelectorKey] = {}
+        self._direct: dict[int, tuple[Callback, tuple[Any, ...]]] = {}
+        self.on_error: Callable[[BaseException, Callback], None] = _log_error
+
+    # ---------------------------------------------------------------- the direct readers
+
+    def add_direct_reader(self, fd: int, callback: Callback, *args: Any) -> None:
+        """Run ``callback(*args)`` from ``select`` whenever ``fd`` is readable."""
+        if fd in self._keys:
+            raise KeyError(f"fd {fd} is already registered with the event loop")
+        if fd in self._direct:
+            self._direct[fd] = (callback, args)
+            return
+        self._epoll.register(fd, select.EPOLLIN)
+        self._direct[fd] = (callback, args)
+
+    def remove_direct_reader(self, fd: int) -> bool:
+        if self._direct.pop(fd, None) is None:
+            return False
+        with contextlib.suppress(OSError, ValueError):  # closed already: the kernel dropped it
+            self._epoll.unregister(fd)
+        return True
+
+    # ---------------------------------------------------------------- selectors.BaseSelector
+
+    def register(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
+        if not events or events & ~(_EVENT_READ | _EVENT_WRITE):
+            raise ValueError(f"invalid events: {events!r}")
+        fd = _fileno(fileobj)
+        if fd in self._keys or fd in self._direct:
+            raise KeyError(f"{fileobj!r} (fd {fd}) is already registered")
+        key = selectors.SelectorKey(fileobj, fd, events, data)
+        self._epoll.register(fd, _epoll_mask(events))
+        self._keys[fd] = key
+        return key
+
+    def unregister(self, fileobj: Any) -> selectors.SelectorKey:
+        fd = _fileno(fileobj)
+        key = self._keys.pop(fd, None)
+        if key is None:
+            raise KeyError(f"{fileobj!r} is not registered")
+        with contextlib.suppress(OSError, ValueError):
+            self._epoll.unregister(fd)
+        return key
+
+    def modify(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
+        fd = _fileno(fileobj)
+        key = self._keys.get(fd)
+        if key is None:
+            raise KeyError(f"{fileobj!r} is not registered")
+        if events != key.events:
+            if not events or events & ~(_EVENT_READ | _EVENT_WRITE):
+                raise ValueError(f"invalid events: {events!r}")
+            self._epoll.modify(fd, _epoll_mask(events))
+        key = key._replace(events=events, data=data)
+        self._keys[fd] = key
+        return key
+
+    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+        if timeout is None:
+            wait = -1.0
+        elif timeout <= 0:
+            wait = 0.0
+        else:
+            # epoll_wait counts milliseconds: round up, or a timer due in 0.4 ms spins the loop.
+            wait = math.ceil(timeout * 1e3) * 1e-3
+        ready: list[tuple[selectors.SelectorKey, int]] = []
+        events = self._epoll.poll(wait, max(len(self._keys) + len(self._direct), 1))
+        direct = self._direct
+        keys = self._keys
+        for fd, mask in events:
+            entry = direct.get(fd)
+            if entry is not None:
+                try:
+                    entry[0](*entry[1])
+                except Exception as exc:  # a daemon reports it and serves on
+                    self.on_error(exc, entry[0])
+                continue
+            key = keys.get(fd)
+            if key is None:
+                continue
+            got = 0
+            if mask & ~select.EPOLLIN:  # EPOLLOUT, EPOLLERR, EPOLLHUP wake writers, as in selectors
+                got |= _EVENT_WRITE
+            if mask & ~select.EPOLLOUT:
+                got |= _EVENT_READ
+            if got & key.events:
+                ready.append((key, got & key.events))
+        return ready
+
+    def close(self) -> None:
+        self._epoll.close()
+        self._keys.clear()
+        self._direct.clear()
+
+    def get_map(self) -> Mapping[Any, selectors.SelectorKey]:
+        return _KeyMap(self._keys)
+
+
+class _KeyMap(Mapping[Any, selectors.SelectorKey]):
+    __slots__ = ("_keys",)
+
+    def __init__(self, keys: dict[int, selectors.SelectorKey]) -> None:
+        self._keys = keys
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def __getitem__(self, fileobj: Any) -> selectors.SelectorKey:
+        try:
+            return self._keys[_fileno(fileobj)]
+        except ValueError:
+            raise KeyError(f"{fileobj!r} is not registered") from None
+
+    def __iter__(self) -> Any:
+        return iter(self._keys)
+
+
+def _fileno(fileobj: Any) -> int:
+    fd = fileobj if isinstance(fileobj, int) else int(fileobj.fileno())
+    if fd < 0:
+        raise ValueError(f"invalid file descriptor: {fd}")
+    return fd
+
+
+def _epoll_mask(events: int) -> int:
+    mask = 0
+    if events & _EVENT_READ:
+        mask |= select.EPOLLIN
+    if events & _EVENT_WRITE:
+        mask |= select.EPOLLOUT
+    return mask
+
+
+def _log_error(exc: BaseException, callback: Callback) -> None:
+    log.error("unexpected error in %s", getattr(callback, "__qualname__", callback), exc_info=exc)
+
+
+# -------------------------------------------------------------------- loops and readers
+
+_selectors: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, DispatchSelector] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """An asyncio loop on a DispatchSelector; errors in direct readers go to its exception handler."""
+    selector = DispatchSelector()
+    loop = asyncio.SelectorEventLoop(selector)
+
+    def report(exc: BaseException, callback: Callback) -> None:
+        loop.call_exception_handler(
+            {
+                "message": f"Exception in direct reader {getattr(callback, '__qualname__', callback)}",
+                "exception": exc,
+            }
+        )
+
+    selector.on_error = report
+    _selectors[loop] = selector
+    return loop
+
+
+def run(main: Coroutine[Any, Any, T]) -> T:
+    """``asyncio.run`` on a loop from ``new_event_loop``."""
+    with asyncio.Runner(loop_factory=new_event_loop) as runner:
+        return runner.run(main)
+
+
+def add_data_reader(loop: asyncio.AbstractEventLoop, fd: int, callback: Callback, *args: Any) -> None:
+    """Watch a data-path descriptor: directly on a loop from ``new_event_loop``, else via add_reader."""
+    selector = _selectors.get(loop)
+    if selector is not None:
+        selector.add_direct_reader(fd, callback, *args)
+    else:
+        loop.add_reader(fd, callback, *args)
+
+
+def remove_data_reader(loop: asyncio.AbstractEventLoop, fd: int) -> bool:
+    selector = _selectors.get(loop)
+    if selector is not None:
+        return selector.remove_direct_reader(fd)
+    return loop.remove_reader(fd)
