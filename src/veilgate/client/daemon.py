@@ -45,6 +45,8 @@ log = logging.getLogger("veilgate.client")
 
 TUN_BATCH = 256
 UDP_BATCH = 256
+QUIET_GAP = 0.001
+"""Seconds without a wake-up after which a packet is taken for a lone one (sent, not batched)."""
 
 
 class SystemState:
@@ -126,6 +128,7 @@ class Client:
         self.udp: socket.socket | None = None
         self.udp_tx: UdpSender | None = None
         self._gro = False
+        self._tun_wake = self._udp_wake = -1.0
         self.tcp: FramedConnection | None = None
         self._tcp_task: asyncio.Task[None] | None = None
         self._probe_paths: dict[int, str] = {}
@@ -300,6 +303,10 @@ class Client:
         if sock is None:
             return
         now = self.clock()
+        # After a quiet spell, one lone datagram is all there is: skip the receive that would
+        # find the socket empty (epoll is level-triggered, so anything more wakes us again).
+        quiet = now - self._udp_wake >= QUIET_GAP
+        self._udp_wake = now
         gro = self._gro
         for _ in range(UDP_BATCH):
             try:
@@ -312,8 +319,14 @@ class Client:
             except OSError:
                 self._count("udp-recv-error")
                 continue
-            for part in split(data, segment) if segment else (data,):
-                self._receive(UDP, part, now)
+            if segment and len(data) > segment:
+                for part in split(data, segment):
+                    self._receive(UDP, part, now)
+            else:
+                self._receive(UDP, data, now)
+                if quiet:
+                    break
+            quiet = False
         self._after_io(now)
 
     def _on_tcp_datagram(self, data: bytes, conn: FramedConnection) -> None:
@@ -336,6 +349,11 @@ class Client:
         if self.tun is None:
             return
         now = self.clock()
+        # After a quiet spell the first packet leaves at once, before the read that finds the
+        # device empty: a lone packet (an interactive exchange) is not held for a batch. Under
+        # load wake-ups follow each other closely and the packets of one leave together.
+        quiet = now - self._tun_wake >= QUIET_GAP
+        self._tun_wake = now
         fd = self.tun.fd
         send_packet = self.core.send_packet
         path = self.paths.active or self._last_path
@@ -350,7 +368,11 @@ class Client:
                 break
             data = send_packet(packet, now)
             if data is not None and tx is not None:  # no carrier open on this path: lost, as _send would
-                tx.queue(data)
+                if quiet:
+                    tx.send(data)
+                    quiet = False
+                else:
+                    tx.queue(data)
         if tx is not None:
             tx.flush()
         self._after_io(now)

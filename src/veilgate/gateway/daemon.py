@@ -46,6 +46,8 @@ log = logging.getLogger("veilgate.gateway")
 
 TUN_BATCH = 256
 UDP_BATCH = 256
+QUIET_GAP = 0.001
+"""Seconds without a wake-up after which a packet is taken for a lone one (sent, not batched)."""
 UDP_BUFFER = 4 * 1024 * 1024
 
 
@@ -128,6 +130,7 @@ class Gateway:
         self.udp_socks: list[socket.socket] = []
         self.udp_tx: dict[socket.socket, UdpSender] = {}
         self._gro: set[socket.socket] = set()
+        self._tun_wake = self._udp_wake = -1.0
         self._tcp_to_flush: list[FramedConnection] = []
         self.tcp_servers: list[asyncio.AbstractServer] = []
         self.tcp_conns: dict[FramedConnection, TcpEndpoint] = {}
@@ -292,6 +295,10 @@ class Gateway:
         tun_fd = self.tun.fd if self.tun is not None else -1
         tx = self.udp_tx[sock]
         gro = sock in self._gro
+        # After a quiet spell, one lone datagram is all there is: skip the receive that would
+        # find the socket empty (epoll is level-triggered, so anything more wakes us again).
+        quiet = now - self._udp_wake >= QUIET_GAP
+        self._udp_wake = now
         segment = 0
         addr: Any
         for _ in range(UDP_BATCH):
@@ -307,10 +314,18 @@ class Gateway:
                 log.debug("udp receive error: %s", exc.strerror)
                 continue
             endpoint = UdpEndpoint(addr, tx)
-            for part in split(data, segment) if segment else (data,):
-                packet = core.receive_datagram(part, endpoint, now)
+            if segment and len(data) > segment:
+                for part in split(data, segment):
+                    packet = core.receive_datagram(part, endpoint, now)
+                    if packet is not None:
+                        self._deliver(packet, tun_write, tun_fd)
+            else:
+                packet = core.receive_datagram(data, endpoint, now)
                 if packet is not None:
                     self._deliver(packet, tun_write, tun_fd)
+                if quiet:
+                    break
+            quiet = False
         self._after_io(now)
 
     def _on_tcp_datagram(self, data: bytes, conn: FramedConnection) -> None:
@@ -346,6 +361,10 @@ class Gateway:
         if self.tun is None:
             return
         now = self.clock()
+        # After a quiet spell the first packet leaves at once, before the read that finds the
+        # device empty; under load the packets of one wake-up leave together (GSO runs).
+        quiet = now - self._tun_wake >= QUIET_GAP
+        self._tun_wake = now
         fd = self.tun.fd
         read = os.read
         routes = self.routes
@@ -367,7 +386,11 @@ class Gateway:
             if out is not None:
                 endpoint = out[1]
                 assert isinstance(endpoint, UdpEndpoint | TcpEndpoint)
-                endpoint.queue(out[0])
+                if quiet:
+                    endpoint.send(out[0])
+                    quiet = False
+                else:
+                    endpoint.queue(out[0])
         for tx in self.udp_tx.values():
             tx.flush()
         if self._tcp_to_flush:
