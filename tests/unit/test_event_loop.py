@@ -176,3 +176,59 @@ async def _echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
     writer.write(await reader.readline())
     await writer.drain()
     writer.close()
+
+
+def test_what_a_direct_reader_makes_ready_is_served_in_the_same_select() -> None:
+    # A writes to B's socket pair (as a packet written to the TUN is answered on it at once):
+    # B's reader runs in the same select call, without a trip back through the event loop.
+    a1, a2 = socket.socketpair()
+    b1, b2 = socket.socketpair()
+    sel = DispatchSelector()
+    order: list[str] = []
+
+    def on_a() -> None:
+        a1.recv(10)
+        order.append("a")
+        b2.send(b"answer")
+
+    def on_b() -> None:
+        b1.recv(10)
+        order.append("b")
+
+    try:
+        sel.add_direct_reader(a1.fileno(), on_a)
+        sel.add_direct_reader(b1.fileno(), on_b)
+        a2.send(b"q")
+        assert sel.select(1) == []
+        assert order == ["a", "b"]
+    finally:
+        sel.close()
+        for s in (a1, a2, b1, b2):
+            s.close()
+
+
+def test_asyncio_events_end_the_extra_looks() -> None:
+    # Once an ordinary registration is ready, select returns it rather than serving more.
+    a1, a2 = socket.socketpair()
+    c1, c2 = socket.socketpair()
+    sel = DispatchSelector()
+    served: list[int] = []
+
+    def on_a() -> None:
+        a1.recv(10)
+        served.append(1)
+        a2.send(b"again")  # keeps itself ready: only REPOLL_ROUNDS more looks may serve it
+
+    try:
+        sel.add_direct_reader(a1.fileno(), on_a)
+        key = sel.register(c1, selectors.EVENT_READ)
+        a2.send(b"x")
+        assert sel.select(1) == []
+        assert len(served) == 1 + event_loop.REPOLL_ROUNDS
+        c2.send(b"y")
+        ready = sel.select(1)
+        assert ready == [(key, selectors.EVENT_READ)]
+    finally:
+        sel.close()
+        for s in (a1, a2, c1, c2):
+            s.close()

@@ -30,6 +30,9 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 Callback = Callable[..., object]
 
+REPOLL_ROUNDS = 3
+"""After serving direct readers, how many more times select looks for ready ones before returning."""
+
 _EVENT_READ = selectors.EVENT_READ
 _EVENT_WRITE = selectors.EVENT_WRITE
 
@@ -106,28 +109,43 @@ class DispatchSelector(selectors.BaseSelector):
             # epoll_wait counts milliseconds: round up, or a timer due in 0.4 ms spins the loop.
             wait = math.ceil(timeout * 1e3) * 1e-3
         ready: list[tuple[selectors.SelectorKey, int]] = []
-        events = self._epoll.poll(wait, max(len(self._keys) + len(self._direct), 1))
+        poll = self._epoll.poll
+        most = max(len(self._keys) + len(self._direct), 1)
+        events = poll(wait, most)
         direct = self._direct
         keys = self._keys
-        for fd, mask in events:
-            entry = direct.get(fd)
-            if entry is not None:
-                try:
-                    entry[0](*entry[1])
-                except Exception as exc:  # a daemon reports it and serves on
-                    self.on_error(exc, entry[0])
-                continue
-            key = keys.get(fd)
-            if key is None:
-                continue
-            got = 0
-            if mask & ~select.EPOLLIN:  # EPOLLOUT, EPOLLERR, EPOLLHUP wake writers, as in selectors
-                got |= _EVENT_WRITE
-            if mask & ~select.EPOLLOUT:
-                got |= _EVENT_READ
-            if got & key.events:
-                ready.append((key, got & key.events))
-        return ready
+        rounds = REPOLL_ROUNDS
+        while True:
+            served = False
+            for fd, mask in events:
+                entry = direct.get(fd)
+                if entry is not None:
+                    served = True
+                    try:
+                        entry[0](*entry[1])
+                    except Exception as exc:  # a daemon reports it and serves on
+                        self.on_error(exc, entry[0])
+                    continue
+                key = keys.get(fd)
+                if key is None:
+                    continue
+                got = 0
+                if mask & ~select.EPOLLIN:  # EPOLLOUT, EPOLLERR, EPOLLHUP wake writers, as in selectors
+                    got |= _EVENT_WRITE
+                if mask & ~select.EPOLLOUT:
+                    got |= _EVENT_READ
+                if got & key.events:
+                    ready.append((key, got & key.events))
+            # What the data path just did often made more of it ready (a packet written to the
+            # TUN is answered on it at once; a reply arrives while a send was under way): look
+            # again before going back through asyncio's loop, a few times at most, and only
+            # while asyncio has nothing waiting.
+            if not served or ready or rounds == 0:
+                return ready
+            rounds -= 1
+            events = poll(0, most)
+            if not events:
+                return ready
 
     def close(self) -> None:
         self._epoll.close()
