@@ -46,6 +46,7 @@ log = logging.getLogger("veilgate.gateway")
 
 TUN_BATCH = 256
 UDP_BATCH = 256
+ENDPOINT_CACHE = 4096
 QUIET_GAP = 0.001
 """Seconds without a wake-up after which a packet is taken for a lone one (sent, not batched)."""
 UDP_BUFFER = 4 * 1024 * 1024
@@ -131,6 +132,7 @@ class Gateway:
         self.udp_tx: dict[socket.socket, UdpSender] = {}
         self._gro: set[socket.socket] = set()
         self._tun_wake = self._udp_wake = -1.0
+        self._udp_endpoints: dict[Any, UdpEndpoint] = {}
         self._tcp_to_flush: list[FramedConnection] = []
         self.tcp_servers: list[asyncio.AbstractServer] = []
         self.tcp_conns: dict[FramedConnection, TcpEndpoint] = {}
@@ -175,10 +177,11 @@ class Gateway:
                 raise
             sock.setblocking(False)
             self.udp_socks.append(sock)
-            self.udp_tx[sock] = UdpSender(sock, gso=cfg.udp_offload)
-            if cfg.udp_offload and enable_gro(sock):
+            tx = self.udp_tx[sock] = UdpSender(sock, gso=cfg.udp_offload)
+            gro = cfg.udp_offload and enable_gro(sock)
+            if gro:
                 self._gro.add(sock)
-            add_data_reader(loop, sock.fileno(), self._on_udp_readable, sock)
+            add_data_reader(loop, sock.fileno(), self._on_udp_readable, sock, tx, gro)
             server = await serve_tcp(host, cfg.tcp_port, self._on_tcp_datagram, self._on_tcp_close)
             self.tcp_servers.append(server)
 
@@ -266,6 +269,7 @@ class Gateway:
         self.udp_socks.clear()
         self.udp_tx.clear()
         self._gro.clear()
+        self._udp_endpoints.clear()
         for server in self.tcp_servers:
             server.close()
         for conn in list(self.tcp_conns):
@@ -288,13 +292,12 @@ class Gateway:
 
     # ------------------------------------------------------------ I/O callbacks
 
-    def _on_udp_readable(self, sock: socket.socket) -> None:
+    def _on_udp_readable(self, sock: socket.socket, tx: UdpSender, gro: bool) -> None:
         now = self.clock()
         core = self.core
         tun_write = os.write
         tun_fd = self.tun.fd if self.tun is not None else -1
-        tx = self.udp_tx[sock]
-        gro = sock in self._gro
+        endpoints = self._udp_endpoints
         # After a quiet spell, one lone datagram is all there is: skip the receive that would
         # find the socket empty (epoll is level-triggered, so anything more wakes us again).
         quiet = now - self._udp_wake >= QUIET_GAP
@@ -313,7 +316,13 @@ class Gateway:
                 self.counters["udp-recv-error"] += 1
                 log.debug("udp receive error: %s", exc.strerror)
                 continue
-            endpoint = UdpEndpoint(addr, tx)
+            # One endpoint object per client address, so that the core's check for a roamed
+            # client is an identity test; bounded, and emptied whenever a session ends.
+            endpoint = endpoints.get(addr)
+            if endpoint is None:
+                if len(endpoints) >= ENDPOINT_CACHE:
+                    endpoints.clear()
+                endpoint = endpoints[addr] = UdpEndpoint(addr, tx)
             if segment and len(data) > segment:
                 for part in split(data, segment):
                     packet = core.receive_datagram(part, endpoint, now)
@@ -482,6 +491,7 @@ class Gateway:
         log.debug("session %d assigned its addresses", session_id)
 
     def _release(self, session_id: int) -> None:
+        self._udp_endpoints.clear()  # no client address outlives its session here
         for key, session in list(self.routes.items()):
             if session.id == session_id:
                 del self.routes[key]
