@@ -6,7 +6,7 @@ DEB_PACKAGES := iproute2 nftables iperf3 iputils-ping curl python3-venv
 STAMP_DEB := $(VENV)/.deb-stamp
 STAMP_PY := $(VENV)/.py-stamp
 
-.PHONY: test demo bench bench-core lint typecheck unit e2e clean deps
+.PHONY: test demo bench bench-core bench-latency lint typecheck unit e2e clean deps
 
 deps: $(STAMP_DEB) $(STAMP_PY)
 
@@ -45,6 +45,10 @@ bench: deps
 
 bench-core: deps
 	$(PY) bench/core.py
+
+bench-latency: deps
+	@bash scripts/install-debian-packages.sh wireguard-go wireguard-tools iperf3 gcc libssl-dev
+	$(PY) bench/latency.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -35,3 +35,10 @@ def test_benchmark_rewrites_only_its_block_of_the_performance_page(tmp_path: Pat
     text = doc.read_text()
     assert "second run" in text and "first run" not in text
     assert text.index("prose before") < text.index(begin) < text.index(end) < text.index("prose after")
+
+
+def test_latency_study_event_loop_part_runs() -> None:
+    module = runpy.run_path(str(Path(__file__).parents[2] / "bench" / "latency.py"))
+    for direct in (False, True):
+        first, chained = module["loop_wakeup_us"](direct, samples=8, gap=0.002)
+        assert first > 0 and chained > 0
