@@ -7,6 +7,7 @@ from veilgate.netfilter.nft import (
     gateway_isolation_rules,
     gateway_nat_rules,
     kill_switch_rules,
+    kill_switch_rules_for,
 )
 
 __all__ = [
@@ -16,4 +17,5 @@ __all__ = [
     "gateway_isolation_rules",
     "gateway_nat_rules",
     "kill_switch_rules",
+    "kill_switch_rules_for",
 ]

@@ -11,6 +11,7 @@ import ipaddress
 import re
 import shutil
 import subprocess
+from collections.abc import Iterable
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 
@@ -70,15 +71,24 @@ def gateway_nat_rules(pools: list[str], out_interface: str) -> str:
 
 def kill_switch_rules(tun: str, gateway: str, udp_port: int, tcp_port: int) -> str:
     """While active, nothing leaves but loopback, the tunnel, and the client's traffic to the gateway."""
-    family = "ip" if ipaddress.ip_address(gateway).version == 4 else "ip6"
+    return kill_switch_rules_for(tun, [(gateway, "udp", udp_port), (gateway, "tcp", tcp_port)])
+
+
+def kill_switch_rules_for(tun: str, allowed: Iterable[tuple[str, str, int]]) -> str:
+    """The kill switch with a list of (address, "udp" or "tcp", port) the client itself may reach
+    outside the tunnel: the gateway it uses, or in provider mode the provider and every gateway
+    of its document, so that the switch stays on across a failover."""
+    lines = []
+    for address, proto, port in sorted(set(allowed)):
+        if proto not in ("udp", "tcp") or not 0 < port < 65536:
+            raise ValueError(f"bad kill-switch exception {proto} {address} port {port}")
+        family = "ip" if ipaddress.ip_address(address).version == 4 else "ip6"
+        lines.append(f"    {family} daddr {address} {proto} dport {port} accept\n")
     return (
         "  chain output_killswitch {\n"
         "    type filter hook output priority filter; policy drop;\n"
         '    oifname "lo" accept\n'
-        f'    oifname "{tun}" accept\n'
-        f"    {family} daddr {gateway} udp dport {udp_port} accept\n"
-        f"    {family} daddr {gateway} tcp dport {tcp_port} accept\n"
-        "  }\n"
+        f'    oifname "{tun}" accept\n' + "".join(lines) + "  }\n"
         "  chain forward_killswitch {\n"
         "    type filter hook forward priority filter; policy drop;\n"
         f'    oifname "{tun}" accept\n'
