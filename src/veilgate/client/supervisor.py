@@ -19,11 +19,14 @@ import dataclasses
 import logging
 import secrets
 import signal
+import socket
 import time
+import urllib.parse
 
 from veilgate.client.config import ClientConfig
-from veilgate.client.daemon import Client
+from veilgate.client.daemon import Client, SystemState
 from veilgate.credentials.epochs import BlindCredential, epoch_of
+from veilgate.netfilter import NftTable, kill_switch_rules_for
 from veilgate.protocol.cookie import CookieGenerator
 from veilgate.protocol.crypto import KeyPair
 from veilgate.protocol.handshake import InitiatorHandshake
@@ -101,6 +104,12 @@ class ProviderModeClient:
         self.rotations = 0
         self.failovers = 0
         self._stop = asyncio.Event()
+        # The kill switch is the supervisor's, not each gateway connection's: it stays on from
+        # the start through every failover, and lets out only the provider and the gateways.
+        self._ks_state = SystemState(config.state_dir / f"killswitch-{config.tun_name}.json")
+        self._ks_table = NftTable(f"veilgate_ks_{config.tun_name}")
+        self._ks_provider: list[tuple[str, str, int]] = []
+        self._ks_allowed: frozenset[tuple[str, str, int]] | None = None
 
     # ------------------------------------------------------------ provider
 
@@ -110,12 +119,14 @@ class ProviderModeClient:
         while not self._stop.is_set():
             try:
                 self.fetched = await self.provider.fetch_document(time.time())
+                self._update_kill_switch()
                 return self.fetched
             except ProviderUnavailable as exc:
                 cached = self.provider.cached_document(time.time())
                 if cached is not None:
                     log.warning("provider unreachable (%s); using the cached provider document", exc)
                     self.fetched = cached
+                    self._update_kill_switch()
                     return cached
                 if not required:
                     log.warning("provider unreachable (%s)", exc)
@@ -160,12 +171,65 @@ class ProviderModeClient:
             delay = min(delay * 2, 60.0)
         return None
 
+    # ------------------------------------------------------------ kill switch
+
+    def _start_kill_switch(self) -> None:
+        """Before any other traffic: the provider's address(es) and the cached document's gateways."""
+        if SystemState.recover(self._ks_state.path, self.config.state_dir / "killswitch.dns"):
+            log.warning("removed a kill switch left behind by a previous run")
+        url = urllib.parse.urlsplit(self.config.provider_url or "")
+        host, port = url.hostname or "", url.port or 443
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            self._ks_provider = sorted({(str(info[4][0]), "tcp", port) for info in infos})
+        except OSError as exc:
+            # Fail closed: the switch goes on anyway; the cached document's gateways still work.
+            log.error(
+                "kill switch: cannot resolve the provider host %s (%s); only gateways allowed", host, exc
+            )
+        self._ks_state.nft_table = self._ks_table.name
+        self._ks_state.save()
+        self.fetched = self.fetched or self.provider.cached_document(time.time())
+        self._update_kill_switch()
+        log.info("kill switch on: only the provider, the gateways and the tunnel are reachable")
+
+    def _update_kill_switch(self) -> None:
+        if self._ks_state.nft_table is None:
+            return
+        allowed = set(self._ks_provider)
+        if self.fetched is not None:
+            for gw in self.fetched.document.gateways:
+                try:
+                    socket.inet_pton(socket.AF_INET6 if ":" in gw.host else socket.AF_INET, gw.host)
+                except OSError:
+                    log.warning(
+                        "kill switch: gateway %s has no address literal (%s); skipped", gw.name, gw.host
+                    )
+                    continue
+                allowed.update({(gw.host, "udp", gw.udp_port), (gw.host, "tcp", gw.tcp_port)})
+        if frozenset(allowed) != self._ks_allowed:
+            self._ks_table.apply(kill_switch_rules_for(self.config.tun_name, allowed))
+            self._ks_allowed = frozenset(allowed)
+
+    def _stop_kill_switch(self) -> None:
+        if self._ks_state.nft_table is not None:
+            self._ks_state.undo(self.config.state_dir / "killswitch.dns")
+            log.info("kill switch off")
+
     # ------------------------------------------------------------ running
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
+        try:
+            if self.config.kill_switch:
+                self._start_kill_switch()
+            await self._run()
+        finally:
+            self._stop_kill_switch()
+
+    async def _run(self) -> None:
         fetched = await self.document(required=True)
         if fetched is None:
             return
@@ -201,6 +265,7 @@ class ProviderModeClient:
             tcp_port=gateway.tcp_port,
             private_key=key.private_bytes(),
             credential=credential.encode(),
+            kill_switch=False,  # the supervisor's kill switch covers every gateway, see run()
         )
         self.gateway, self.credential = gateway, credential
         client = self.client = Client(cfg)

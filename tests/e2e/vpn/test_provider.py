@@ -118,6 +118,46 @@ def test_failover_when_the_chosen_gateway_stops(pdeploy: Deployment) -> None:
     assert d.status(d.gateway_sock("gw2"))["sessions"] == 1
 
 
+def test_kill_switch_holds_from_bootstrap_through_failover_until_the_client_stops(
+    pdeploy: Deployment,
+) -> None:
+    d = pdeploy
+    topo = d.topo
+    d.start_provider()
+    d.start_gateway()
+    d.make_provider_client("c1", kill_switch=True, failover_after=3.0)
+    d.start_client("c1")
+    d.wait_client("c1", timeout=20)
+    assert ping(topo, topo.client, netns.INTERNET_V4)
+    log = d.dir / "c1.log"
+    assert "kill switch on" in log.read_text()
+    # The only gateway stops: the client fails over (to the same list) and refreshes the document
+    # from the provider, all with the tunnel down. Nothing else may leave in the meantime.
+    d.stop_gateway()
+    deadline = time.monotonic() + 30
+    leaked = False
+    while time.monotonic() < deadline and log.read_text().count("stopped answering; failing over") < 2:
+        leaked = leaked or ping(topo, topo.client, netns.ROUTER_C_V4, count=1, timeout=0.5)
+        r = topo.ns_run(
+            topo.client, "curl", "-sS", "--max-time", "1", f"http://{netns.ROUTER_C_V4}:9/", check=False
+        )
+        leaked = leaked or "Connection refused" in r.stderr  # a reply from outside the tunnel
+    text = log.read_text()
+    assert text.count("stopped answering; failing over") >= 2, text[-2000:]
+    assert not leaked
+    assert "provider unreachable" not in text  # the provider stays reachable through the switch
+    # The gateway comes back: the client reconnects with the switch still on.
+    d.start_gateway()
+    wait_for(
+        lambda: bool(_status_or_empty(d).get("connected")), 40, "reconnect after the gateway is back", log
+    )
+    assert ping(topo, topo.client, netns.INTERNET_V4)
+    # Stopping the client on purpose lifts the switch.
+    d.stop_client("c1")
+    assert "kill switch off" in log.read_text()
+    assert ping(topo, topo.client, netns.ROUTER_C_V4, count=1)
+
+
 def _status_or_empty(d: Deployment) -> dict[str, object]:
     try:
         return d.client_status("c1")
