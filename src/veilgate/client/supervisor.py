@@ -175,8 +175,6 @@ class ProviderModeClient:
 
     def _start_kill_switch(self) -> None:
         """Before any other traffic: the provider's address(es) and the cached document's gateways."""
-        if SystemState.recover(self._ks_state.path, self.config.state_dir / "killswitch.dns"):
-            log.warning("removed a kill switch left behind by a previous run")
         url = urllib.parse.urlsplit(self.config.provider_url or "")
         host, port = url.hostname or "", url.port or 443
         try:
@@ -222,6 +220,8 @@ class ProviderModeClient:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
+        if SystemState.recover(self._ks_state.path, self.config.state_dir / "killswitch.dns"):
+            log.warning("removed a kill switch left behind by a previous run")
         try:
             if self.config.kill_switch:
                 self._start_kill_switch()
