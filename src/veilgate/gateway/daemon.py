@@ -46,7 +46,6 @@ log = logging.getLogger("veilgate.gateway")
 
 TUN_BATCH = 256
 UDP_BATCH = 256
-ENDPOINT_CACHE = 4096
 QUIET_GAP = 0.001
 """Seconds without a wake-up after which a packet is taken for a lone one (sent, not batched)."""
 UDP_BUFFER = 4 * 1024 * 1024
@@ -132,7 +131,7 @@ class Gateway:
         self.udp_tx: dict[socket.socket, UdpSender] = {}
         self._gro: set[socket.socket] = set()
         self._tun_wake = self._udp_wake = -1.0
-        self._udp_endpoints: dict[Any, UdpEndpoint] = {}
+        self._udp_memo: tuple[Any, UdpEndpoint] | None = None
         self._tcp_to_flush: list[FramedConnection] = []
         self.tcp_servers: list[asyncio.AbstractServer] = []
         self.tcp_conns: dict[FramedConnection, TcpEndpoint] = {}
@@ -269,7 +268,7 @@ class Gateway:
         self.udp_socks.clear()
         self.udp_tx.clear()
         self._gro.clear()
-        self._udp_endpoints.clear()
+        self._udp_memo = None
         for server in self.tcp_servers:
             server.close()
         for conn in list(self.tcp_conns):
@@ -297,7 +296,7 @@ class Gateway:
         core = self.core
         tun_write = os.write
         tun_fd = self.tun.fd if self.tun is not None else -1
-        endpoints = self._udp_endpoints
+        memo = self._udp_memo
         # After a quiet spell, one lone datagram is all there is: skip the receive that would
         # find the socket empty (epoll is level-triggered, so anything more wakes us again).
         quiet = now - self._udp_wake >= QUIET_GAP
@@ -316,13 +315,14 @@ class Gateway:
                 self.counters["udp-recv-error"] += 1
                 log.debug("udp receive error: %s", exc.strerror)
                 continue
-            # One endpoint object per client address, so that the core's check for a roamed
-            # client is an identity test; bounded, and emptied whenever a session ends.
-            endpoint = endpoints.get(addr)
-            if endpoint is None:
-                if len(endpoints) >= ENDPOINT_CACHE:
-                    endpoints.clear()
-                endpoint = endpoints[addr] = UdpEndpoint(addr, tx)
+            # Datagrams in a row from one address share one endpoint object, so that the core's
+            # check for a roamed client is an identity test. Only the last sender is remembered
+            # (and forgotten when a session ends): no list of client addresses builds up here.
+            if memo is not None and memo[0] == addr and memo[1].tx is tx:
+                endpoint = memo[1]
+            else:
+                endpoint = UdpEndpoint(addr, tx)
+                memo = (addr, endpoint)
             if segment and len(data) > segment:
                 for part in split(data, segment):
                     packet = core.receive_datagram(part, endpoint, now)
@@ -335,6 +335,7 @@ class Gateway:
                 if quiet:
                     break
             quiet = False
+        self._udp_memo = memo
         self._after_io(now)
 
     def _on_tcp_datagram(self, data: bytes, conn: FramedConnection) -> None:
@@ -491,7 +492,7 @@ class Gateway:
         log.debug("session %d assigned its addresses", session_id)
 
     def _release(self, session_id: int) -> None:
-        self._udp_endpoints.clear()  # no client address outlives its session here
+        self._udp_memo = None  # no client address outlives its session here
         for key, session in list(self.routes.items()):
             if session.id == session_id:
                 del self.routes[key]
