@@ -172,12 +172,12 @@ async def _tcp_queue_and_flush() -> None:
     got: list[bytes] = []
     done = asyncio.Event()
 
-    def on_datagram(data: bytes, conn: FramedConnection) -> None:
-        got.append(data)
+    def on_datagrams(datagrams: list[bytes], conn: FramedConnection) -> None:
+        got.extend(datagrams)
         if len(got) == 21:
             done.set()
 
-    server = await serve_tcp("127.0.0.1", 0, on_datagram, lambda c: None)
+    server = await serve_tcp("127.0.0.1", 0, on_datagrams, lambda c: None)
     port = server.sockets[0].getsockname()[1]
     conn = await connect_tcp("127.0.0.1", port, lambda d, c: None, lambda c: None)
     try:

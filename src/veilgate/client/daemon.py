@@ -270,7 +270,7 @@ class Client:
         cfg = self.config
         try:
             conn = await connect_tcp(
-                cfg.gateway_host, cfg.tcp_port, self._on_tcp_datagram, self._on_tcp_close, timeout=5.0
+                cfg.gateway_host, cfg.tcp_port, self._on_tcp_datagrams, self._on_tcp_close, timeout=5.0
             )
         except (OSError, TimeoutError) as exc:
             log.info("tcp connect to the gateway failed: %s", exc)
@@ -329,11 +329,13 @@ class Client:
             quiet = False
         self._after_io(now)
 
-    def _on_tcp_datagram(self, data: bytes, conn: FramedConnection) -> None:
+    def _on_tcp_datagrams(self, datagrams: list[bytes], conn: FramedConnection) -> None:
         if conn is not self.tcp:
             return
         now = self.clock()
-        self._receive(TCP, data, now)
+        receive = self._receive
+        for data in datagrams:
+            receive(TCP, data, now)
         self._after_io(now)
 
     def _on_tcp_close(self, conn: FramedConnection) -> None:

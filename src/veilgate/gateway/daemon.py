@@ -181,7 +181,7 @@ class Gateway:
             if gro:
                 self._gro.add(sock)
             add_data_reader(loop, sock.fileno(), self._on_udp_readable, sock, tx, gro)
-            server = await serve_tcp(host, cfg.tcp_port, self._on_tcp_datagram, self._on_tcp_close)
+            server = await serve_tcp(host, cfg.tcp_port, self._on_tcp_datagrams, self._on_tcp_close)
             self.tcp_servers.append(server)
 
         if cfg.nat or not cfg.client_to_client:
@@ -338,7 +338,7 @@ class Gateway:
         self._udp_memo = memo
         self._after_io(now)
 
-    def _on_tcp_datagram(self, data: bytes, conn: FramedConnection) -> None:
+    def _on_tcp_datagrams(self, datagrams: list[bytes], conn: FramedConnection) -> None:
         now = self.clock()
         endpoint = self.tcp_conns.get(conn)
         if endpoint is None:
@@ -347,9 +347,14 @@ class Gateway:
                 conn.close()
                 return
             endpoint = self.tcp_conns[conn] = TcpEndpoint(conn, self._tcp_to_flush)
-        packet = self.core.receive_datagram(data, endpoint, now)
-        if packet is not None and self.tun is not None:
-            self._deliver(packet, os.write, self.tun.fd)
+        receive = self.core.receive_datagram
+        tun_fd = self.tun.fd if self.tun is not None else -1
+        for data in datagrams:
+            if conn.closed:  # e.g. the session on it ended
+                break
+            packet = receive(data, endpoint, now)
+            if packet is not None and tun_fd >= 0:
+                self._deliver(packet, os.write, tun_fd)
         self._after_io(now)
 
     def _on_tcp_close(self, conn: FramedConnection) -> None:

@@ -21,15 +21,18 @@ log = logging.getLogger("veilgate.transport")
 WRITE_HIGH_WATER = 1024 * 1024
 READ_LIMIT = 256 * 1024
 
-OnDatagram = Callable[[bytes, "FramedConnection"], None]
+OnDatagrams = Callable[[list[bytes], "FramedConnection"], None]
+"""Called with the complete datagrams of one read, in order (one call per read, not per datagram:
+a receiver does its bookkeeping once per burst). It checks ``conn.closed`` between datagrams if
+handling one can close the connection."""
 OnClose = Callable[["FramedConnection"], None]
 
 
 class FramedConnection(asyncio.Protocol):
     """One TCP connection carrying framed datagrams. Hashable by identity."""
 
-    def __init__(self, on_datagram: OnDatagram, on_close: OnClose) -> None:
-        self.on_datagram = on_datagram
+    def __init__(self, on_datagrams: OnDatagrams, on_close: OnClose) -> None:
+        self.on_datagrams = on_datagrams
         self.on_close = on_close
         self.decoder = FrameDecoder()
         self.transport: asyncio.Transport | None = None
@@ -61,11 +64,9 @@ class FramedConnection(asyncio.Protocol):
             log.debug("closing a tcp connection: %s", exc)
             self.close()
             return
-        self.frames_in += len(frames)
-        for frame in frames:
-            if self.closed:
-                break
-            self.on_datagram(frame, self)
+        if frames and not self.closed:
+            self.frames_in += len(frames)
+            self.on_datagrams(frames, self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.connected.done():
@@ -133,7 +134,7 @@ class FramedConnection(asyncio.Protocol):
         return self is other
 
 
-async def serve_tcp(host: str, port: int, on_datagram: OnDatagram, on_close: OnClose) -> asyncio.Server:
+async def serve_tcp(host: str, port: int, on_datagrams: OnDatagrams, on_close: OnClose) -> asyncio.Server:
     """Listen for framed connections; each gets its own FramedConnection."""
     loop = asyncio.get_running_loop()
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -144,14 +145,14 @@ async def serve_tcp(host: str, port: int, on_datagram: OnDatagram, on_close: OnC
     sock.bind((host, port))
     sock.listen(1024)
     sock.setblocking(False)
-    return await loop.create_server(lambda: FramedConnection(on_datagram, on_close), sock=sock)
+    return await loop.create_server(lambda: FramedConnection(on_datagrams, on_close), sock=sock)
 
 
 async def connect_tcp(
-    host: str, port: int, on_datagram: OnDatagram, on_close: OnClose, timeout: float = 5.0
+    host: str, port: int, on_datagrams: OnDatagrams, on_close: OnClose, timeout: float = 5.0
 ) -> FramedConnection:
     loop = asyncio.get_running_loop()
     _, conn = await asyncio.wait_for(
-        loop.create_connection(lambda: FramedConnection(on_datagram, on_close), host, port), timeout
+        loop.create_connection(lambda: FramedConnection(on_datagrams, on_close), host, port), timeout
     )
     return conn
