@@ -179,7 +179,8 @@ class ProviderModeClient:
         host, port = url.hostname or "", url.port or 443
         try:
             infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-            self._ks_provider = sorted({(str(info[4][0]), "tcp", port) for info in infos})
+            # (an IPv6 link-local answer carries its %scope, which a firewall rule does not take)
+            self._ks_provider = sorted({(str(info[4][0]).split("%")[0], "tcp", port) for info in infos})
         except OSError as exc:
             # Fail closed: the switch goes on anyway; the cached document's gateways still work.
             log.error(
