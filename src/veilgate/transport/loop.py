@@ -49,7 +49,10 @@ class DispatchSelector(selectors.BaseSelector):
     # ---------------------------------------------------------------- the direct readers
 
     def add_direct_reader(self, fd: int, callback: Callback, *args: Any) -> None:
-        """Run ``callback(*args)`` from ``select`` whenever ``fd`` is readable."""
+        """Run ``callback(*args)`` from ``select`` whenever ``fd`` is readable.
+
+        As with asyncio's readers, remove it before closing ``fd``: a number the kernel hands out
+        again must not find a stale entry here."""
         if fd in self._keys:
             raise KeyError(f"fd {fd} is already registered with the event loop")
         if fd in self._direct:
