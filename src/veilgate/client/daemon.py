@@ -36,7 +36,7 @@ from veilgate.protocol.events import (
     ProbeAnswered,
 )
 from veilgate.transport import loop as event_loop
-from veilgate.transport.loop import add_data_reader, remove_data_reader
+from veilgate.transport.loop import QUIET_GAP, add_data_reader, remove_data_reader
 from veilgate.transport.tcp import FramedConnection, connect_tcp
 from veilgate.transport.udp import UdpSender, enable_gro, recv_coalesced, split
 from veilgate.tun import TunDevice, dns, netlink
@@ -45,8 +45,6 @@ log = logging.getLogger("veilgate.client")
 
 TUN_BATCH = 256
 UDP_BATCH = 256
-QUIET_GAP = 0.001
-"""Seconds without a wake-up after which a packet is taken for a lone one (sent, not batched)."""
 
 
 class SystemState:
@@ -319,13 +317,11 @@ class Client:
             except OSError:
                 self._count("udp-recv-error")
                 continue
-            if segment and len(data) > segment:
-                for part in split(data, segment):
-                    self._receive(UDP, part, now)
-            else:
-                self._receive(UDP, data, now)
-                if quiet:
-                    break
+            parts = split(data, segment) if segment else (data,)
+            for part in parts:
+                self._receive(UDP, part, now)
+            if quiet and len(parts) == 1:
+                break
             quiet = False
         self._after_io(now)
 

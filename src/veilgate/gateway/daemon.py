@@ -37,7 +37,7 @@ from veilgate.protocol.events import HandshakeRefused, SessionEnded, SessionEsta
 from veilgate.protocol.gateway import GatewayProtocol, Session
 from veilgate.provider.client import ProviderClient, ProviderUnavailable
 from veilgate.transport import loop as event_loop
-from veilgate.transport.loop import add_data_reader, remove_data_reader
+from veilgate.transport.loop import QUIET_GAP, add_data_reader, remove_data_reader
 from veilgate.transport.tcp import FramedConnection, serve_tcp
 from veilgate.transport.udp import UdpSender, enable_gro, recv_coalesced, split
 from veilgate.tun import TunDevice, netlink
@@ -46,8 +46,6 @@ log = logging.getLogger("veilgate.gateway")
 
 TUN_BATCH = 256
 UDP_BATCH = 256
-QUIET_GAP = 0.001
-"""Seconds without a wake-up after which a packet is taken for a lone one (sent, not batched)."""
 UDP_BUFFER = 4 * 1024 * 1024
 
 
@@ -323,17 +321,13 @@ class Gateway:
             else:
                 endpoint = UdpEndpoint(addr, tx)
                 memo = (addr, endpoint)
-            if segment and len(data) > segment:
-                for part in split(data, segment):
-                    packet = core.receive_datagram(part, endpoint, now)
-                    if packet is not None:
-                        self._deliver(packet, tun_write, tun_fd)
-            else:
-                packet = core.receive_datagram(data, endpoint, now)
+            parts = split(data, segment) if segment else (data,)
+            for part in parts:
+                packet = core.receive_datagram(part, endpoint, now)
                 if packet is not None:
                     self._deliver(packet, tun_write, tun_fd)
-                if quiet:
-                    break
+            if quiet and len(parts) == 1:
+                break
             quiet = False
         self._udp_memo = memo
         self._after_io(now)

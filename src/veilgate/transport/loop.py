@@ -30,6 +30,10 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 Callback = Callable[..., object]
 
+QUIET_GAP = 0.001
+"""Seconds without a wake-up after which a data-path reader takes a packet for a lone one: it is
+sent at once rather than batched, and no receive is spent finding the socket empty after it."""
+
 REPOLL_ROUNDS = 3
 """After serving direct readers, how many more times select looks for ready ones before returning."""
 
