@@ -107,6 +107,7 @@ class ProviderModeClient:
         # The kill switch is the supervisor's, not each gateway connection's: it stays on from
         # the start through every failover, and lets out only the provider and the gateways.
         self._ks_state = SystemState(config.state_dir / f"killswitch-{config.tun_name}.json")
+        self._ks_dns = config.state_dir / "killswitch.dns"  # never written: the switch touches no DNS
         self._ks_table = NftTable(f"veilgate_ks_{config.tun_name}")
         self._ks_provider: list[tuple[str, str, int]] = []
         self._ks_allowed: frozenset[tuple[str, str, int]] | None = None
@@ -212,7 +213,7 @@ class ProviderModeClient:
 
     def _stop_kill_switch(self) -> None:
         if self._ks_state.nft_table is not None:
-            self._ks_state.undo(self.config.state_dir / "killswitch.dns")
+            self._ks_state.undo(self._ks_dns)
             log.info("kill switch off")
 
     # ------------------------------------------------------------ running
@@ -221,7 +222,7 @@ class ProviderModeClient:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
-        if SystemState.recover(self._ks_state.path, self.config.state_dir / "killswitch.dns"):
+        if SystemState.recover(self._ks_state.path, self._ks_dns):
             log.warning("removed a kill switch left behind by a previous run")
         try:
             if self.config.kill_switch:
