@@ -2,7 +2,8 @@
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
-DEB_PACKAGES := iproute2 nftables iperf3 iputils-ping curl python3-venv
+# gcc, python3-dev and libssl-dev build the optional compiled data path (src/veilgate/fastpath).
+DEB_PACKAGES := iproute2 nftables iperf3 iputils-ping curl python3-venv gcc python3-dev libssl-dev
 STAMP_DEB := $(VENV)/.deb-stamp
 STAMP_PY := $(VENV)/.py-stamp
 
@@ -14,7 +15,7 @@ $(STAMP_DEB):
 	@bash scripts/install-debian-packages.sh $(DEB_PACKAGES)
 	@mkdir -p $(VENV) && touch $@
 
-$(STAMP_PY): pyproject.toml
+$(STAMP_PY): pyproject.toml setup.py src/veilgate/fastpath/_fastpath.c
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'

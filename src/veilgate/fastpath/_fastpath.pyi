@@ -1,0 +1,79 @@
+from typing import Any
+
+Buffer = bytes | bytearray | memoryview
+
+class Keys:
+    send_counter: int
+    @property
+    def created(self) -> float: ...
+    @property
+    def top(self) -> int: ...
+    def __init__(
+        self,
+        send_key: bytes,
+        recv_key: bytes,
+        local_index: int,
+        remote_index: int,
+        created: float,
+        reject_after_messages: int,
+        window: int,
+    ) -> None: ...
+    def seal(self, payload: Buffer, /) -> bytes: ...
+    def open(self, datagram: Buffer, /) -> bytes | int: ...
+
+class ClientPath:
+    @property
+    def gso(self) -> bool: ...
+    def __init__(
+        self,
+        tun_fd: int,
+        udp_fd: int,
+        gso: bool,
+        gro: bool,
+        reject_after_time: float,
+        rekey_after_messages: int,
+    ) -> None: ...
+    def set_keys(self, send: Keys | None, recv: tuple[Keys, ...], /) -> None: ...
+    def take(
+        self,
+    ) -> tuple[list[tuple[int, bytes]], tuple[int, int, float, float, int, int, float] | None]: ...
+    def counters(self) -> dict[str, int]: ...
+    def tun_ready(self) -> None: ...
+    def udp_ready(self) -> None: ...
+
+class Peer:
+    owner: object
+    def __init__(self, owner: object = None) -> None: ...
+    def update(
+        self,
+        send: Keys | None,
+        recv: tuple[Keys, ...],
+        sock: int,
+        sockaddr: bytes | None,
+        v4: bytes | None,
+        v6: bytes | None,
+        /,
+    ) -> None: ...
+    def take(self) -> tuple[int, int, float, int, int, int, float]: ...
+
+class GatewayPath:
+    def __init__(
+        self,
+        tun_fd: int,
+        routes: dict[bytes, Peer],
+        indices: dict[int, Peer],
+        client_to_client: bool,
+        reject_after_time: float,
+    ) -> None: ...
+    def add_socket(self, fd: int, gso: bool, gro: bool, /) -> int: ...
+    def take(
+        self,
+    ) -> tuple[list[tuple[int, bytes, int, tuple[Any, ...] | None, int]], list[Peer]]: ...
+    def counters(self) -> dict[str, int]: ...
+    def tun_ready(self) -> None: ...
+    def udp_ready(self, sock: int, /) -> None: ...
+
+class Poller:
+    def add(self, fd: int, path: ClientPath | GatewayPath, kind: int, sock: int = 0, /) -> None: ...
+    def remove(self, fd: int, /) -> bool: ...
+    def poll(self, epfd: int, timeout_ms: int, maxevents: int, /) -> list[tuple[int, int]]: ...
