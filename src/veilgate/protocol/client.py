@@ -43,7 +43,7 @@ from veilgate.protocol.events import (
     ProbeAnswered,
 )
 from veilgate.protocol.handshake import FinalPayload, InitiatorHandshake
-from veilgate.protocol.keypair import Keypair
+from veilgate.protocol.keypair import Keypair, new_keypair
 
 _INF = float("inf")
 
@@ -205,6 +205,54 @@ class ClientProtocol:
             self.counters["drop-" + exc.reason] += 1
         return None
 
+    # ------------------------------------------------------------ compiled data path
+
+    def data_path_keypairs(self) -> tuple[Keypair | None, tuple[Keypair, ...]]:
+        """The keypair a data path outside the core may seal IP packets with, and those it may open.
+
+        Only a confirmed session qualifies: sending on ``current`` before confirmation, or
+        receiving on ``next``, changes the core's state, so those packets come through here. The
+        data path still refuses an expired keypair or one due for a rekey by its counter.
+        """
+        kp = self.current
+        if kp is None or not self._confirmed:
+            return None, ()
+        return kp, (kp,) if self.previous is None else (kp, self.previous)
+
+    def account(
+        self,
+        tx_packets: int,
+        tx_bytes: int,
+        last_tx: float,
+        first_unanswered: float,
+        rx_packets: int,
+        rx_bytes: int,
+        last_rx: float,
+    ) -> None:
+        """Take note of what a data path outside the core sent and received since the last call.
+
+        ``first_unanswered``: when it first sent after its last authenticated receive (0.0 if it
+        received after everything it sent), which starts the stall timer as ``_sent`` would.
+        """
+        if rx_packets:
+            self.authenticated_rx += rx_packets
+            self.rx_bytes += rx_bytes
+            self._last_received = max(self._last_received, last_rx)
+            self._awaiting_since = None
+            self._stall_reported = False
+        if tx_packets:
+            self.tx_bytes += tx_bytes
+            self._last_sent = max(self._last_sent, last_tx)
+            if first_unanswered and self._awaiting_since is None:
+                self._awaiting_since = first_unanswered
+
+    def receive_opened(self, plaintext: bytes) -> None:
+        """A control message a data path outside the core authenticated, opened and accounted for."""
+        try:
+            self._receive_control(control.decode_control(plaintext))
+        except RemoteProtocolError as exc:
+            self.counters["drop-" + exc.reason] += 1
+
     def get_timer(self) -> float | None:
         if not self._started:
             return None
@@ -316,7 +364,7 @@ class ClientProtocol:
         final, result = hs.write_final(FinalPayload(self.credential, resume))
         self._handshake = None
         self._retry_at = _INF
-        kp = Keypair(result.send_key, result.recv_key, hs.local_index, hs.remote_index, now, True)
+        kp = new_keypair(result.send_key, result.recv_key, hs.local_index, hs.remote_index, now, True)
         self._keypairs[kp.local_index] = kp
         self._resume_token = result.resume_token
         self._rotate = False

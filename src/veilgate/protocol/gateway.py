@@ -44,7 +44,7 @@ from veilgate.protocol.events import (
     SessionRekeyed,
 )
 from veilgate.protocol.handshake import ResponderHandshake
-from veilgate.protocol.keypair import Keypair
+from veilgate.protocol.keypair import Keypair, new_keypair
 
 _INF = float("inf")
 _unpack_transport = messages.unpack_transport_header
@@ -126,6 +126,9 @@ class GatewayProtocol:
         self._events: collections.deque[Event] = collections.deque()
         self._init_window_start = 0.0
         self._init_count = 0
+        self.changed: set[Session] | None = None
+        """When a driver sets a set here, sessions whose keypairs, endpoint or addresses change (or
+        that end) are added to it, for a data path outside the core to follow; the driver empties it."""
 
     # ------------------------------------------------------------ driver API
 
@@ -162,6 +165,8 @@ class GatewayProtocol:
         if config.ipv6 is not None:
             allowed.add(config.ipv6.ip.packed)
         session.allowed_sources = frozenset(allowed)
+        if self.changed is not None:
+            self.changed.add(session)
         self._send_control(session, control.config_message(config), now)
 
     def send_packet(self, session: Session, packet: bytes, now: float) -> tuple[bytes, Endpoint] | None:
@@ -187,6 +192,8 @@ class GatewayProtocol:
         if self._by_resume.get(session.resume_token) is session:
             del self._by_resume[session.resume_token]
         session.current = session.previous = None
+        if self.changed is not None:
+            self.changed.add(session)
         self._events.append(SessionEnded(session_id, reason))
 
     def receive_datagram(self, data: bytes, endpoint: Endpoint, now: float) -> bytes | None:
@@ -207,6 +214,44 @@ class GatewayProtocol:
         except RemoteProtocolError as exc:
             self.counters["drop-" + exc.reason] += 1
         return None
+
+    # ------------------------------------------------------------ compiled data path
+
+    def account(
+        self,
+        session: Session,
+        tx_packets: int,
+        tx_bytes: int,
+        last_tx: float,
+        authenticated: int,
+        rx_packets: int,
+        rx_bytes: int,
+        last_rx: float,
+    ) -> None:
+        """Take note of what a data path outside the core sent to and received from a session."""
+        if tx_packets:
+            session.last_sent = max(session.last_sent, last_tx)
+            session.tx_bytes += tx_bytes
+            session.tx_packets += tx_packets
+        if authenticated:
+            session.last_received = max(session.last_received, last_rx)
+            session.rx_bytes += rx_bytes
+            session.rx_packets += rx_packets
+            if session.ack_due is None:
+                due = last_rx + self.passive_keepalive
+                session.ack_due = due
+                if due < session.timer_at:
+                    self._schedule(session, due)
+
+    def receive_opened(self, index: int, plaintext: bytes, endpoint: Endpoint, now: float) -> None:
+        """A control message a data path outside the core authenticated, opened and accounted for."""
+        kp = self._keypairs.get(index)
+        if kp is None:  # the session ended since
+            return
+        try:
+            self._receive_control(kp.owner, kp, control.decode_control(plaintext), endpoint, now)
+        except RemoteProtocolError as exc:
+            self.counters["drop-" + exc.reason] += 1
 
     def get_timer(self) -> float | None:
         return self._timers[0][0] if self._timers else None
@@ -290,7 +335,7 @@ class GatewayProtocol:
         if session is None:
             session = Session(next(self._session_ids), result.remote_static, endpoint, now)
             self.sessions[session.id] = session
-        kp = Keypair(result.send_key, result.recv_key, hs.local_index, hs.remote_index, now, False)
+        kp = new_keypair(result.send_key, result.recv_key, hs.local_index, hs.remote_index, now, False)
         kp.final_digest = _digest(data)
         kp.owner = session
         self._keypairs[kp.local_index] = kp
@@ -306,6 +351,8 @@ class GatewayProtocol:
         self._by_resume[result.resume_token] = session
         session.endpoint = endpoint
         session.last_handshake = now
+        if self.changed is not None:
+            self.changed.add(session)
         self._schedule(session, now + REJECT_AFTER_TIME)
         self.counters["handshakes"] += 1
         if is_new:
@@ -375,6 +422,8 @@ class GatewayProtocol:
         if endpoint != session.endpoint:
             session.endpoint = endpoint
             self.counters["roamed"] += 1
+            if self.changed is not None:
+                self.changed.add(session)
 
     def _receive_control(
         self, session: Session, kp: Keypair, msg: control.ControlMessage, endpoint: Endpoint, now: float
@@ -403,6 +452,8 @@ class GatewayProtocol:
         if session.previous is not None and session.previous.expired(now):
             self._keypairs.pop(session.previous.local_index, None)
             session.previous = None
+            if self.changed is not None:
+                self.changed.add(session)
         if session.ack_due is not None and now >= session.ack_due:
             session.ack_due = None
             if session.last_sent < session.last_received:

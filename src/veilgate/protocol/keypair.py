@@ -14,7 +14,13 @@ from typing import Any, Final
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
-from veilgate.protocol.constants import PADDING_MULTIPLE, REJECT_AFTER_MESSAGES, REJECT_AFTER_TIME
+from veilgate import fastpath
+from veilgate.protocol.constants import (
+    PADDING_MULTIPLE,
+    REJECT_AFTER_MESSAGES,
+    REJECT_AFTER_TIME,
+    REPLAY_WINDOW,
+)
 from veilgate.protocol.errors import DecryptError, LocalProtocolError, RemoteProtocolError
 from veilgate.protocol.messages import TRANSPORT_HEADER_LEN, TYPE_TRANSPORT
 from veilgate.protocol.replay import ReplayWindow
@@ -25,7 +31,10 @@ _ZEROS: Final = bytes(PADDING_MULTIPLE)
 
 
 class Keypair:
-    """Transport keys from one handshake, with their counters and replay window."""
+    """Transport keys from one handshake, with their counters and replay window (pure Python).
+
+    ``new_keypair`` makes a ``CompiledKeypair`` instead where the compiled data path is enabled.
+    """
 
     __slots__ = (
         "_open",
@@ -94,3 +103,67 @@ class Keypair:
         if not replay.update(counter):
             raise RemoteProtocolError("replayed counter", "replay")
         return plaintext
+
+
+class CompiledKeypair(Keypair):
+    """A keypair whose keys, send counter and replay window live in the compiled module.
+
+    The compiled data path (veilgate.fastpath) seals and opens with the same ``keys`` object, so
+    packets the Python core handles and packets it never sees share one counter and one window.
+    """
+
+    __slots__ = ("keys",)
+
+    def __init__(  # the parent's key setup is replaced, not extended
+        self,
+        send_key: bytes,
+        recv_key: bytes,
+        local_index: int,
+        remote_index: int,
+        created: float,
+        initiator: bool,
+    ) -> None:
+        self.keys = fastpath.Keys(
+            send_key, recv_key, local_index, remote_index, created, REJECT_AFTER_MESSAGES, REPLAY_WINDOW
+        )
+        self.local_index = local_index
+        self.remote_index = remote_index
+        self.created = created
+        self.initiator = initiator
+        self.final_digest = b""
+        self.owner = None
+
+    @property
+    def send_counter(self) -> int:
+        return self.keys.send_counter
+
+    @send_counter.setter
+    def send_counter(self, value: int) -> None:
+        self.keys.send_counter = value
+
+    def expired(self, now: float) -> bool:
+        return now - self.created >= REJECT_AFTER_TIME or self.keys.send_counter >= REJECT_AFTER_MESSAGES
+
+    def seal(self, plaintext: bytes) -> bytes:
+        if self.keys.send_counter >= REJECT_AFTER_MESSAGES:
+            raise LocalProtocolError("keypair exhausted: rekey first")
+        return self.keys.seal(plaintext)
+
+    def open(self, data: bytes, counter: int) -> bytes:
+        result = self.keys.open(data)
+        if isinstance(result, bytes):
+            return result
+        if result == _REPLAYED:
+            raise RemoteProtocolError("replayed or too old counter", "replay")
+        raise DecryptError()
+
+
+_REPLAYED: Final = 1
+
+
+def new_keypair(
+    send_key: bytes, recv_key: bytes, local_index: int, remote_index: int, created: float, initiator: bool
+) -> Keypair:
+    """A keypair on the compiled data path where it is enabled, else the pure-Python one."""
+    cls = CompiledKeypair if fastpath.ENABLED else Keypair
+    return cls(send_key, recv_key, local_index, remote_index, created, initiator)
