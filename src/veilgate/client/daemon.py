@@ -13,6 +13,7 @@ import contextlib
 import ipaddress
 import json
 import logging
+import operator
 import os
 import signal
 import socket
@@ -20,11 +21,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from veilgate import fastpath
 from veilgate.client.config import ClientConfig
 from veilgate.client.paths import TCP, UDP, Act, Action, PathManager
 from veilgate.netfilter import NftTable, kill_switch_rules
 from veilgate.protocol import messages
 from veilgate.protocol.client import ClientProtocol
+from veilgate.protocol.constants import REJECT_AFTER_TIME, REKEY_AFTER_MESSAGES
 from veilgate.protocol.control import TunnelConfig
 from veilgate.protocol.crypto import KeyPair
 from veilgate.protocol.events import (
@@ -35,8 +38,9 @@ from veilgate.protocol.events import (
     PathStalled,
     ProbeAnswered,
 )
+from veilgate.protocol.keypair import CompiledKeypair, Keypair
 from veilgate.transport import loop as event_loop
-from veilgate.transport.loop import QUIET_GAP, add_data_reader, remove_data_reader
+from veilgate.transport.loop import QUIET_GAP, add_compiled_reader, add_data_reader, remove_data_reader
 from veilgate.transport.tcp import FramedConnection, connect_tcp
 from veilgate.transport.udp import UdpSender, enable_gro, recv_coalesced, split
 from veilgate.tun import TunDevice, dns, netlink
@@ -126,6 +130,9 @@ class Client:
         self.udp: socket.socket | None = None
         self.udp_tx: UdpSender | None = None
         self._gro = False
+        self.fast: fastpath.ClientPath | None = None
+        """The compiled data path, when built and enabled (UDP sessions only)."""
+        self._fast_keys: tuple[Keypair | None, tuple[Keypair, ...]] = (None, ())
         self._tun_wake = self._udp_wake = -1.0
         self.tcp: FramedConnection | None = None
         self._tcp_task: asyncio.Task[None] | None = None
@@ -162,7 +169,6 @@ class Client:
             log.info("kill switch on: only traffic to the gateway leaves while the tunnel is down")
         self.tun = TunDevice.create(cfg.tun_name, 1420)
         netlink.prepare_tunnel_interface(self.tun.name)
-        add_data_reader(loop, self.tun.fd, self._on_tun_readable)
         if cfg.transport != TCP:
             self.udp = socket.socket(self.family, socket.SOCK_DGRAM)
             self.udp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
@@ -171,7 +177,27 @@ class Client:
             self.udp.connect(self.gateway_addr)
             self.udp_tx = UdpSender(self.udp, gso=cfg.udp_offload)
             self._gro = cfg.udp_offload and enable_gro(self.udp)
-            add_data_reader(loop, self.udp.fileno(), self._on_udp_readable)
+            if fastpath.ENABLED:
+                self.fast = fastpath.ClientPath(
+                    self.tun.fd,
+                    self.udp.fileno(),
+                    cfg.udp_offload,
+                    self._gro,
+                    REJECT_AFTER_TIME,
+                    REKEY_AFTER_MESSAGES,
+                )
+        fast = self.fast
+        if fast is not None and (
+            add_compiled_reader(loop, self.tun.fd, fast, fastpath.KIND_TUN, 0, self._after_fast)
+            and self.udp is not None
+            and add_compiled_reader(loop, self.udp.fileno(), fast, fastpath.KIND_UDP, 0, self._after_fast)
+        ):
+            log.debug("compiled data path on")
+        else:
+            self.fast = None
+            add_data_reader(loop, self.tun.fd, self._on_tun_readable)
+            if self.udp is not None:
+                add_data_reader(loop, self.udp.fileno(), self._on_udp_readable)
         cfg.status_socket.parent.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
             cfg.status_socket.unlink()
@@ -391,6 +417,50 @@ class Client:
                 else:
                     self._send(self._last_path, data)
         self._arm_timer()
+        if self.fast is not None:
+            self._update_fast_keys()
+
+    # ------------------------------------------------------------ the compiled data path
+
+    def _update_fast_keys(self) -> None:
+        """Hand the compiled data path the keypairs it may use now (none for sending off UDP)."""
+        send, recv = self.core.data_path_keypairs()
+        if self.paths.active is None:
+            send, recv = None, ()
+        elif self.paths.active != UDP:
+            send = None
+        old_send, old_recv = self._fast_keys
+        if send is old_send and len(recv) == len(old_recv) and all(map(operator.is_, recv, old_recv)):
+            return
+        assert self.fast is not None
+        self._fast_keys = (send, recv)
+        self.fast.set_keys(
+            send.keys if isinstance(send, CompiledKeypair) else None,
+            tuple(kp.keys for kp in recv if isinstance(kp, CompiledKeypair)),
+        )
+
+    def _after_fast(self) -> None:
+        """After the compiled loops ran: account for what they did, handle what they passed on."""
+        fast = self.fast
+        if fast is None:
+            return
+        pending, activity = fast.take()
+        now = self.clock()
+        if activity is not None:
+            self.core.account(*activity)
+        for kind, data in pending:
+            if kind == fastpath.PENDING_TUN:
+                self._send_packet(data, now)
+            elif kind == fastpath.PENDING_DATAGRAM:
+                self._receive(UDP, data, now)
+            else:
+                self.core.receive_opened(data)
+        self._after_io(now)
+
+    def _send_packet(self, packet: bytes, now: float) -> None:
+        data = self.core.send_packet(packet, now)
+        if data is not None:
+            self._send(self.paths.active or self._last_path, data)
 
     def _arm_timer(self) -> None:
         timers = [t for t in (self.core.get_timer(), self.paths.get_timer()) if t is not None]
@@ -513,6 +583,7 @@ class Client:
             "role": "client",
             "connected": self.core.connected,
             "transport": self.paths.active,
+            "data_path": "compiled" if self.fast is not None else "python",
             "ipv4": str(cfg.ipv4) if cfg and cfg.ipv4 else None,
             "ipv6": str(cfg.ipv6) if cfg and cfg.ipv6 else None,
             "rx_bytes": self.core.rx_bytes,
@@ -530,14 +601,21 @@ class Client:
                 }
                 for s in self.paths.switches
             ],
-            "counters": dict(self.core.counters) | self.counters | self._udp_counters(),
+            "counters": _sum(dict(self.core.counters), self.counters, self._udp_counters()),
         } | self.extra_status
 
     def _udp_counters(self) -> dict[str, int]:
         tx = self.udp_tx
         if tx is None:
             return {}
-        return {"udp-send-dropped": tx.dropped, "udp-datagrams-out": tx.datagrams, "udp-sends": tx.syscalls}
+        counters = {
+            "udp-send-dropped": tx.dropped,
+            "udp-datagrams-out": tx.datagrams,
+            "udp-sends": tx.syscalls,
+        }
+        if self.fast is not None:
+            counters = _sum(counters, self.fast.counters())
+        return counters
 
     async def _on_status(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -545,6 +623,14 @@ class Client:
             await writer.drain()
         finally:
             writer.close()
+
+
+def _sum(*counters: dict[str, int]) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for part in counters:
+        for key, value in part.items():
+            total[key] = total.get(key, 0) + value
+    return total
 
 
 def _halves(net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> list[str]:

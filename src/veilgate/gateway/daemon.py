@@ -21,23 +21,27 @@ import logging
 import os
 import signal
 import socket
+import struct
 import time
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+from veilgate import fastpath
 from veilgate.credentials import CredentialVerifier, IssuerPublicKey
 from veilgate.credentials.epochs import DEFAULT_EPOCH_LENGTH, AnyCredentialVerifier, EpochVerifier
 from veilgate.gateway.config import GatewayConfig
 from veilgate.gateway.pool import AddressPool, PoolExhausted
 from veilgate.netfilter import NftTable, gateway_isolation_rules, gateway_nat_rules
+from veilgate.protocol.constants import REJECT_AFTER_TIME
 from veilgate.protocol.control import TunnelConfig
 from veilgate.protocol.crypto import KeyPair
 from veilgate.protocol.events import HandshakeRefused, SessionEnded, SessionEstablished, SessionRekeyed
 from veilgate.protocol.gateway import GatewayProtocol, Session
+from veilgate.protocol.keypair import CompiledKeypair
 from veilgate.provider.client import ProviderClient, ProviderUnavailable
 from veilgate.transport import loop as event_loop
-from veilgate.transport.loop import QUIET_GAP, add_data_reader, remove_data_reader
+from veilgate.transport.loop import QUIET_GAP, add_compiled_reader, add_data_reader, remove_data_reader
 from veilgate.transport.tcp import FramedConnection, serve_tcp
 from veilgate.transport.udp import UdpSender, enable_gro, recv_coalesced, split
 from veilgate.tun import TunDevice, netlink
@@ -131,6 +135,13 @@ class Gateway:
         self._tun_wake = self._udp_wake = -1.0
         self._udp_memo: tuple[Any, UdpEndpoint] | None = None
         self._tcp_to_flush: list[FramedConnection] = []
+        self.fast: fastpath.GatewayPath | None = None
+        """The compiled data path, when built and enabled: it serves sessions reached over UDP."""
+        self._peers: dict[int, fastpath.Peer] = {}  # session id -> what the compiled path knows of it
+        self._peer_keys: dict[int, tuple[list[bytes], list[int]]] = {}  # its routes and indices there
+        self._fast_routes: dict[bytes, fastpath.Peer] = {}
+        self._fast_indices: dict[int, fastpath.Peer] = {}
+        self._fast_socks: dict[int, UdpSender] = {}  # the compiled path's socket number -> its sender
         self.tcp_servers: list[asyncio.AbstractServer] = []
         self.tcp_conns: dict[FramedConnection, TcpEndpoint] = {}
         self.status_server: asyncio.AbstractServer | None = None
@@ -153,7 +164,17 @@ class Gateway:
         if self.pool6 is not None and cfg.pool_v6 is not None:
             netlink.add_address(self.tun.name, f"{self.pool6.gateway_address}/{cfg.pool_v6.prefixlen}")
         netlink.set_link(self.tun.name, up=True, mtu=cfg.mtu)
-        add_data_reader(loop, self.tun.fd, self._on_tun_readable)
+        if fastpath.ENABLED:
+            self.fast = fastpath.GatewayPath(
+                self.tun.fd, self._fast_routes, self._fast_indices, cfg.client_to_client, REJECT_AFTER_TIME
+            )
+            if add_compiled_reader(loop, self.tun.fd, self.fast, fastpath.KIND_TUN, 0, self._after_fast):
+                self.core.changed = set()
+                log.debug("compiled data path on")
+            else:
+                self.fast = None
+        if self.fast is None:
+            add_data_reader(loop, self.tun.fd, self._on_tun_readable)
 
         for host in [cfg.listen, cfg.listen6]:
             if host is None:
@@ -178,7 +199,14 @@ class Gateway:
             gro = cfg.udp_offload and enable_gro(sock)
             if gro:
                 self._gro.add(sock)
-            add_data_reader(loop, sock.fileno(), self._on_udp_readable, sock, tx, gro)
+            if self.fast is not None:
+                number = self.fast.add_socket(sock.fileno(), cfg.udp_offload, gro)
+                self._fast_socks[number] = tx
+                add_compiled_reader(
+                    loop, sock.fileno(), self.fast, fastpath.KIND_UDP, number, self._after_fast
+                )
+            else:
+                add_data_reader(loop, sock.fileno(), self._on_udp_readable, sock, tx, gro)
             server = await serve_tcp(host, cfg.tcp_port, self._on_tcp_datagrams, self._on_tcp_close)
             self.tcp_servers.append(server)
 
@@ -376,8 +404,7 @@ class Gateway:
         self._tun_wake = now
         fd = self.tun.fd
         read = os.read
-        routes = self.routes
-        send_packet = self.core.send_packet
+        route = self._route
         for _ in range(TUN_BATCH):
             try:
                 packet = read(fd, 65535)
@@ -385,28 +412,38 @@ class Gateway:
                 break
             if not packet:
                 break
-            version = packet[0] >> 4
-            dst = packet[16:20] if version == 4 else packet[24:40]
-            session = routes.get(dst)
-            if session is None:
-                self.counters["tun-no-route"] += 1
-                continue
-            out = send_packet(session, packet, now)
-            if out is not None:
-                endpoint = out[1]
-                assert isinstance(endpoint, UdpEndpoint | TcpEndpoint)
-                if quiet:
-                    endpoint.send(out[0])
-                    quiet = False
-                else:
-                    endpoint.queue(out[0])
+            if route(packet, now, quiet):
+                quiet = False
+        self._flush()
+        self._after_io(now)
+
+    def _route(self, packet: bytes, now: float, at_once: bool) -> bool:
+        """Seal a packet from the TUN for the session its destination belongs to; True if it left.
+
+        ``at_once``: send it now; otherwise it waits in its endpoint's queue for ``_flush``."""
+        dst = packet[16:20] if packet[0] >> 4 == 4 else packet[24:40]
+        session = self.routes.get(dst)
+        if session is None:
+            self.counters["tun-no-route"] += 1
+            return False
+        out = self.core.send_packet(session, packet, now)
+        if out is None:
+            return False
+        endpoint = out[1]
+        assert isinstance(endpoint, UdpEndpoint | TcpEndpoint)
+        if at_once:
+            endpoint.send(out[0])
+        else:
+            endpoint.queue(out[0])
+        return True
+
+    def _flush(self) -> None:
         for tx in self.udp_tx.values():
             tx.flush()
         if self._tcp_to_flush:
             for conn in self._tcp_to_flush:
                 conn.flush()
             self._tcp_to_flush.clear()
-        self._after_io(now)
 
     def _after_io(self, now: float) -> None:
         for data, endpoint in self.core.datagrams_to_send():
@@ -416,7 +453,91 @@ class Gateway:
             for data, endpoint in self.core.datagrams_to_send():
                 assert isinstance(endpoint, UdpEndpoint | TcpEndpoint)
                 endpoint.send(data)
+        changed = self.core.changed
+        if changed:
+            for session in changed:
+                self._update_peer(session)
+            changed.clear()
         self._arm_timer()
+
+    # ------------------------------------------------------------ the compiled data path
+
+    def _update_peer(self, session: Session) -> None:
+        """Tell the compiled data path what the core decided for a session (or that it ended)."""
+        peer = self._peers.get(session.id)
+        old_routes, old_indices = self._peer_keys.pop(session.id, ([], []))
+        for key in old_routes:
+            self._fast_routes.pop(key, None)
+        for index in old_indices:
+            self._fast_indices.pop(index, None)
+        if session.id not in self.core.sessions:
+            if peer is not None:
+                del self._peers[session.id]
+                peer.owner = None
+            return
+        if peer is None:
+            peer = self._peers[session.id] = fastpath.Peer(session)
+        keypairs = [kp for kp in (session.current, session.previous) if isinstance(kp, CompiledKeypair)]
+        send = session.current.keys if isinstance(session.current, CompiledKeypair) else None
+        number, sockaddr = fastpath.ROUTE_NONE, None
+        endpoint = session.endpoint
+        if isinstance(endpoint, UdpEndpoint):
+            for n, tx in self._fast_socks.items():
+                if tx is endpoint.tx:
+                    sockaddr = _sockaddr(endpoint.addr)
+                    number = n if sockaddr is not None else fastpath.ROUTE_NONE
+        config = session.config
+        v4 = config.ipv4.ip.packed if config is not None and config.ipv4 is not None else None
+        v6 = config.ipv6.ip.packed if config is not None and config.ipv6 is not None else None
+        peer.update(send, tuple(kp.keys for kp in keypairs), number, sockaddr, v4, v6)
+        routes = [key for key in (v4, v6) if key is not None]
+        indices = [kp.local_index for kp in keypairs]
+        for key in routes:
+            self._fast_routes[key] = peer
+        for index in indices:
+            self._fast_indices[index] = peer
+        self._peer_keys[session.id] = (routes, indices)
+
+    def _after_fast(self) -> None:
+        """After the compiled loops ran: account for what they did, handle what they passed on."""
+        fast = self.fast
+        if fast is None:
+            return
+        pending, touched = fast.take()
+        now = self.clock()
+        core = self.core
+        for peer in touched:
+            activity = peer.take()
+            session = peer.owner
+            if isinstance(session, Session) and session.id in core.sessions:
+                core.account(session, *activity)
+        if pending:
+            tun_fd = self.tun.fd if self.tun is not None else -1
+            for kind, data, number, addr, index in pending:
+                if kind == fastpath.PENDING_TUN:
+                    self._route(data, now, False)
+                    continue
+                tx = self._fast_socks.get(number)
+                if tx is None or addr is None:
+                    continue
+                endpoint = self._udp_endpoint(addr, tx)
+                if kind == fastpath.PENDING_DATAGRAM:
+                    packet = core.receive_datagram(data, endpoint, now)
+                    if packet is not None and tun_fd >= 0:
+                        self._deliver(packet, os.write, tun_fd)
+                else:
+                    core.receive_opened(index, data, endpoint, now)
+            self._flush()
+        self._after_io(now)
+
+    def _udp_endpoint(self, addr: Any, tx: UdpSender) -> UdpEndpoint:
+        """The endpoint for a sender, shared by datagrams in a row from it (see _on_udp_readable)."""
+        memo = self._udp_memo
+        if memo is not None and memo[0] == addr and memo[1].tx is tx:
+            return memo[1]
+        endpoint = UdpEndpoint(addr, tx)
+        self._udp_memo = (addr, endpoint)
+        return endpoint
 
     def _arm_timer(self) -> None:
         at = self.core.get_timer()
@@ -506,6 +627,7 @@ class Gateway:
         """Aggregate figures only: no keys, no client addresses, no tunnel addresses."""
         now = self.clock()
         sessions = list(self.core.sessions.values())
+        fast = self.fast.counters() if self.fast is not None else {}
         by_transport = Counter(getattr(s.endpoint, "transport", "?") for s in sessions)
         return {
             "role": "gateway",
@@ -526,13 +648,15 @@ class Gateway:
             "tx_bytes": sum(s.tx_bytes for s in sessions),
             "pool_v4_in_use": self.pool4.in_use,
             "tcp_connections": len(self.tcp_conns),
-            "counters": dict(self.core.counters + self.counters),
+            "counters": dict(self.core.counters + self.counters + Counter(fast)),
+            "data_path": "compiled" if self.fast is not None else "python",
             "udp": {
                 "gso": all(tx.gso for tx in self.udp_tx.values()),
                 "gro": len(self._gro) == len(self.udp_tx),
-                "datagrams_out": sum(tx.datagrams for tx in self.udp_tx.values()),
-                "sends": sum(tx.syscalls for tx in self.udp_tx.values()),
-                "dropped": sum(tx.dropped for tx in self.udp_tx.values()),
+                "datagrams_out": sum(tx.datagrams for tx in self.udp_tx.values())
+                + fast.pop("udp-datagrams-out", 0),
+                "sends": sum(tx.syscalls for tx in self.udp_tx.values()) + fast.pop("udp-sends", 0),
+                "dropped": sum(tx.dropped for tx in self.udp_tx.values()) + fast.pop("udp-send-dropped", 0),
             },
         }
 
@@ -542,6 +666,26 @@ class Gateway:
             await writer.drain()
         finally:
             writer.close()
+
+
+def _sockaddr(addr: tuple[Any, ...]) -> bytes | None:
+    """The ``struct sockaddr_in``/``sockaddr_in6`` of a (host, port) as Python's socket module gives it."""
+    host, port = str(addr[0]), int(addr[1])
+    try:
+        if ":" not in host:
+            return struct.pack("=H", socket.AF_INET) + struct.pack("!H4s8x", port, socket.inet_aton(host))
+        name, _, scope = host.partition("%")
+        scope_id = 0
+        if scope:
+            scope_id = int(scope) if scope.isdigit() else socket.if_nametoindex(scope)
+        packed = socket.inet_pton(socket.AF_INET6, name)
+        return (
+            struct.pack("=H", socket.AF_INET6)
+            + struct.pack("!HI16s", port, 0, packed)
+            + struct.pack("=I", scope_id)
+        )
+    except (OSError, ValueError):
+        return None  # the compiled path leaves this client to Python
 
 
 class _WallClockCheck:

@@ -8,6 +8,12 @@ readers: ``DispatchSelector.select`` calls their callbacks the moment ``epoll_wa
 before it hands the remaining events (TCP, the status socket, the provider API) to asyncio as
 usual. Timers, tasks and everything else stay asyncio's.
 
+Where the compiled data path is built (veilgate.fastpath), a daemon may register a *compiled*
+reader instead: ``epoll_wait`` is then called from C, which runs the compiled TUN or UDP loop for
+that descriptor before returning, and the descriptor's Python callback runs afterwards for the
+bookkeeping. A packet of an established session is then sealed and sent (or opened and written)
+before any Python runs after the wake-up.
+
 No maintained library offers this (uvloop and the selectors module only report readiness), so
 the selector is written here against the documented ``selectors.BaseSelector`` interface, which
 ``asyncio.SelectorEventLoop`` accepts as its selector.
@@ -24,6 +30,8 @@ import selectors
 import weakref
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, TypeVar
+
+from veilgate import fastpath
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +56,8 @@ class DispatchSelector(selectors.BaseSelector):
         self._epoll = select.epoll()
         self._keys: dict[int, selectors.SelectorKey] = {}
         self._direct: dict[int, tuple[Callback, tuple[Any, ...]]] = {}
+        self._compiled: fastpath.Poller | None = None
+        self._compiled_fds: set[int] = set()
         self.on_error: Callable[[BaseException, Callback], None] = _log_error
 
     # ---------------------------------------------------------------- the direct readers
@@ -65,7 +75,23 @@ class DispatchSelector(selectors.BaseSelector):
         self._epoll.register(fd, select.EPOLLIN)
         self._direct[fd] = (callback, args)
 
+    def add_compiled_reader(
+        self, fd: int, path: fastpath.DataPath, kind: int, sock: int, callback: Callback, *args: Any
+    ) -> None:
+        """Serve ``fd`` with the compiled loop ``kind`` of ``path`` (for a gateway's UDP socket, the
+        one ``path.add_socket`` numbered ``sock``), then run ``callback(*args)``."""
+        if self._compiled is None:
+            self._compiled = fastpath.Poller()
+        self.add_direct_reader(fd, callback, *args)
+        if fd in self._compiled_fds:
+            self._compiled.remove(fd)
+        self._compiled.add(fd, path, kind, sock)
+        self._compiled_fds.add(fd)
+
     def remove_direct_reader(self, fd: int) -> bool:
+        if fd in self._compiled_fds and self._compiled is not None:
+            self._compiled.remove(fd)
+            self._compiled_fds.discard(fd)
         if self._direct.pop(fd, None) is None:
             return False
         with contextlib.suppress(OSError, ValueError):  # closed already: the kernel dropped it
@@ -116,8 +142,16 @@ class DispatchSelector(selectors.BaseSelector):
             # epoll_wait counts milliseconds: round up, or a timer due in 0.4 ms spins the loop.
             wait = math.ceil(timeout * 1e3) * 1e-3
         ready: list[tuple[selectors.SelectorKey, int]] = []
-        poll = self._epoll.poll
         most = max(len(self._keys) + len(self._direct), 1)
+        poll: Callable[[float, int], list[tuple[int, int]]]
+        if self._compiled_fds and self._compiled is not None:
+            compiled, epfd = self._compiled.poll, self._epoll.fileno()
+
+            def poll(wait: float, most: int) -> list[tuple[int, int]]:  # wait is rounded up already
+                return compiled(epfd, -1 if wait < 0 else round(wait * 1e3), most)
+
+        else:
+            poll = self._epoll.poll
         events = poll(wait, most)
         direct = self._direct
         keys = self._keys
@@ -158,6 +192,8 @@ class DispatchSelector(selectors.BaseSelector):
         self._epoll.close()
         self._keys.clear()
         self._direct.clear()
+        self._compiled = None
+        self._compiled_fds.clear()
 
     def get_map(self) -> Mapping[Any, selectors.SelectorKey]:
         return _KeyMap(self._keys)
@@ -240,6 +276,24 @@ def add_data_reader(loop: asyncio.AbstractEventLoop, fd: int, callback: Callback
         selector.add_direct_reader(fd, callback, *args)
     else:
         loop.add_reader(fd, callback, *args)
+
+
+def add_compiled_reader(
+    loop: asyncio.AbstractEventLoop,
+    fd: int,
+    path: fastpath.DataPath,
+    kind: int,
+    sock: int,
+    callback: Callback,
+    *args: Any,
+) -> bool:
+    """Serve a data-path descriptor with a compiled loop, then ``callback``; False where the loop
+    cannot (not from ``new_event_loop``) or the compiled data path is off: use add_data_reader."""
+    selector = _selectors.get(loop)
+    if selector is None or not fastpath.ENABLED:
+        return False
+    selector.add_compiled_reader(fd, path, kind, sock, callback, *args)
+    return True
 
 
 def remove_data_reader(loop: asyncio.AbstractEventLoop, fd: int) -> bool:
