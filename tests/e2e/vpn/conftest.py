@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from veilgate import fastpath
 from veilgate.testing import Topology, netns
 from veilgate.testing.deploy import Deployment
 
@@ -29,6 +30,16 @@ def _missing() -> str | None:
     if not Path("/dev/net/tun").exists():
         return "end-to-end tests need /dev/net/tun"
     return None
+
+
+@pytest.fixture(autouse=True, params=["compiled", "python"])
+def data_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every end-to-end test runs once on each data path; the daemons inherit the setting."""
+    mode: str = request.param
+    if mode == "compiled" and not fastpath.BUILT:
+        pytest.skip("the compiled data path is not built")
+    monkeypatch.setenv(fastpath.ENV, "1" if mode == "compiled" else "0")
+    return mode
 
 
 @pytest.fixture

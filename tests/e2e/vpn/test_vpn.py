@@ -43,13 +43,14 @@ def download(topo: Topology, ns: str, url: str, dest: Path, max_time: float = 60
 
 
 def test_ping_v4_and_v6_and_transfer_with_checksum(
-    deploy: Deployment, web: WebServer, tmp_path: Path
+    deploy: Deployment, web: WebServer, tmp_path: Path, data_path: str
 ) -> None:
     topo = deploy.topo
     assert not ping(topo, topo.client, netns.INTERNET_V4, count=1, timeout=1), "no tunnel yet: no way out"
     deploy.start_client("c1")
     status = deploy.wait_client("c1")
     assert status["transport"] == "udp"
+    assert status["data_path"] == data_path and deploy.gateway_status()["data_path"] == data_path
     assert ping(topo, topo.client, netns.INTERNET_V4)
     assert ping(topo, topo.client, netns.INTERNET_V6)
     assert download(topo, topo.client, web.url4, tmp_path / "b4") == web.sha256
