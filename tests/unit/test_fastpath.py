@@ -105,6 +105,25 @@ def test_compiled_keypair_refuses_replays_forgeries_and_exhaustion() -> None:
         fast.seal(b"")
 
 
+def test_compiled_keys_refuse_a_counter_going_back_and_out_of_range_arguments() -> None:
+    fast, _ = pair()
+    fast.seal(b"")
+    with pytest.raises(ValueError):
+        fast.send_counter = 0  # a nonce used again
+    assert fast.send_counter == 1
+    for index in (2**32 + 5, 2**64 + 5, -1):
+        with pytest.raises((ValueError, OverflowError)):
+            fastpath.Keys(K1, K2, index, 9, 0.0, REJECT_AFTER_MESSAGES, REPLAY_WINDOW)
+    with pytest.raises((ValueError, OverflowError)):
+        fastpath.Keys(K1, K2, 1, 9, 0.0, REJECT_AFTER_MESSAGES, 2**32 + 64)
+    for cls in (fastpath.ClientPath, fastpath.GatewayPath):
+        blank: Any = cls.__new__(cls)
+        with pytest.raises(ValueError):
+            blank.take()
+        with pytest.raises(ValueError):
+            fastpath.Poller().add(0, blank, fastpath.KIND_TUN, 0)
+
+
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.integers(min_value=0, max_value=3 * REPLAY_WINDOW), min_size=1, max_size=120))
 def test_compiled_replay_window_agrees_with_the_python_one(counters: list[int]) -> None:

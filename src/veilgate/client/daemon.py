@@ -177,7 +177,7 @@ class Client:
             self.udp.connect(self.gateway_addr)
             self.udp_tx = UdpSender(self.udp, gso=cfg.udp_offload)
             self._gro = cfg.udp_offload and enable_gro(self.udp)
-            if fastpath.ENABLED:
+            if fastpath.ENABLED and self.clock is time.monotonic:  # the compiled path reads CLOCK_MONOTONIC
                 self.fast = fastpath.ClientPath(
                     self.tun.fd,
                     self.udp.fileno(),

@@ -116,14 +116,24 @@ static int Keys_init(Keys *self, PyObject *args, PyObject *kwds) {
     static char *kwlist[] = {"send_key", "recv_key", "local_index", "remote_index", "created",
                              "reject_after_messages", "window", NULL};
     Py_buffer send_key, recv_key;
-    unsigned long local_index, remote_index;
+    PyObject *local_obj, *remote_obj, *reject_obj, *window_obj;
     double created;
-    unsigned long long reject_after;
-    unsigned int window;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "y*y*kkdKI", kwlist, &send_key, &recv_key, &local_index,
-                                     &remote_index, &created, &reject_after, &window))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "y*y*O!O!dO!O!", kwlist, &send_key, &recv_key, &PyLong_Type,
+                                     &local_obj, &PyLong_Type, &remote_obj, &created, &PyLong_Type, &reject_obj,
+                                     &PyLong_Type, &window_obj))
         return -1;
     int rc = -1;
+    /* Converted here rather than by PyArg's k/K/I codes, which wrap silently on overflow. */
+    unsigned long local_index = PyLong_AsUnsignedLong(local_obj);
+    unsigned long remote_index = PyLong_AsUnsignedLong(remote_obj);
+    unsigned long long reject_after = PyLong_AsUnsignedLongLong(reject_obj);
+    unsigned long window_long = PyLong_AsUnsignedLong(window_obj);
+    if (PyErr_Occurred()) goto out;
+    if (window_long > (1ul << 24)) {
+        PyErr_SetString(PyExc_ValueError, "replay window too large");
+        goto out;
+    }
+    unsigned int window = (unsigned int)window_long;
     if (send_key.len != 32 || recv_key.len != 32) {
         PyErr_SetString(PyExc_ValueError, "keys are 32 bytes");
         goto out;
@@ -306,13 +316,36 @@ static PyMethodDef Keys_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
+static PyObject *Keys_get_send_counter(Keys *self, void *closure) {
+    (void)closure;
+    return PyLong_FromUnsignedLongLong(self->send_counter);
+}
+
+/* Only forward: a counter sent again would reuse a nonce. */
+static int Keys_set_send_counter(Keys *self, PyObject *value, void *closure) {
+    (void)closure;
+    if (value == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "send_counter cannot be deleted");
+        return -1;
+    }
+    unsigned long long v = PyLong_AsUnsignedLongLong(value);
+    if (v == (unsigned long long)-1 && PyErr_Occurred()) return -1;
+    if (v < self->send_counter) {
+        PyErr_SetString(PyExc_ValueError, "the send counter only moves forward (a nonce must not repeat)");
+        return -1;
+    }
+    self->send_counter = v;
+    return 0;
+}
+
 static PyMemberDef Keys_members[] = {
-    {"send_counter", T_ULONGLONG, offsetof(Keys, send_counter), 0, "next counter to send"},
     {"created", T_DOUBLE, offsetof(Keys, created), READONLY, "time of the handshake"},
     {NULL, 0, 0, 0, NULL},
 };
 
 static PyGetSetDef Keys_getset[] = {
+    {"send_counter", (getter)Keys_get_send_counter, (setter)Keys_set_send_counter,
+     "next counter to send (it may only move forward)", NULL},
     {"top", (getter)Keys_get_top, NULL, "highest authenticated counter, -1 before the first", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
@@ -457,6 +490,16 @@ static int ClientPath_init(ClientPath *self, PyObject *args, PyObject *kwds) {
     return 0;
 }
 
+static PyObject *uninitialised(void) {
+    PyErr_SetString(PyExc_ValueError, "the object was not initialised");
+    return NULL;
+}
+
+#define REQUIRE_INIT(self)                          \
+    do {                                            \
+        if ((self)->in == NULL) return uninitialised(); \
+    } while (0)
+
 static int pend(ClientPath *self, int kind, const unsigned char *d, Py_ssize_t n) {
     PyObject *item = Py_BuildValue("(iy#)", kind, (const char *)d, n);
     if (item == NULL) return -1;
@@ -536,7 +579,8 @@ static int client_datagram(ClientPath *self, const unsigned char *d, Py_ssize_t 
     if (n < MIN_TRANSPORT || d[0] != TYPE_TRANSPORT || d[1] != PROTOCOL_VERSION || d[2] || d[3])
         return pend(self, 1, d, n);
     Keys *k = receiver(self, le32(d + 4));
-    if (k == NULL || now - k->created >= self->reject_after_time) return pend(self, 1, d, n);
+    if (k == NULL || now - k->created >= self->reject_after_time || k->send_counter >= k->reject_after)
+        return pend(self, 1, d, n); /* expired as the core counts it: the core drops it */
     unsigned char *pt = self->out;
     int rc = keys_open(k, d, n, pt);
     if (rc == OPEN_REPLAY) {
@@ -646,6 +690,7 @@ static PyObject *ClientPath_set_keys(ClientPath *self, PyObject *args) {
  * last one received (0.0 if every send was answered). */
 static PyObject *ClientPath_take(ClientPath *self, PyObject *unused) {
     (void)unused;
+    REQUIRE_INIT(self);
     PyObject *fresh = PyList_New(0);
     if (fresh == NULL) return NULL;
     PyObject *pending = self->pending;
@@ -680,12 +725,14 @@ static PyObject *ClientPath_counters(ClientPath *self, PyObject *unused) {
 
 static PyObject *ClientPath_tun_ready(ClientPath *self, PyObject *unused) {
     (void)unused;
+    REQUIRE_INIT(self);
     if (client_tun_ready(self) < 0) return NULL;
     Py_RETURN_NONE;
 }
 
 static PyObject *ClientPath_udp_ready(ClientPath *self, PyObject *unused) {
     (void)unused;
+    REQUIRE_INIT(self);
     if (client_udp_ready(self) < 0) return NULL;
     Py_RETURN_NONE;
 }
@@ -1073,8 +1120,8 @@ static int gateway_datagram(GatewayPath *self, int sock, const unsigned char *d,
             if (peer->recv[i] != NULL && peer->recv[i]->local_index == index) k = peer->recv[i];
     /* Unknown, expired, or from another address (the client roamed, or a probe on another path):
      * the Python core decides. */
-    if (k == NULL || now - k->created >= self->reject_after_time || peer->sock != sock ||
-        !same_addr(&peer->addr, src))
+    if (k == NULL || now - k->created >= self->reject_after_time || k->send_counter >= k->reject_after ||
+        peer->sock != sock || !same_addr(&peer->addr, src))
         return gw_pend(self, 1, d, n, sock, src, srclen, 0);
     unsigned char *pt = self->out;
     int rc = keys_open(k, d, n, pt);
@@ -1187,6 +1234,7 @@ static int gateway_udp_ready(GatewayPath *self, int sock) {
 
 static PyObject *GatewayPath_take(GatewayPath *self, PyObject *unused) {
     (void)unused;
+    REQUIRE_INIT(self);
     PyObject *pending = PyList_New(0), *touched = PyList_New(0);
     if (pending == NULL || touched == NULL) {
         Py_XDECREF(pending);
@@ -1221,11 +1269,13 @@ static PyObject *GatewayPath_counters(GatewayPath *self, PyObject *unused) {
 
 static PyObject *GatewayPath_tun_ready(GatewayPath *self, PyObject *unused) {
     (void)unused;
+    REQUIRE_INIT(self);
     if (gateway_tun_ready(self) < 0) return NULL;
     Py_RETURN_NONE;
 }
 
 static PyObject *GatewayPath_udp_ready(GatewayPath *self, PyObject *arg) {
+    REQUIRE_INIT(self);
     long sock = PyLong_AsLong(arg);
     if (sock == -1 && PyErr_Occurred()) return NULL;
     if (gateway_udp_ready(self, (int)sock) < 0) return NULL;
@@ -1289,6 +1339,11 @@ static PyObject *Poller_add(Poller *self, PyObject *args) {
         PyErr_SetString(PyExc_TypeError, "path is a ClientPath or a GatewayPath");
         return NULL;
     }
+    if (PyObject_TypeCheck(path, &ClientPathType) ? ((ClientPath *)path)->in == NULL
+                                                  : ((GatewayPath *)path)->in == NULL) {
+        PyErr_SetString(PyExc_ValueError, "path was not initialised");
+        return NULL;
+    }
     for (int i = 0; i < self->nslots; i++)
         if (self->slots[i].fd == fd) {
             PyErr_Format(PyExc_KeyError, "fd %d already has a compiled reader", fd);
@@ -1349,14 +1404,16 @@ static PyObject *Poller_poll(Poller *self, PyObject *args) {
             int j = 0;
             while (j < self->nslots && self->slots[j].fd != fd) j++;
             if (j < self->nslots) {
-                Slot *slot = &self->slots[j];
+                Slot slot = self->slots[j];
                 int rc;
-                if (Py_IS_TYPE(slot->path, &ClientPathType))
-                    rc = slot->kind == KIND_TUN ? client_tun_ready((ClientPath *)slot->path)
-                                                : client_udp_ready((ClientPath *)slot->path);
+                Py_INCREF(slot.path); /* held: a collection run by the loop could remove the slot */
+                if (Py_IS_TYPE(slot.path, &ClientPathType))
+                    rc = slot.kind == KIND_TUN ? client_tun_ready((ClientPath *)slot.path)
+                                               : client_udp_ready((ClientPath *)slot.path);
                 else
-                    rc = slot->kind == KIND_TUN ? gateway_tun_ready((GatewayPath *)slot->path)
-                                                : gateway_udp_ready((GatewayPath *)slot->path, slot->sock);
+                    rc = slot.kind == KIND_TUN ? gateway_tun_ready((GatewayPath *)slot.path)
+                                               : gateway_udp_ready((GatewayPath *)slot.path, slot.sock);
+                Py_DECREF(slot.path);
                 if (rc < 0) goto fail;
                 served = 1;
                 if (reported & (1u << j)) continue;

@@ -164,7 +164,7 @@ class Gateway:
         if self.pool6 is not None and cfg.pool_v6 is not None:
             netlink.add_address(self.tun.name, f"{self.pool6.gateway_address}/{cfg.pool_v6.prefixlen}")
         netlink.set_link(self.tun.name, up=True, mtu=cfg.mtu)
-        if fastpath.ENABLED:
+        if fastpath.ENABLED and self.clock is time.monotonic:  # the compiled path reads CLOCK_MONOTONIC
             self.fast = fastpath.GatewayPath(
                 self.tun.fd, self._fast_routes, self._fast_indices, cfg.client_to_client, REJECT_AFTER_TIME
             )
@@ -466,10 +466,12 @@ class Gateway:
         """Tell the compiled data path what the core decided for a session (or that it ended)."""
         peer = self._peers.get(session.id)
         old_routes, old_indices = self._peer_keys.pop(session.id, ([], []))
-        for key in old_routes:
-            self._fast_routes.pop(key, None)
+        for key in old_routes:  # unless another session took the address or index over meanwhile
+            if self._fast_routes.get(key) is peer:
+                del self._fast_routes[key]
         for index in old_indices:
-            self._fast_indices.pop(index, None)
+            if self._fast_indices.get(index) is peer:
+                del self._fast_indices[index]
         if session.id not in self.core.sessions:
             if peer is not None:
                 del self._peers[session.id]
