@@ -38,6 +38,7 @@ UA, UB = "172.30.9.1", "172.30.9.2"  # underlay, inside the benchmark's namespac
 CONTENDERS = (
     "veilgate-udp",
     "veilgate-udp-nooffload",  # the same with udp_offload = false: what GSO/GRO are worth
+    "veilgate-udp-python",  # the same on the pure-Python data path: what the compiled one is worth
     "veilgate-tcp",
     "wireguard-go",
     "openvpn-udp",
@@ -166,12 +167,15 @@ def ping_ms(b: Bench, address: str, interval: float = 0.02, count: int = 50) -> 
 
 
 @contextlib.contextmanager
-def veilgate(b: Bench, transport: str, offload: bool = True) -> Iterator[tuple[str, list[int]]]:
+def veilgate(
+    b: Bench, transport: str, offload: bool = True, compiled: bool = True
+) -> Iterator[tuple[str, list[int]]]:
+    from veilgate import fastpath
     from veilgate.config.keys import encode_key, write_key_file
     from veilgate.credentials import IssuerKey, issue
     from veilgate.protocol.crypto import KeyPair
 
-    d = b.work / f"veilgate-{transport}{'' if offload else '-nooffload'}"
+    d = b.work / f"veilgate-{transport}{'' if offload else '-nooffload'}{'' if compiled else '-python'}"
     d.mkdir(exist_ok=True)
     knob = "" if offload else "udp_offload = false\n"
     issuer, gw, cl = IssuerKey.generate(), KeyPair.generate(), KeyPair.generate()
@@ -190,12 +194,29 @@ def veilgate(b: Bench, transport: str, offload: bool = True) -> Iterator[tuple[s
         f"apply_dns = false\n{knob}"
     )
     py = sys.executable
+    env = dict(os.environ, **{fastpath.ENV: "1" if compiled else "0"})
     gproc = b.spawn(
-        b.b, py, "-m", "veilgate", "gateway", "--config", str(d / "gw.toml"), log=f"vg-{transport}-gw.log"
+        b.b,
+        py,
+        "-m",
+        "veilgate",
+        "gateway",
+        "--config",
+        str(d / "gw.toml"),
+        log=f"vg-{transport}-gw.log",
+        env=env,
     )
     _wait((d / "gw.sock").exists, 15)
     cproc = b.spawn(
-        b.a, py, "-m", "veilgate", "connect", "--config", str(d / "cl.toml"), log=f"vg-{transport}-cl.log"
+        b.a,
+        py,
+        "-m",
+        "veilgate",
+        "connect",
+        "--config",
+        str(d / "cl.toml"),
+        log=f"vg-{transport}-cl.log",
+        env=env,
     )
     _wait(lambda: b.ns(b.a, "ping", "-c", "1", "-W", "1", "10.201.0.1", check=False).returncode == 0, 20)
     try:
@@ -407,6 +428,8 @@ def contender(b: Bench, name: str) -> contextlib.AbstractContextManager[tuple[st
         return veilgate(b, "udp")
     if name == "veilgate-udp-nooffload":
         return veilgate(b, "udp", offload=False)
+    if name == "veilgate-udp-python":
+        return veilgate(b, "udp", compiled=False)
     if name == "veilgate-tcp":
         return veilgate(b, "tcp")
     if name == "wireguard-go":
@@ -565,7 +588,15 @@ def main(argv: list[str] | None = None) -> int:
             f"| {name} | {med(r['p1']):.0f} | {med(r['p4']):.0f} | {med(r['ping']):.3f} "
             f"| {med(r['ping']) - base:.3f} | {med(r['ping_busy']):.3f} | {med(r['cpu']):.0f} |"
         )
-    table = "\n".join(rows) + f"\n\nUnderlay (no tunnel) ping RTT: {base:.3f} ms."
+    from veilgate import fastpath
+
+    paths = (
+        "the veilgate rows run the compiled data path (veilgate.fastpath), except veilgate-udp-python, "
+        "the same on the pure-Python one"
+        if fastpath.BUILT
+        else "the compiled data path is not built here: every veilgate row runs the pure-Python one"
+    )
+    table = "\n".join(rows) + f"\n\nUnderlay (no tunnel) ping RTT: {base:.3f} ms; {paths}."
     ratio_udp = med(results.get("veilgate-udp", {}).get("p1", [])) / med(
         results.get("wireguard-go", {}).get("p1", []) or [float("nan")]
     )

@@ -1,7 +1,8 @@
 """Ping RTT through each tunnel at two ping intervals, against two floors: ``make bench-latency``.
 
 The RTT a tunnel adds depends on how long its processes slept before the packet (see
-docs/performance.md, Ping RTT). This study pings through veilgate over UDP and wireguard-go at a
+docs/performance.md, Ping RTT). This study pings through veilgate over UDP (on its compiled data
+path and on the pure-Python one) and wireguard-go at a
 1 ms interval (the processes stay busy) and a 20 ms one (each packet finds them asleep, as in
 ``make bench``), next to two relays that are not VPNs but floors: ``latency/relay.py``, the least
 a Python process can do per packet (read, one AEAD call, send) and, when a C compiler and the
@@ -174,7 +175,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     work = Path(tempfile.mkdtemp(prefix="vglat-"))
     c_relay = build_c_relay(work)
-    names = ["veilgate-udp", "wireguard-go", "python-relay"] + (["c-relay"] if c_relay else [])
+    names = ["veilgate-udp", "veilgate-udp-python", "wireguard-go", "python-relay"]
+    names += ["c-relay"] if c_relay else []
     intervals = (0.001, 0.02)
     medians: dict[tuple[str, float], list[float]] = {(n, i): [] for n in names for i in intervals}
     underlay: list[float] = []
@@ -193,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
                         if samples:
                             medians[(name, interval)].append(statistics.median(samples))
                 print(
-                    f"round {rnd} {name:13s} "
+                    f"round {rnd} {name:19s} "
                     + "  ".join(
                         f"{i * 1000:g} ms: {medians[(name, i)][-1] if medians[(name, i)] else float('nan'):.3f}"
                         for i in intervals
