@@ -212,6 +212,7 @@ def run(demo: Demo, topo: Topology, work: Path) -> None:
         f"  gateway: {gw['sessions']} session(s), by transport {gw['sessions_by_transport']}, "
         f"rx {gw['rx_bytes']} B, tx {gw['tx_bytes']} B"
     )
+    print(f"  data path: client {status['data_path']}, gateway {gw['data_path']}")
     demo.check(
         "one session all along", gw["sessions"] == 1 and gw["counters"].get("sessions-established") == 1
     )
