@@ -422,6 +422,183 @@ static void udp_send_run(UdpOut *u, const unsigned char *buf, size_t total, size
     u->datagrams += (unsigned long long)count;
 }
 
+/* ------------------------------------------------------------------ the loops both sides share */
+
+/* A GSO run being gathered: sealed datagrams laid end to end for one destination, every one as
+ * long as the first except the last, which may be shorter. */
+typedef struct {
+    UdpOut *u;
+    const struct sockaddr *to; /* NULL on a connected socket */
+    socklen_t tolen;
+    PyObject *owner; /* held while the run is open: the gateway's Peer whose address ``to`` is */
+    unsigned char *buf;
+    size_t len, seg;
+    int count;
+} Run;
+
+/* Where a packet from the TUN goes: the keys that seal it, the socket and the address. */
+typedef struct {
+    Keys *keys;
+    UdpOut *u;
+    const struct sockaddr *to;
+    socklen_t tolen;
+    PyObject *owner;
+} Target;
+
+static void run_flush(Run *r) {
+    if (r->count) udp_send_run(r->u, r->buf, r->len, r->seg, r->count, r->to, r->tolen);
+    r->len = r->seg = 0;
+    r->count = 0;
+    Py_CLEAR(r->owner);
+}
+
+/* Where the next datagram, of ``size`` bytes to ``t``, is sealed: the run is sent first if it cannot join. */
+static unsigned char *run_slot(Run *r, const Target *t, size_t size) {
+    if (r->count && (r->u != t->u || r->owner != t->owner || size > r->seg || r->count >= GSO_MAX_SEGMENTS ||
+                     r->len + size > GSO_MAX_BYTES))
+        run_flush(r);
+    if (!r->count) {
+        r->u = t->u;
+        r->to = t->to;
+        r->tolen = t->tolen;
+        Py_XINCREF(t->owner);
+        Py_XSETREF(r->owner, t->owner);
+    }
+    return r->buf + r->len;
+}
+
+static void run_commit(Run *r, size_t size) {
+    if (!r->count) r->seg = size;
+    r->len += size;
+    r->count++;
+    if (size < r->seg) run_flush(r); /* a shorter datagram ends a run */
+}
+
+/* 1: seal for ``t``; 0: handed to Python (by the function); -1: a Python error. */
+typedef int (*target_fn)(void *path, const unsigned char *packet, Py_ssize_t n, double now, Target *t);
+/* Account for a packet sealed and queued for ``t``. */
+typedef void (*sent_fn)(void *path, const Target *t, Py_ssize_t n, double now);
+
+/* The TUN is readable: read up to BATCH packets, seal and send each where ``target`` says, in GSO
+ * runs. After a quiet spell the first packet leaves at once, before the read that finds the
+ * device empty. */
+static int tun_loop(void *path, int fd, double *wake, unsigned char *in, unsigned char *out,
+                    unsigned long long *read_errors, target_fn target, sent_fn sent) {
+    double now = monotonic();
+    int quiet = now - *wake >= QUIET_GAP;
+    *wake = now;
+    Run run = {.buf = out};
+    int rc = 0;
+    for (int i = 0; i < BATCH; i++) {
+        ssize_t n = read(fd, in, MAX_PACKET);
+        if (n < 0) {
+            if (errno != EAGAIN && errno != EINTR) (*read_errors)++;
+            break;
+        }
+        if (n == 0) break;
+        Target t = {0};
+        int r = target(path, in, n, now, &t);
+        if (r < 0) {
+            rc = -1;
+            break;
+        }
+        if (r == 0) {
+            run_flush(&run); /* keep the order of what is sent */
+            continue;
+        }
+        size_t size = (size_t)(HEADER_LEN + n + (-n & (PADDING - 1)) + TAG_LEN);
+        if (keys_seal(t.keys, in, n, run_slot(&run, &t, size)) < 0) break; /* the target checked the counter */
+        sent(path, &t, n, now);
+        run_commit(&run, size);
+        if (quiet) {
+            run_flush(&run);
+            quiet = 0;
+        }
+    }
+    run_flush(&run);
+    return rc;
+}
+
+/* One received datagram; -1 on a Python error. ``src`` is NULL on a connected socket. */
+typedef int (*datagram_fn)(void *path, int sock, const unsigned char *d, Py_ssize_t n,
+                           const struct sockaddr_storage *src, socklen_t srclen, double now);
+
+/* A UDP socket is readable: receive up to BATCH times, splitting what GRO coalesced. After a quiet
+ * spell a lone datagram is all there is: no receive is spent finding the socket empty (epoll is
+ * level-triggered, so anything more wakes the loop again). */
+static int udp_loop(void *path, int fd, int sock, int gro, int want_source, double *wake, unsigned char *in,
+                    unsigned long long *recv_errors, datagram_fn handle) {
+    double now = monotonic();
+    int quiet = now - *wake >= QUIET_GAP;
+    *wake = now;
+    for (int i = 0; i < BATCH; i++) {
+        struct sockaddr_storage src;
+        struct iovec iov = {.iov_base = in, .iov_len = MAX_PACKET};
+        union {
+            char buf[CMSG_SPACE(sizeof(int))];
+            struct cmsghdr align;
+        } control;
+        struct msghdr msg = {0};
+        if (want_source) {
+            msg.msg_name = &src;
+            msg.msg_namelen = sizeof src;
+        }
+        msg.msg_iov = &iov;
+        msg.msg_iovlen = 1;
+        if (gro) {
+            msg.msg_control = control.buf;
+            msg.msg_controllen = sizeof control.buf;
+        }
+        ssize_t n = recvmsg(fd, &msg, 0);
+        if (n < 0) {
+            if (errno == EAGAIN || errno == EINTR) break;
+            (*recv_errors)++; /* e.g. an ICMP error reported on the socket */
+            continue;
+        }
+        int segment = 0;
+        if (gro)
+            for (struct cmsghdr *cm = CMSG_FIRSTHDR(&msg); cm != NULL; cm = CMSG_NXTHDR(&msg, cm))
+                if (cm->cmsg_level == SOL_UDP && cm->cmsg_type == UDP_GRO && cm->cmsg_len >= CMSG_LEN(sizeof(int)))
+                    memcpy(&segment, CMSG_DATA(cm), sizeof(int));
+        const struct sockaddr_storage *from = want_source ? &src : NULL;
+        int parts = 0;
+        if (segment > 0 && n > segment) {
+            for (ssize_t off = 0; off < n; off += segment, parts++) {
+                ssize_t len = n - off < segment ? n - off : segment;
+                if (handle(path, sock, in + off, len, from, msg.msg_namelen, now) < 0) return -1;
+            }
+        } else {
+            parts = 1;
+            if (handle(path, sock, in, n, from, msg.msg_namelen, now) < 0) return -1;
+        }
+        if (quiet && parts == 1) break;
+        quiet = 0;
+    }
+    return 0;
+}
+
+/* The length of the IP packet at the start of an opened payload of ``len`` bytes (the rest is
+ * padding), with where its source and destination addresses are; 0 if it is not an IP packet. */
+static Py_ssize_t ip_packet(const unsigned char *pt, Py_ssize_t len, const unsigned char **source,
+                            const unsigned char **dst, int *addrlen) {
+    Py_ssize_t ip;
+    if (pt[0] >> 4 == 4 && len >= 20) {
+        ip = (Py_ssize_t)(pt[2] << 8 | pt[3]);
+        if (ip < 20) return 0;
+        *source = pt + 12;
+        *dst = pt + 16;
+        *addrlen = 4;
+    } else if (pt[0] >> 4 == 6 && len >= 40) {
+        ip = 40 + (Py_ssize_t)(pt[4] << 8 | pt[5]);
+        *source = pt + 8;
+        *dst = pt + 24;
+        *addrlen = 16;
+    } else {
+        return 0;
+    }
+    return ip <= len ? ip : 0;
+}
+
 /* ------------------------------------------------------------------ ClientPath */
 
 #define OUT_SIZE (2 * 65536 + 256)
@@ -516,56 +693,27 @@ static Keys *usable_sender(ClientPath *self, double now) {
     return k;
 }
 
+static int client_target(void *path, const unsigned char *packet, Py_ssize_t n, double now, Target *t) {
+    ClientPath *self = path;
+    t->keys = usable_sender(self, now);
+    if (t->keys == NULL) return pend(self, 0, packet, n) < 0 ? -1 : 0;
+    t->u = &self->udp;
+    return 1;
+}
+
+static void client_sent(void *path, const Target *t, Py_ssize_t n, double now) {
+    (void)t;
+    ClientPath *self = path;
+    self->tx_packets++;
+    self->tx_bytes += (unsigned long long)n;
+    self->last_tx = now;
+    if (self->first_unanswered == 0.0) self->first_unanswered = now;
+}
+
 /* TUN readable: seal and send what the keypair may send; hand the rest to Python. -1 on a Python error. */
 static int client_tun_ready(ClientPath *self) {
-    double now = monotonic();
-    int quiet = now - self->tun_wake >= QUIET_GAP;
-    self->tun_wake = now;
-    size_t run = 0, seg = 0;
-    int count = 0;
-    for (int i = 0; i < BATCH; i++) {
-        ssize_t n = read(self->tun_fd, self->in, MAX_PACKET);
-        if (n < 0) {
-            if (errno != EAGAIN && errno != EINTR) self->tun_read_error++;
-            break;
-        }
-        if (n == 0) break;
-        Keys *k = usable_sender(self, now);
-        if (k == NULL) {
-            if (count) udp_send_run(&self->udp, self->out, run, seg, count, NULL, 0);
-            run = seg = 0;
-            count = 0;
-            if (pend(self, 0, self->in, n) < 0) return -1;
-            continue;
-        }
-        size_t size = (size_t)(HEADER_LEN + n + (-n & (PADDING - 1)) + TAG_LEN);
-        /* Does it join the run? Same size as the first (or shorter, which ends it), within limits. */
-        if (count && (size > seg || count >= GSO_MAX_SEGMENTS || run + size > GSO_MAX_BYTES)) {
-            udp_send_run(&self->udp, self->out, run, seg, count, NULL, 0);
-            run = seg = 0;
-            count = 0;
-        }
-        if (keys_seal(k, self->in, n, self->out + run) < 0) break; /* cannot happen after usable_sender */
-        self->tx_packets++;
-        self->tx_bytes += (unsigned long long)n;
-        self->last_tx = now;
-        if (self->first_unanswered == 0.0) self->first_unanswered = now;
-        if (quiet) { /* after a quiet spell the first packet leaves at once, before the next read */
-            udp_send_one(&self->udp, self->out, size, NULL, 0);
-            quiet = 0;
-            continue;
-        }
-        if (!count) seg = size;
-        run += size;
-        count++;
-        if (size < seg) { /* a shorter datagram ends a GSO run */
-            udp_send_run(&self->udp, self->out, run, seg, count, NULL, 0);
-            run = seg = 0;
-            count = 0;
-        }
-    }
-    if (count) udp_send_run(&self->udp, self->out, run, seg, count, NULL, 0);
-    return 0;
+    return tun_loop(self, self->tun_fd, &self->tun_wake, self->in, self->out, &self->tun_read_error, client_target,
+                    client_sent);
 }
 
 static Keys *receiver(ClientPath *self, uint32_t index) {
@@ -575,7 +723,10 @@ static Keys *receiver(ClientPath *self, uint32_t index) {
 }
 
 /* One datagram from the gateway. -1 on a Python error. */
-static int client_datagram(ClientPath *self, const unsigned char *d, Py_ssize_t n, double now) {
+static int client_datagram(void *path, int sock, const unsigned char *d, Py_ssize_t n,
+                           const struct sockaddr_storage *src, socklen_t srclen, double now) {
+    (void)sock, (void)src, (void)srclen;
+    ClientPath *self = path;
     if (n < MIN_TRANSPORT || d[0] != TYPE_TRANSPORT || d[1] != PROTOCOL_VERSION || d[2] || d[3])
         return pend(self, 1, d, n);
     Keys *k = receiver(self, le32(d + 4));
@@ -597,14 +748,10 @@ static int client_datagram(ClientPath *self, const unsigned char *d, Py_ssize_t 
     Py_ssize_t len = n - MIN_TRANSPORT;
     if (len == 0) return 0; /* keepalive */
     if (pt[0] == CONTROL_MARKER) return pend(self, 2, pt, len); /* opened: the core reads it */
-    Py_ssize_t ip;
-    if (pt[0] >> 4 == 4 && len >= 20)
-        ip = (Py_ssize_t)(pt[2] << 8 | pt[3]);
-    else if (pt[0] >> 4 == 6 && len >= 40)
-        ip = 40 + (Py_ssize_t)(pt[4] << 8 | pt[5]);
-    else
-        ip = -1;
-    if (ip <= 0 || ip > len) {
+    const unsigned char *source, *dst;
+    int addrlen;
+    Py_ssize_t ip = ip_packet(pt, len, &source, &dst, &addrlen);
+    if (ip == 0) {
         self->drop_not_ip++;
         return 0;
     }
@@ -614,52 +761,8 @@ static int client_datagram(ClientPath *self, const unsigned char *d, Py_ssize_t 
 }
 
 static int client_udp_ready(ClientPath *self) {
-    double now = monotonic();
-    int quiet = now - self->udp_wake >= QUIET_GAP;
-    self->udp_wake = now;
-    for (int i = 0; i < BATCH; i++) {
-        ssize_t n;
-        int segment = 0;
-        if (self->gro) {
-            struct iovec iov = {.iov_base = self->in, .iov_len = MAX_PACKET};
-            union {
-                char buf[CMSG_SPACE(sizeof(int))];
-                struct cmsghdr align;
-            } control;
-            struct msghdr msg = {0};
-            msg.msg_iov = &iov;
-            msg.msg_iovlen = 1;
-            msg.msg_control = control.buf;
-            msg.msg_controllen = sizeof control.buf;
-            n = recvmsg(self->udp.fd, &msg, 0);
-            if (n >= 0) {
-                for (struct cmsghdr *cm = CMSG_FIRSTHDR(&msg); cm != NULL; cm = CMSG_NXTHDR(&msg, cm))
-                    if (cm->cmsg_level == SOL_UDP && cm->cmsg_type == UDP_GRO &&
-                        cm->cmsg_len >= CMSG_LEN(sizeof(int)))
-                        memcpy(&segment, CMSG_DATA(cm), sizeof(int));
-            }
-        } else {
-            n = recv(self->udp.fd, self->in, MAX_PACKET, 0);
-        }
-        if (n < 0) {
-            if (errno == EAGAIN || errno == EINTR) break;
-            self->udp_recv_error++;
-            continue;
-        }
-        int parts = 0;
-        if (segment > 0 && n > segment) {
-            for (ssize_t off = 0; off < n; off += segment, parts++) {
-                ssize_t len = n - off < segment ? n - off : segment;
-                if (client_datagram(self, self->in + off, len, now) < 0) return -1;
-            }
-        } else {
-            parts = 1;
-            if (client_datagram(self, self->in, n, now) < 0) return -1;
-        }
-        if (quiet && parts == 1) break; /* a lone datagram: epoll is level-triggered if more came */
-        quiet = 0;
-    }
-    return 0;
+    return udp_loop(self, self->udp.fd, 0, self->gro, 0, &self->udp_wake, self->in, &self->udp_recv_error,
+                    client_datagram);
 }
 
 static PyObject *ClientPath_set_keys(ClientPath *self, PyObject *args) {
@@ -1025,86 +1128,39 @@ static Peer *route_for(GatewayPath *self, const unsigned char *addr, Py_ssize_t 
     return (Peer *)peer;
 }
 
-static void gw_flush(GatewayPath *self, Peer *peer, size_t run, size_t seg, int count) {
-    if (count && peer != NULL && peer->sock >= 0 && peer->sock < self->nsocks)
-        udp_send_run(&self->socks[peer->sock], self->out, run, seg, count, (struct sockaddr *)&peer->addr,
-                     peer->addrlen);
+static int gateway_target(void *path, const unsigned char *packet, Py_ssize_t n, double now, Target *t) {
+    GatewayPath *self = path;
+    int version = packet[0] >> 4;
+    Peer *peer = NULL;
+    if (version == 4 && n >= 20)
+        peer = route_for(self, packet + 16, 4);
+    else if (version == 6 && n >= 40)
+        peer = route_for(self, packet + 24, 16);
+    if (peer == NULL && PyErr_Occurred()) return -1;
+    Keys *k = peer != NULL ? peer->send : NULL;
+    if (k == NULL || peer->sock < 0 || peer->sock >= self->nsocks || now - k->created >= self->reject_after_time ||
+        k->send_counter >= k->reject_after)
+        return gw_pend(self, 0, packet, n, -1, NULL, 0, 0) < 0 ? -1 : 0;
+    *t = (Target){k, &self->socks[peer->sock], (struct sockaddr *)&peer->addr, peer->addrlen, (PyObject *)peer};
+    return 1;
+}
+
+static void gateway_sent(void *path, const Target *t, Py_ssize_t n, double now) {
+    Peer *peer = (Peer *)t->owner;
+    peer->tx_packets++;
+    peer->tx_bytes += (unsigned long long)n;
+    peer->last_tx = now;
+    touch(path, peer);
 }
 
 static int gateway_tun_ready(GatewayPath *self) {
-    double now = monotonic();
-    int quiet = now - self->tun_wake >= QUIET_GAP;
-    self->tun_wake = now;
-    size_t run = 0, seg = 0;
-    int count = 0, rc = 0;
-    Peer *runpeer = NULL; /* a strong reference while a run is open */
-    for (int i = 0; i < BATCH; i++) {
-        ssize_t n = read(self->tun_fd, self->in, MAX_PACKET);
-        if (n < 0) {
-            if (errno != EAGAIN && errno != EINTR) self->tun_read_error++;
-            break;
-        }
-        if (n == 0) break;
-        int version = self->in[0] >> 4;
-        Peer *peer = NULL;
-        if (version == 4 && n >= 20)
-            peer = route_for(self, self->in + 16, 4);
-        else if (version == 6 && n >= 40)
-            peer = route_for(self, self->in + 24, 16);
-        if (peer == NULL && PyErr_Occurred()) {
-            rc = -1;
-            break;
-        }
-        Keys *k = peer != NULL ? peer->send : NULL;
-        if (k == NULL || peer->sock < 0 || peer->sock >= self->nsocks || now - k->created >= self->reject_after_time ||
-            k->send_counter >= k->reject_after) {
-            gw_flush(self, runpeer, run, seg, count);
-            Py_CLEAR(runpeer);
-            run = seg = 0;
-            count = 0;
-            if (gw_pend(self, 0, self->in, n, -1, NULL, 0, 0) < 0) {
-                rc = -1;
-                break;
-            }
-            continue;
-        }
-        size_t size = (size_t)(HEADER_LEN + n + (-n & (PADDING - 1)) + TAG_LEN);
-        if (count && (peer != runpeer || size > seg || count >= GSO_MAX_SEGMENTS || run + size > GSO_MAX_BYTES)) {
-            gw_flush(self, runpeer, run, seg, count);
-            Py_CLEAR(runpeer);
-            run = seg = 0;
-            count = 0;
-        }
-        if (keys_seal(k, self->in, n, self->out + run) < 0) break;
-        peer->tx_packets++;
-        peer->tx_bytes += (unsigned long long)n;
-        peer->last_tx = now;
-        touch(self, peer);
-        if (quiet) {
-            udp_send_one(&self->socks[peer->sock], self->out, size, (struct sockaddr *)&peer->addr, peer->addrlen);
-            quiet = 0;
-            continue;
-        }
-        if (!count) {
-            seg = size;
-            runpeer = (Peer *)Py_NewRef(peer);
-        }
-        run += size;
-        count++;
-        if (size < seg) {
-            gw_flush(self, runpeer, run, seg, count);
-            Py_CLEAR(runpeer);
-            run = seg = 0;
-            count = 0;
-        }
-    }
-    gw_flush(self, runpeer, run, seg, count);
-    Py_XDECREF(runpeer);
-    return rc;
+    return tun_loop(self, self->tun_fd, &self->tun_wake, self->in, self->out, &self->tun_read_error,
+                    gateway_target, gateway_sent);
 }
 
-static int gateway_datagram(GatewayPath *self, int sock, const unsigned char *d, Py_ssize_t n,
+static int gateway_datagram(void *path, int sock, const unsigned char *d, Py_ssize_t n,
                             const struct sockaddr_storage *src, socklen_t srclen, double now) {
+    GatewayPath *self = path;
     if (n < MIN_TRANSPORT || d[0] != TYPE_TRANSPORT || d[1] != PROTOCOL_VERSION || d[2] || d[3])
         return gw_pend(self, 1, d, n, sock, src, srclen, 0);
     uint32_t index = le32(d + 4);
@@ -1139,40 +1195,22 @@ static int gateway_datagram(GatewayPath *self, int sock, const unsigned char *d,
     Py_ssize_t len = n - MIN_TRANSPORT;
     if (len == 0) return 0; /* keepalive */
     if (pt[0] == CONTROL_MARKER) return gw_pend(self, 2, pt, len, sock, src, srclen, index);
-    Py_ssize_t ip;
     const unsigned char *source, *dst;
-    int ok;
-    if (pt[0] >> 4 == 4 && len >= 20) {
-        ip = (Py_ssize_t)(pt[2] << 8 | pt[3]);
-        source = pt + 12;
-        dst = pt + 16;
-        ok = ip >= 20 && ip <= len;
-        if (ok && !(peer->has4 && memcmp(source, peer->v4, 4) == 0)) {
-            self->drop_source++;
-            return 0;
-        }
-    } else if (pt[0] >> 4 == 6 && len >= 40) {
-        ip = 40 + (Py_ssize_t)(pt[4] << 8 | pt[5]);
-        source = pt + 8;
-        dst = pt + 24;
-        ok = ip <= len;
-        if (ok && !(peer->has6 && memcmp(source, peer->v6, 16) == 0)) {
-            self->drop_source++;
-            return 0;
-        }
-    } else {
-        ok = 0;
-        ip = 0;
-        dst = NULL;
-    }
-    if (!ok) {
+    int addrlen;
+    Py_ssize_t ip = ip_packet(pt, len, &source, &dst, &addrlen);
+    if (ip == 0) {
         self->drop_not_ip++;
+        return 0;
+    }
+    if (addrlen == 4 ? !(peer->has4 && memcmp(source, peer->v4, 4) == 0)
+                     : !(peer->has6 && memcmp(source, peer->v6, 16) == 0)) {
+        self->drop_source++;
         return 0;
     }
     peer->rx_packets++;
     peer->rx_bytes += (unsigned long long)ip;
     if (!self->client_to_client) {
-        Peer *other = route_for(self, dst, pt[0] >> 4 == 4 ? 4 : 16);
+        Peer *other = route_for(self, dst, addrlen);
         if (other == NULL && PyErr_Occurred()) return -1;
         if (other != NULL) {
             self->c2c_dropped++;
@@ -1185,51 +1223,8 @@ static int gateway_datagram(GatewayPath *self, int sock, const unsigned char *d,
 
 static int gateway_udp_ready(GatewayPath *self, int sock) {
     if (sock < 0 || sock >= self->nsocks) return 0;
-    double now = monotonic();
-    int quiet = now - self->udp_wake[sock] >= QUIET_GAP;
-    self->udp_wake[sock] = now;
-    int fd = self->socks[sock].fd;
-    for (int i = 0; i < BATCH; i++) {
-        struct sockaddr_storage src;
-        struct iovec iov = {.iov_base = self->in, .iov_len = MAX_PACKET};
-        union {
-            char buf[CMSG_SPACE(sizeof(int))];
-            struct cmsghdr align;
-        } control;
-        struct msghdr msg = {0};
-        msg.msg_name = &src;
-        msg.msg_namelen = sizeof src;
-        msg.msg_iov = &iov;
-        msg.msg_iovlen = 1;
-        if (self->gro[sock]) {
-            msg.msg_control = control.buf;
-            msg.msg_controllen = sizeof control.buf;
-        }
-        ssize_t n = recvmsg(fd, &msg, 0);
-        if (n < 0) {
-            if (errno == EAGAIN || errno == EINTR) break;
-            self->udp_recv_error++;
-            continue;
-        }
-        int segment = 0;
-        if (self->gro[sock])
-            for (struct cmsghdr *cm = CMSG_FIRSTHDR(&msg); cm != NULL; cm = CMSG_NXTHDR(&msg, cm))
-                if (cm->cmsg_level == SOL_UDP && cm->cmsg_type == UDP_GRO && cm->cmsg_len >= CMSG_LEN(sizeof(int)))
-                    memcpy(&segment, CMSG_DATA(cm), sizeof(int));
-        int parts = 0;
-        if (segment > 0 && n > segment) {
-            for (ssize_t off = 0; off < n; off += segment, parts++) {
-                ssize_t len = n - off < segment ? n - off : segment;
-                if (gateway_datagram(self, sock, self->in + off, len, &src, msg.msg_namelen, now) < 0) return -1;
-            }
-        } else {
-            parts = 1;
-            if (gateway_datagram(self, sock, self->in, n, &src, msg.msg_namelen, now) < 0) return -1;
-        }
-        if (quiet && parts == 1) break;
-        quiet = 0;
-    }
-    return 0;
+    return udp_loop(self, self->socks[sock].fd, sock, self->gro[sock], 1, &self->udp_wake[sock], self->in,
+                    &self->udp_recv_error, gateway_datagram);
 }
 
 static PyObject *GatewayPath_take(GatewayPath *self, PyObject *unused) {
