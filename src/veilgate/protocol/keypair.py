@@ -58,17 +58,21 @@ class Keypair:
         created: float,
         initiator: bool,
     ) -> None:
-        self._seal = ChaCha20Poly1305(send_key).encrypt
-        self._open = ChaCha20Poly1305(recv_key).decrypt
         self.local_index = local_index
         self.remote_index = remote_index
         self.created = created
         self.initiator = initiator
-        self.send_counter = 0
-        self.replay = ReplayWindow()
         self.final_digest = b""
         self.owner: Any = None
         """The gateway's Session this keypair belongs to."""
+        self._init_keys(send_key, recv_key)
+
+    def _init_keys(self, send_key: bytes, recv_key: bytes) -> None:
+        """The cipher state, the send counter and the replay window."""
+        self._seal = ChaCha20Poly1305(send_key).encrypt
+        self._open = ChaCha20Poly1305(recv_key).decrypt
+        self.send_counter = 0
+        self.replay = ReplayWindow()
 
     def expired(self, now: float) -> bool:
         return now - self.created >= REJECT_AFTER_TIME or self.send_counter >= REJECT_AFTER_MESSAGES
@@ -114,24 +118,16 @@ class CompiledKeypair(Keypair):
 
     __slots__ = ("keys",)
 
-    def __init__(  # the parent's key setup is replaced, not extended
-        self,
-        send_key: bytes,
-        recv_key: bytes,
-        local_index: int,
-        remote_index: int,
-        created: float,
-        initiator: bool,
-    ) -> None:
+    def _init_keys(self, send_key: bytes, recv_key: bytes) -> None:
         self.keys = fastpath.Keys(
-            send_key, recv_key, local_index, remote_index, created, REJECT_AFTER_MESSAGES, REPLAY_WINDOW
+            send_key,
+            recv_key,
+            self.local_index,
+            self.remote_index,
+            self.created,
+            REJECT_AFTER_MESSAGES,
+            REPLAY_WINDOW,
         )
-        self.local_index = local_index
-        self.remote_index = remote_index
-        self.created = created
-        self.initiator = initiator
-        self.final_digest = b""
-        self.owner = None
 
     @property
     def send_counter(self) -> int:
