@@ -363,6 +363,45 @@ static PyTypeObject KeysType = {
     .tp_getset = Keys_getset,
 };
 
+/* ------------------------------------------------------------------ KeySet: what a session may use */
+
+/* The keypair a data path may seal with (or none) and the ones it may open with. */
+typedef struct {
+    Keys *send;
+    Keys *recv[2];
+} KeySet;
+
+static void keyset_clear(KeySet *ks) {
+    Py_CLEAR(ks->send);
+    Py_CLEAR(ks->recv[0]);
+    Py_CLEAR(ks->recv[1]);
+}
+
+/* Replace the set with ``send`` (Keys or None) and ``recv`` (a tuple of at most two Keys); -1 and
+ * the set unchanged if they are not that. */
+static int keyset_assign(KeySet *ks, PyObject *send, PyObject *recv) {
+    Py_ssize_t n = PyTuple_GET_SIZE(recv);
+    if ((send != Py_None && !PyObject_TypeCheck(send, &KeysType)) || n > 2) {
+        PyErr_SetString(PyExc_TypeError, "send is Keys or None, recv a tuple of at most two Keys");
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (!PyObject_TypeCheck(PyTuple_GET_ITEM(recv, i), &KeysType)) {
+            PyErr_SetString(PyExc_TypeError, "recv holds Keys");
+            return -1;
+        }
+    keyset_clear(ks);
+    if (send != Py_None) ks->send = (Keys *)Py_NewRef(send);
+    for (Py_ssize_t i = 0; i < n; i++) ks->recv[i] = (Keys *)Py_NewRef(PyTuple_GET_ITEM(recv, i));
+    return 0;
+}
+
+static Keys *keyset_receiver(const KeySet *ks, uint32_t index) {
+    for (int i = 0; i < 2; i++)
+        if (ks->recv[i] != NULL && ks->recv[i]->local_index == index) return ks->recv[i];
+    return NULL;
+}
+
 /* ------------------------------------------------------------------ UDP output with GSO */
 
 typedef struct {
@@ -610,8 +649,7 @@ typedef struct {
     UdpOut udp;
     double reject_after_time;
     unsigned long long rekey_after_messages;
-    Keys *send;      /* may send: the confirmed current keypair, or NULL */
-    Keys *recv[2];   /* may receive without the Python core: current and previous */
+    KeySet keys; /* sends with the confirmed current keypair; receives on it and the previous one */
     PyObject *pending; /* list of (kind, bytes) for the Python core: 0 from the TUN, 1 a datagram */
     double tun_wake, udp_wake;
     /* What happened since the last take(). */
@@ -623,14 +661,8 @@ typedef struct {
     unsigned char *out; /* sealed datagrams laid end to end (a GSO run) or one opened packet */
 } ClientPath;
 
-static void ClientPath_clear_keys(ClientPath *self) {
-    Py_CLEAR(self->send);
-    Py_CLEAR(self->recv[0]);
-    Py_CLEAR(self->recv[1]);
-}
-
 static void ClientPath_dealloc(ClientPath *self) {
-    ClientPath_clear_keys(self);
+    keyset_clear(&self->keys);
     Py_CLEAR(self->pending);
     PyMem_Free(self->in);
     PyMem_Free(self->out);
@@ -686,7 +718,7 @@ static int pend(ClientPath *self, int kind, const unsigned char *d, Py_ssize_t n
 }
 
 static Keys *usable_sender(ClientPath *self, double now) {
-    Keys *k = self->send;
+    Keys *k = self->keys.send;
     if (k == NULL || now - k->created >= self->reject_after_time ||
         k->send_counter >= self->rekey_after_messages || k->send_counter >= k->reject_after)
         return NULL;
@@ -716,12 +748,6 @@ static int client_tun_ready(ClientPath *self) {
                     client_sent);
 }
 
-static Keys *receiver(ClientPath *self, uint32_t index) {
-    for (int i = 0; i < 2; i++)
-        if (self->recv[i] != NULL && self->recv[i]->local_index == index) return self->recv[i];
-    return NULL;
-}
-
 /* One datagram from the gateway. -1 on a Python error. */
 static int client_datagram(void *path, int sock, const unsigned char *d, Py_ssize_t n,
                            const struct sockaddr_storage *src, socklen_t srclen, double now) {
@@ -729,7 +755,7 @@ static int client_datagram(void *path, int sock, const unsigned char *d, Py_ssiz
     ClientPath *self = path;
     if (n < MIN_TRANSPORT || d[0] != TYPE_TRANSPORT || d[1] != PROTOCOL_VERSION || d[2] || d[3])
         return pend(self, 1, d, n);
-    Keys *k = receiver(self, le32(d + 4));
+    Keys *k = keyset_receiver(&self->keys, le32(d + 4));
     if (k == NULL || now - k->created >= self->reject_after_time || k->send_counter >= k->reject_after)
         return pend(self, 1, d, n); /* expired as the core counts it: the core drops it */
     unsigned char *pt = self->out;
@@ -768,23 +794,7 @@ static int client_udp_ready(ClientPath *self) {
 static PyObject *ClientPath_set_keys(ClientPath *self, PyObject *args) {
     PyObject *send, *recv;
     if (!PyArg_ParseTuple(args, "OO!", &send, &PyTuple_Type, &recv)) return NULL;
-    if (send != Py_None && !PyObject_TypeCheck(send, &KeysType)) {
-        PyErr_SetString(PyExc_TypeError, "send is Keys or None");
-        return NULL;
-    }
-    Py_ssize_t n = PyTuple_GET_SIZE(recv);
-    if (n > 2) {
-        PyErr_SetString(PyExc_ValueError, "at most two receiving keypairs");
-        return NULL;
-    }
-    for (Py_ssize_t i = 0; i < n; i++)
-        if (!PyObject_TypeCheck(PyTuple_GET_ITEM(recv, i), &KeysType)) {
-            PyErr_SetString(PyExc_TypeError, "recv holds Keys");
-            return NULL;
-        }
-    ClientPath_clear_keys(self);
-    if (send != Py_None) self->send = (Keys *)Py_NewRef(send);
-    for (Py_ssize_t i = 0; i < n; i++) self->recv[i] = (Keys *)Py_NewRef(PyTuple_GET_ITEM(recv, i));
+    if (keyset_assign(&self->keys, send, recv) < 0) return NULL;
     Py_RETURN_NONE;
 }
 
@@ -876,8 +886,7 @@ static PyTypeObject ClientPathType = {
 
 typedef struct {
     PyObject_HEAD
-    Keys *send;
-    Keys *recv[2];
+    KeySet keys; /* sends with the session's current keypair; receives on it and the previous one */
     int sock; /* index of the GatewayPath socket that reaches the client, -1 when not over UDP */
     struct sockaddr_storage addr;
     socklen_t addrlen;
@@ -891,14 +900,8 @@ typedef struct {
 
 static PyTypeObject PeerType;
 
-static void Peer_clear_keys(Peer *self) {
-    Py_CLEAR(self->send);
-    Py_CLEAR(self->recv[0]);
-    Py_CLEAR(self->recv[1]);
-}
-
 static void Peer_dealloc(Peer *self) {
-    Peer_clear_keys(self);
+    keyset_clear(&self->keys);
     Py_CLEAR(self->owner);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
@@ -919,16 +922,6 @@ static PyObject *Peer_update(Peer *self, PyObject *args) {
     Py_buffer sa = {0};
     if (!PyArg_ParseTuple(args, "OO!iz*OO", &send, &PyTuple_Type, &recv, &sock, &sa, &v4, &v6)) return NULL;
     PyObject *res = NULL;
-    Py_ssize_t n = PyTuple_GET_SIZE(recv);
-    if ((send != Py_None && !PyObject_TypeCheck(send, &KeysType)) || n > 2) {
-        PyErr_SetString(PyExc_TypeError, "send is Keys or None, recv a tuple of at most two Keys");
-        goto out;
-    }
-    for (Py_ssize_t i = 0; i < n; i++)
-        if (!PyObject_TypeCheck(PyTuple_GET_ITEM(recv, i), &KeysType)) {
-            PyErr_SetString(PyExc_TypeError, "recv holds Keys");
-            goto out;
-        }
     if (sa.buf != NULL && (sa.len < (Py_ssize_t)sizeof(sa_family_t) || sa.len > (Py_ssize_t)sizeof(self->addr))) {
         PyErr_SetString(PyExc_ValueError, "bad socket address");
         goto out;
@@ -938,9 +931,7 @@ static PyObject *Peer_update(Peer *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "v4 is 4 bytes, v6 16 bytes, or None");
         goto out;
     }
-    Peer_clear_keys(self);
-    if (send != Py_None) self->send = (Keys *)Py_NewRef(send);
-    for (Py_ssize_t i = 0; i < n; i++) self->recv[i] = (Keys *)Py_NewRef(PyTuple_GET_ITEM(recv, i));
+    if (keyset_assign(&self->keys, send, recv) < 0) goto out;
     memset(&self->addr, 0, sizeof self->addr);
     if (sa.buf != NULL && sock >= 0) {
         memcpy(&self->addr, sa.buf, (size_t)sa.len);
@@ -1137,7 +1128,7 @@ static int gateway_target(void *path, const unsigned char *packet, Py_ssize_t n,
     else if (version == 6 && n >= 40)
         peer = route_for(self, packet + 24, 16);
     if (peer == NULL && PyErr_Occurred()) return -1;
-    Keys *k = peer != NULL ? peer->send : NULL;
+    Keys *k = peer != NULL ? peer->keys.send : NULL;
     if (k == NULL || peer->sock < 0 || peer->sock >= self->nsocks || now - k->created >= self->reject_after_time ||
         k->send_counter >= k->reject_after)
         return gw_pend(self, 0, packet, n, -1, NULL, 0, 0) < 0 ? -1 : 0;
@@ -1170,10 +1161,7 @@ static int gateway_datagram(void *path, int sock, const unsigned char *d, Py_ssi
     Py_DECREF(key);
     if (obj == NULL && PyErr_Occurred()) return -1;
     Peer *peer = obj != NULL && PyObject_TypeCheck(obj, &PeerType) ? (Peer *)obj : NULL;
-    Keys *k = NULL;
-    if (peer != NULL)
-        for (int i = 0; i < 2; i++)
-            if (peer->recv[i] != NULL && peer->recv[i]->local_index == index) k = peer->recv[i];
+    Keys *k = peer != NULL ? keyset_receiver(&peer->keys, index) : NULL;
     /* Unknown, expired, or from another address (the client roamed, or a probe on another path):
      * the Python core decides. */
     if (k == NULL || now - k->created >= self->reject_after_time || k->send_counter >= k->reject_after ||
