@@ -1237,17 +1237,19 @@ static PyObject *GatewayPath_take(GatewayPath *self, PyObject *unused) {
 
 static PyObject *GatewayPath_counters(GatewayPath *self, PyObject *unused) {
     (void)unused;
-    unsigned long long dropped = 0, datagrams = 0, sends = 0;
+    unsigned long long dropped = 0, datagrams = 0, sends = 0, gso_off = 0;
     for (int i = 0; i < self->nsocks; i++) {
         dropped += self->socks[i].dropped;
         datagrams += self->socks[i].datagrams;
         sends += self->socks[i].sends;
+        gso_off += (unsigned long long)self->socks[i].gso_failed;
     }
-    return Py_BuildValue("{sKsKsKsKsKsKsKsKsKsKsK}", "drop-decrypt", self->drop_decrypt, "drop-replay",
+    return Py_BuildValue("{sKsKsKsKsKsKsKsKsKsKsKsK}", "drop-decrypt", self->drop_decrypt, "drop-replay",
                          self->drop_replay, "drop-not-ip", self->drop_not_ip, "drop-source", self->drop_source,
                          "client-to-client-dropped", self->c2c_dropped, "tun-write-error", self->tun_write_error,
                          "tun-read-error", self->tun_read_error, "udp-recv-error", self->udp_recv_error,
-                         "udp-send-dropped", dropped, "udp-datagrams-out", datagrams, "udp-sends", sends);
+                         "udp-send-dropped", dropped, "udp-datagrams-out", datagrams, "udp-sends", sends,
+                         "udp-gso-refused", gso_off);
 }
 
 static PyObject *GatewayPath_tun_ready(GatewayPath *self, PyObject *unused) {

@@ -630,6 +630,10 @@ class Gateway:
         now = self.clock()
         sessions = list(self.core.sessions.values())
         fast = self.fast.counters() if self.fast is not None else {}
+        udp = {
+            k: fast.pop(k, 0)
+            for k in ("udp-datagrams-out", "udp-sends", "udp-send-dropped", "udp-gso-refused")
+        }
         by_transport = Counter(getattr(s.endpoint, "transport", "?") for s in sessions)
         return {
             "role": "gateway",
@@ -653,12 +657,11 @@ class Gateway:
             "counters": dict(self.core.counters + self.counters + Counter(fast)),
             "data_path": "compiled" if self.fast is not None else "python",
             "udp": {
-                "gso": all(tx.gso for tx in self.udp_tx.values()),
+                "gso": all(tx.gso for tx in self.udp_tx.values()) and not udp["udp-gso-refused"],
                 "gro": len(self._gro) == len(self.udp_tx),
-                "datagrams_out": sum(tx.datagrams for tx in self.udp_tx.values())
-                + fast.pop("udp-datagrams-out", 0),
-                "sends": sum(tx.syscalls for tx in self.udp_tx.values()) + fast.pop("udp-sends", 0),
-                "dropped": sum(tx.dropped for tx in self.udp_tx.values()) + fast.pop("udp-send-dropped", 0),
+                "datagrams_out": sum(tx.datagrams for tx in self.udp_tx.values()) + udp["udp-datagrams-out"],
+                "sends": sum(tx.syscalls for tx in self.udp_tx.values()) + udp["udp-sends"],
+                "dropped": sum(tx.dropped for tx in self.udp_tx.values()) + udp["udp-send-dropped"],
             },
         }
 

@@ -143,15 +143,7 @@ class DispatchSelector(selectors.BaseSelector):
             wait = math.ceil(timeout * 1e3) * 1e-3
         ready: list[tuple[selectors.SelectorKey, int]] = []
         most = max(len(self._keys) + len(self._direct), 1)
-        poll: Callable[[float, int], list[tuple[int, int]]]
-        if self._compiled_fds and self._compiled is not None:
-            compiled, epfd = self._compiled.poll, self._epoll.fileno()
-
-            def poll(wait: float, most: int) -> list[tuple[int, int]]:  # wait is rounded up already
-                return compiled(epfd, -1 if wait < 0 else round(wait * 1e3), most)
-
-        else:
-            poll = self._epoll.poll
+        poll = self._poll_compiled if self._compiled_fds else self._epoll.poll
         events = poll(wait, most)
         direct = self._direct
         keys = self._keys
@@ -187,6 +179,11 @@ class DispatchSelector(selectors.BaseSelector):
             events = poll(0, most)
             if not events:
                 return ready
+
+    def _poll_compiled(self, wait: float, most: int) -> list[tuple[int, int]]:
+        """``epoll.poll`` through the compiled poller, which serves the compiled readers first."""
+        assert self._compiled is not None
+        return self._compiled.poll(self._epoll.fileno(), -1 if wait < 0 else round(wait * 1e3), most)
 
     def close(self) -> None:
         self._epoll.close()
