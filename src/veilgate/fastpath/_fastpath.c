@@ -62,6 +62,8 @@
 #define QUIET_GAP 0.001
 #define MAX_SLOTS 16
 #define REPOLL_ROUNDS 3
+#define LINGER_IDLE_MS 1
+#define LINGER_MAX 0.002
 
 /* ------------------------------------------------------------------ helpers */
 
@@ -1355,6 +1357,17 @@ static PyObject *Poller_remove(Poller *self, PyObject *arg) {
     Py_RETURN_FALSE;
 }
 
+/* Whether a compiled reader handed something to Python that is still waiting for it. */
+static int pending_waiting(const Poller *self) {
+    for (int j = 0; j < self->nslots; j++) {
+        PyObject *path = self->slots[j].path;
+        PyObject *pending =
+            Py_IS_TYPE(path, &ClientPathType) ? ((ClientPath *)path)->pending : ((GatewayPath *)path)->pending;
+        if (PyList_GET_SIZE(pending) > 0) return 1;
+    }
+    return 0;
+}
+
 /* poll(epfd, timeout_ms, maxevents) -> [(fd, mask), ...]: epoll_wait, serving compiled readers at once.
  * Their descriptors are reported too, so that the Python reader registered for them does the
  * bookkeeping, after the packets have left. */
@@ -1369,6 +1382,7 @@ static PyObject *Poller_poll(Poller *self, PyObject *args) {
         self->capacity = maxevents;
     }
     int n;
+    double called = monotonic(), first = 0.0;
     Py_BEGIN_ALLOW_THREADS
     n = epoll_wait(epfd, self->events, maxevents, timeout);
     Py_END_ALLOW_THREADS
@@ -1382,7 +1396,7 @@ static PyObject *Poller_poll(Poller *self, PyObject *args) {
     PyObject *res = PyList_New(0);
     if (res == NULL) return NULL;
     unsigned int reported = 0; /* compiled readers already in res (a bit per slot) */
-    for (int round = 0;; round++) {
+    for (int quick = 0;;) {
         int served = 0, others = 0;
         for (int i = 0; i < n; i++) {
             int fd = self->events[i].data.fd;
@@ -1413,11 +1427,30 @@ static PyObject *Poller_poll(Poller *self, PyObject *args) {
             }
             Py_DECREF(item);
         }
-        /* What was just written or sent is often answered at once (a packet written to the TUN
-         * comes back from the host's stack; a reply arrives while a send was under way): look
-         * again before any Python runs, a few times at most, while nothing else is waiting. */
-        if (!served || others || round == REPOLL_ROUNDS) break;
-        n = epoll_wait(epfd, self->events, maxevents, 0);
+        /* What was just written or sent is often answered soon (a packet written to the TUN comes
+         * back from the host's stack; the reply to a packet sent comes back through the peer):
+         * while only compiled readers are busy and nothing waits for Python, keep serving them
+         * here, waiting up to LINGER_IDLE_MS for more, for LINGER_MAX at most, and never past the
+         * caller's timeout. The Python callbacks then do the bookkeeping of all of it at once.
+         * A caller that asked not to block (timeout 0) gets a few immediate looks only. */
+        if (!served || others || pending_waiting(self)) break;
+        double now = monotonic();
+        if (first == 0.0) first = now;
+        int wait = 0;
+        if (timeout != 0 && now - first < LINGER_MAX) {
+            wait = LINGER_IDLE_MS;
+            if (timeout > 0 && (called + timeout * 1e-3 - now) * 1e3 < wait) wait = 0;
+        } else if (++quick > REPOLL_ROUNDS) {
+            break;
+        }
+        if (wait) {
+            Py_BEGIN_ALLOW_THREADS
+            n = epoll_wait(epfd, self->events, maxevents, wait);
+            Py_END_ALLOW_THREADS
+        } else {
+            n = epoll_wait(epfd, self->events, maxevents, 0);
+        }
+        if (n < 0 && errno == EINTR && PyErr_CheckSignals() < 0) goto fail;
         if (n <= 0) break;
     }
     return res;
