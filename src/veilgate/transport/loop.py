@@ -10,9 +10,10 @@ usual. Timers, tasks and everything else stay asyncio's.
 
 Where the compiled data path is built (veilgate.fastpath), a daemon may register a *compiled*
 reader instead: ``epoll_wait`` is then called from C, which runs the compiled TUN or UDP loop for
-that descriptor before returning, and the descriptor's Python callback runs afterwards for the
-bookkeeping. A packet of an established session is then sealed and sent (or opened and written)
-before any Python runs after the wake-up.
+that descriptor before returning (and keeps serving compiled readers for up to 2 ms while nothing
+else is ready), and the descriptor's Python callback runs afterwards for the bookkeeping. A packet
+of an established session is then sealed and sent (or opened and written) before any Python runs
+after the wake-up, and so is the reply that comes back soon after it.
 
 No maintained library offers this (uvloop and the selectors module only report readiness), so
 the selector is written here against the documented ``selectors.BaseSelector`` interface, which
