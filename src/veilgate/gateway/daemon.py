@@ -322,7 +322,6 @@ class Gateway:
         core = self.core
         tun_write = os.write
         tun_fd = self.tun.fd if self.tun is not None else -1
-        memo = self._udp_memo
         # After a quiet spell, one lone datagram is all there is: skip the receive that would
         # find the socket empty (epoll is level-triggered, so anything more wakes us again).
         quiet = now - self._udp_wake >= QUIET_GAP
@@ -341,14 +340,7 @@ class Gateway:
                 self.counters["udp-recv-error"] += 1
                 log.debug("udp receive error: %s", exc.strerror)
                 continue
-            # Datagrams in a row from one address share one endpoint object, so that the core's
-            # check for a roamed client is an identity test. Only the last sender is remembered
-            # (and forgotten when a session ends): no list of client addresses builds up here.
-            if memo is not None and memo[0] == addr and memo[1].tx is tx:
-                endpoint = memo[1]
-            else:
-                endpoint = UdpEndpoint(addr, tx)
-                memo = (addr, endpoint)
+            endpoint = self._udp_endpoint(addr, tx)
             parts = split(data, segment) if segment else (data,)
             for part in parts:
                 packet = core.receive_datagram(part, endpoint, now)
@@ -357,7 +349,6 @@ class Gateway:
             if quiet and len(parts) == 1:
                 break
             quiet = False
-        self._udp_memo = memo
         self._after_io(now)
 
     def _on_tcp_datagrams(self, datagrams: list[bytes], conn: FramedConnection) -> None:
@@ -488,6 +479,7 @@ class Gateway:
                 if tx is endpoint.tx:
                     sockaddr = _sockaddr(endpoint.addr)
                     number = n if sockaddr is not None else fastpath.ROUTE_NONE
+                    break
         config = session.config
         v4 = config.ipv4.ip.packed if config is not None and config.ipv4 is not None else None
         v6 = config.ipv6.ip.packed if config is not None and config.ipv6 is not None else None
@@ -533,7 +525,11 @@ class Gateway:
         self._after_io(now)
 
     def _udp_endpoint(self, addr: Any, tx: UdpSender) -> UdpEndpoint:
-        """The endpoint for a sender, shared by datagrams in a row from it (see _on_udp_readable)."""
+        """The endpoint for a datagram's sender.
+
+        Datagrams in a row from one address share one endpoint object, so that the core's check
+        for a roamed client is an identity test. Only the last sender is remembered (and forgotten
+        when a session ends): no list of client addresses builds up here."""
         memo = self._udp_memo
         if memo is not None and memo[0] == addr and memo[1].tx is tx:
             return memo[1]
