@@ -165,8 +165,7 @@ class GatewayProtocol:
         if config.ipv6 is not None:
             allowed.add(config.ipv6.ip.packed)
         session.allowed_sources = frozenset(allowed)
-        if self.changed is not None:
-            self.changed.add(session)
+        self._changed(session)
         self._send_control(session, control.config_message(config), now)
 
     def send_packet(self, session: Session, packet: bytes, now: float) -> tuple[bytes, Endpoint] | None:
@@ -192,8 +191,7 @@ class GatewayProtocol:
         if self._by_resume.get(session.resume_token) is session:
             del self._by_resume[session.resume_token]
         session.current = session.previous = None
-        if self.changed is not None:
-            self.changed.add(session)
+        self._changed(session)
         self._events.append(SessionEnded(session_id, reason))
 
     def receive_datagram(self, data: bytes, endpoint: Endpoint, now: float) -> bytes | None:
@@ -252,6 +250,10 @@ class GatewayProtocol:
             self._receive_control(kp.owner, kp, control.decode_control(plaintext), endpoint, now)
         except RemoteProtocolError as exc:
             self.counters["drop-" + exc.reason] += 1
+
+    def _changed(self, session: Session) -> None:
+        if self.changed is not None:
+            self.changed.add(session)
 
     def get_timer(self) -> float | None:
         return self._timers[0][0] if self._timers else None
@@ -351,8 +353,7 @@ class GatewayProtocol:
         self._by_resume[result.resume_token] = session
         session.endpoint = endpoint
         session.last_handshake = now
-        if self.changed is not None:
-            self.changed.add(session)
+        self._changed(session)
         self._schedule(session, now + REJECT_AFTER_TIME)
         self.counters["handshakes"] += 1
         if is_new:
@@ -422,8 +423,7 @@ class GatewayProtocol:
         if endpoint != session.endpoint:
             session.endpoint = endpoint
             self.counters["roamed"] += 1
-            if self.changed is not None:
-                self.changed.add(session)
+            self._changed(session)
 
     def _receive_control(
         self, session: Session, kp: Keypair, msg: control.ControlMessage, endpoint: Endpoint, now: float
@@ -452,8 +452,7 @@ class GatewayProtocol:
         if session.previous is not None and session.previous.expired(now):
             self._keypairs.pop(session.previous.local_index, None)
             session.previous = None
-            if self.changed is not None:
-                self.changed.add(session)
+            self._changed(session)
         if session.ack_due is not None and now >= session.ack_due:
             session.ack_due = None
             if session.last_sent < session.last_received:

@@ -137,9 +137,6 @@ class CompiledKeypair(Keypair):
     def send_counter(self, value: int) -> None:
         self.keys.send_counter = value
 
-    def expired(self, now: float) -> bool:
-        return now - self.created >= REJECT_AFTER_TIME or self.keys.send_counter >= REJECT_AFTER_MESSAGES
-
     def seal(self, plaintext: bytes) -> bytes:
         if self.keys.send_counter >= REJECT_AFTER_MESSAGES:
             raise LocalProtocolError("keypair exhausted: rekey first")
