@@ -19,6 +19,7 @@ each key is used once, so random nonces never collide under one key.
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import hmac
 
@@ -116,28 +117,46 @@ class CookieGenerator:
         self._cookie_time = now
 
 
-class RateLimiter:
-    """Per-source token bucket for handshake initiations under load (bounded table)."""
+def source_prefix(address: bytes) -> bytes:
+    """The part of a packed source address that limits are keyed on: an IPv4 address, an IPv6 /64.
 
-    def __init__(self, rate: float = RATELIMIT_PER_SOURCE, burst: float = RATELIMIT_BURST) -> None:
+    One host controls a whole IPv6 /64 (SLAAC, privacy addresses) and every port of its
+    address, so keying a limit on anything finer gives one host a fresh budget per address.
+    """
+    return address[:8] if len(address) == 16 else address
+
+
+class RateLimiter:
+    """Token buckets per key (a ``source_prefix``), in a bounded table that forgets the least recently used.
+
+    When the table is full a new key evicts the least recently seen one instead of being
+    refused: a flood of fresh keys costs each of them a token, never everyone else their budget.
+    """
+
+    def __init__(
+        self,
+        rate: float = RATELIMIT_PER_SOURCE,
+        burst: float = RATELIMIT_BURST,
+        table_max: int = RATELIMIT_TABLE_MAX,
+    ) -> None:
         self.rate = rate
         self.burst = burst
-        self._buckets: dict[bytes, tuple[float, float]] = {}
+        self.table_max = table_max
+        self._buckets: collections.OrderedDict[bytes, tuple[float, float]] = collections.OrderedDict()
 
-    def allow(self, source: bytes, now: float) -> bool:
-        tokens, last = self._buckets.get(source, (self.burst, now))
-        tokens = min(self.burst, tokens + (now - last) * self.rate)
-        if len(self._buckets) >= RATELIMIT_TABLE_MAX and source not in self._buckets:
-            self._gc(now)
-            if len(self._buckets) >= RATELIMIT_TABLE_MAX:
-                return False
-        if tokens < 1.0:
-            self._buckets[source] = (tokens, now)
-            return False
-        self._buckets[source] = (tokens - 1.0, now)
-        return True
+    def __len__(self) -> int:
+        return len(self._buckets)
 
-    def _gc(self, now: float) -> None:
-        full_after = self.burst / self.rate
-        for key in [k for k, (_, last) in self._buckets.items() if now - last > full_after]:
-            del self._buckets[key]
+    def allow(self, key: bytes, now: float) -> bool:
+        buckets = self._buckets
+        entry = buckets.get(key)
+        if entry is None:
+            tokens = self.burst
+            if len(buckets) >= self.table_max:
+                buckets.popitem(last=False)
+        else:
+            tokens = min(self.burst, entry[0] + max(0.0, now - entry[1]) * self.rate)
+            buckets.move_to_end(key)
+        allowed = tokens >= 1.0
+        buckets[key] = (tokens - 1.0 if allowed else tokens, now)
+        return allowed

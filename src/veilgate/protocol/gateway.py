@@ -33,7 +33,7 @@ from veilgate.protocol.constants import (
     REJECT_AFTER_TIME,
     UNDER_LOAD_INITS_PER_SECOND,
 )
-from veilgate.protocol.cookie import CookieChecker, RateLimiter
+from veilgate.protocol.cookie import CookieChecker, RateLimiter, source_prefix
 from veilgate.protocol.crypto import KeyPair
 from veilgate.protocol.errors import CredentialError, LocalProtocolError, RemoteProtocolError
 from veilgate.protocol.events import (
@@ -290,7 +290,7 @@ class GatewayProtocol:
                 self._out.append((self._cookies.make_reply(data, init.sender, source, now), endpoint))
                 self.counters["cookie-sent"] += 1
                 return
-            if not self._ratelimit.allow(source, now):
+            if not self._ratelimit.allow(source_prefix(source[:-2]), now):
                 raise RemoteProtocolError("initiation rate limit", "ratelimit")
         if len(self._pending) >= self.max_pending:
             raise RemoteProtocolError("pending handshake table full", "pending-full")
