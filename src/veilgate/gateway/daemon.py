@@ -116,7 +116,11 @@ class Gateway:
         )
         self.epochs = EpochVerifier([], DEFAULT_EPOCH_LENGTH, max_skew=config.max_skew)
         verifier = AnyCredentialVerifier(ed25519, self.epochs)
-        self.core = GatewayProtocol(KeyPair.from_private_bytes(config.private_key), _WallClockCheck(verifier))
+        self.core = GatewayProtocol(
+            KeyPair.from_private_bytes(config.private_key),
+            _WallClockCheck(verifier),
+            max_sessions_per_credential=config.max_sessions_per_credential,
+        )
         self.provider = (
             ProviderClient(config.provider_url, config.provider_fingerprint or "")
             if config.provider_url
