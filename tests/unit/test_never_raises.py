@@ -29,10 +29,11 @@ from veilgate.credentials.epochs import (
 )
 from veilgate.protocol import control, messages
 from veilgate.protocol.client import ClientProtocol
-from veilgate.protocol.cookie import INIT_MAC1_OFFSET, CookieGenerator, mac1_key
+from veilgate.protocol.cookie import CookieGenerator, mac1_key
 from veilgate.protocol.crypto import KeyPair, mac
 from veilgate.protocol.gateway import GatewayProtocol
 from veilgate.protocol.handshake import InitiatorHandshake
+from veilgate.protocol.messages import INIT_MAC1_OFFSET
 
 from .harness import Addr, Net, ipv4_packet
 
@@ -105,12 +106,12 @@ class Scene:
         self.cookie = net.gateway._cookies.make_reply(
             self.init, messages.HandshakeInit.decode(self.init).sender, net.addr.cookie_bytes(), net.now
         )
-        self.up = net.client.send_packet(ipv4_packet(net.client_ip, "198.51.100.1", b"u" * 40), net.now)
+        up = net.client.send_packet(ipv4_packet(net.client_ip, "198.51.100.1", b"u" * 40), net.now)
         down = net.gateway.send_packet(
             self.session, ipv4_packet("198.51.100.1", net.client_ip, b"d"), net.now
         )
-        assert self.up is not None and down is not None
-        self.down = down[0]
+        assert up is not None and down is not None
+        self.up, self.down = up, down[0]
         self.config = control.config_message(self.session.config) if self.session.config else b""
 
     def _answer(self, init: bytes) -> bytes:
