@@ -26,6 +26,7 @@ import hashlib
 import heapq
 import itertools
 import secrets
+import struct
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -56,6 +57,8 @@ from veilgate.protocol.pending import PendingHandshakes
 _INF = float("inf")
 _unpack_transport = messages.unpack_transport_header
 _ip_packet_length = control.ip_packet_length
+_U32 = struct.Struct("<I")
+INIT_MAC2_OFFSET = messages.INIT_MAC2_OFFSET
 
 
 class Endpoint(Hashable, Protocol):
@@ -294,7 +297,9 @@ class GatewayProtocol:
     # ------------------------------------------------------------ handshakes
 
     def _receive_init(self, data: bytes, endpoint: Endpoint, now: float) -> None:
-        init = messages.HandshakeInit.decode(data)
+        # Cheapest first: under a flood, most of these end in a cookie reply (docs/protocol.md 6).
+        if len(data) != messages.INIT_LEN:
+            raise RemoteProtocolError(f"message 1 has a bad length {len(data)}", "length")
         if not self._cookies.check_mac1(data):
             raise RemoteProtocolError("bad mac1", "mac1")
         if now - self._init_window_start >= 1.0:
@@ -303,10 +308,11 @@ class GatewayProtocol:
         self._init_count += 1
         source = endpoint.cookie_bytes()
         # A valid mac2 proves the sender receives at its source address (it got our cookie there).
-        proven = init.mac2 != ZERO_MAC and self._cookies.check_mac2(data, source, now)
+        proven = data[INIT_MAC2_OFFSET:] != ZERO_MAC and self._cookies.check_mac2(data, source, now)
         if self.under_load(now):
             if not proven:
-                self._out.append((self._cookies.make_reply(data, init.sender, source, now), endpoint))
+                sender = _U32.unpack_from(data, 4)[0]
+                self._out.append((self._cookies.make_reply(data, sender, source, now), endpoint))
                 self.counters["cookie-sent"] += 1
                 return
             if not self._ratelimit.allow(source_prefix(source[:-2]), now):
@@ -316,7 +322,7 @@ class GatewayProtocol:
                 raise RemoteProtocolError("pending handshake table full", "pending-full")
             self.counters["pending-evicted"] += 1
         index = self._new_index()
-        hs = ResponderHandshake(self.static, init, index, now, endpoint)
+        hs = ResponderHandshake(self.static, messages.HandshakeInit.decode(data), index, now, endpoint)
         self._pending.add(hs, proven)
         heapq.heappush(self._timers, (now + PENDING_HANDSHAKE_TIMEOUT, next(self._seq), 0, index))
         self._out.append((hs.write_response(), endpoint))
