@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import subprocess
 import sys
 import time
@@ -346,3 +347,106 @@ def test_without_udp_offload_one_datagram_per_send(
     assert udp["sends"] == udp["datagrams_out"] > 0
     counters = deploy.client_status("c1")["counters"]
     assert counters["udp-sends"] == counters["udp-datagrams-out"] > 0
+
+
+REPLAYER = r"""
+# An on-path attacker in the router: copies transport datagrams the client sends to the gateway
+# (AF_PACKET on the client-side veth), then sends the identical IP packets again on the gateway-side
+# veth, with the Ethernet header a forwarding router would have written.
+import json, socket, sys, time
+listen_dev, inject_dev, gateway_mac, client, gateway, port, want = sys.argv[1:8]
+want = int(want)
+
+
+def udp_with_checksum(addresses, udp):
+    # A veth hands over packets with the UDP checksum left to offload (only the pseudo-header sum
+    # is filled in): put in the full checksum a real wire would carry.
+    udp = bytearray(udp)
+    udp[6:8] = b"\0\0"
+    data = addresses + bytes((0, 17)) + len(udp).to_bytes(2, "big") + udp
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(int.from_bytes(data[i:i + 2], "big") for i in range(0, len(data), 2))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    udp[6:8] = ((~total & 0xFFFF) or 0xFFFF).to_bytes(2, "big")
+    return bytes(udp)
+
+
+ETH_P_IP, PACKET_OUTGOING, TYPE_TRANSPORT = 0x0800, 4, 5
+cap = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_IP))
+cap.bind((listen_dev, ETH_P_IP))
+cap.settimeout(0.2)
+src, dst = socket.inet_aton(client), socket.inet_aton(gateway)
+print("ready", flush=True)
+frames, deadline = [], time.monotonic() + 20
+while len(frames) < want and time.monotonic() < deadline:
+    try:
+        frame, addr = cap.recvfrom(65535)
+    except TimeoutError:
+        continue
+    ip = frame[14:]
+    if addr[2] == PACKET_OUTGOING or len(ip) < 28 or ip[9] != 17 or ip[12:16] != src or ip[16:20] != dst:
+        continue
+    ihl = (ip[0] & 15) * 4
+    total = int.from_bytes(ip[2:4], "big")
+    udp = ip[ihl:total]
+    if int.from_bytes(udp[2:4], "big") != int(port) or len(udp) < 8 + 32 or udp[8] != TYPE_TRANSPORT:
+        continue
+    frames.append(frame[:14 + ihl] + udp_with_checksum(ip[12:20], udp))
+out = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_IP))
+out.bind((inject_dev, ETH_P_IP))
+own_mac = out.getsockname()[4]
+for frame in frames:
+    out.send(bytes.fromhex(gateway_mac.replace(":", "")) + own_mac + frame[12:])
+print(json.dumps({"replayed": len(frames)}), flush=True)
+"""
+
+
+def _mac(topo: Topology, ns: str, dev: str) -> str:
+    return topo.ns_run(ns, "cat", f"/sys/class/net/{dev}/address").stdout.strip()
+
+
+def test_replayed_transport_datagrams_are_dropped_and_the_tunnel_keeps_working(
+    deploy: Deployment, data_path: str
+) -> None:
+    topo = deploy.topo
+    deploy.start_client("c1")
+    deploy.wait_client("c1")
+    assert deploy.gateway_status()["data_path"] == data_path
+    assert ping(topo, topo.client, netns.INTERNET_V4, count=1)
+    before = deploy.gateway_status()["counters"].get("drop-replay", 0)
+    want = 10
+    attacker = topo.spawn(
+        topo.router,
+        sys.executable,
+        "-c",
+        REPLAYER,
+        f"vg{topo.tag}r0",
+        f"vg{topo.tag}r1",
+        _mac(topo, topo.gateway, f"vg{topo.tag}g0"),
+        netns.CLIENT_V4,
+        netns.GATEWAY_V4,
+        str(deploy.udp_port),
+        str(want),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert attacker.stdout is not None
+    assert attacker.stdout.readline().strip() == "ready"
+    # Real tunnel traffic for the attacker to copy: the original datagrams all arrive.
+    assert ping(topo, topo.client, netns.INTERNET_V4, count=want + 2)
+    out, _ = attacker.communicate(timeout=30)
+    assert json.loads(out.splitlines()[-1])["replayed"] == want
+    # Every copy is refused by the replay window of the data path in use, and counted.
+    wait_for(
+        lambda: deploy.gateway_status()["counters"].get("drop-replay", 0) - before >= want,
+        5,
+        "the replayed datagrams counted as replays",
+        deploy.dir / "gateway.log",
+    )
+    gw = deploy.gateway_status()
+    assert gw["counters"].get("drop-replay", 0) - before == want
+    assert gw["sessions"] == 1 and gw["counters"].get("sessions-established") == 1
+    assert ping(topo, topo.client, netns.INTERNET_V4)
+    assert deploy.client_status("c1")["connected"]
