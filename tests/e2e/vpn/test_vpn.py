@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from veilgate.config.keys import decode_key, encode_key
+from veilgate.netfilter import NftTable
 from veilgate.protocol.crypto import KeyPair
 from veilgate.testing import Topology, netns
 from veilgate.testing.deploy import Deployment, wait_for
@@ -450,3 +452,46 @@ def test_replayed_transport_datagrams_are_dropped_and_the_tunnel_keeps_working(
     assert gw["sessions"] == 1 and gw["counters"].get("sessions-established") == 1
     assert ping(topo, topo.client, netns.INTERNET_V4)
     assert deploy.client_status("c1")["connected"]
+
+
+def test_client_source_address_changes_mid_session_without_a_new_handshake(
+    deploy: Deployment, data_path: str
+) -> None:
+    """NAT rebinding: the router starts hiding the client behind another address and port."""
+    topo = deploy.topo
+    if shutil.which("conntrack") is None:
+        pytest.skip("needs conntrack (make test installs it)")
+    deploy.start_client("c1")
+    deploy.wait_client("c1")
+    assert ping(topo, topo.client, netns.INTERNET_V4)
+    gw = deploy.gateway_status()
+    assert gw["data_path"] == data_path
+    established = gw["counters"]["sessions-established"]
+    rekeys = gw["counters"].get("rekeys", 0)
+    roamed = gw["counters"].get("roamed", 0)
+    handshake_age, t0 = deploy.client_status("c1")["last_handshake_age"], time.monotonic()
+    # From now on the client's datagrams reach the gateway from the router's address and port 40000;
+    # flushing connection tracking makes the next datagram take the new mapping. The gateway loses
+    # its route to the client's own address: the old endpoint is gone, as behind a real NAT.
+    nat = NftTable(f"vgroam{topo.tag}", netns=topo.router)
+    nat.apply(
+        "  chain postrouting_rebind {\n"
+        "    type nat hook postrouting priority srcnat; policy accept;\n"
+        f'    oifname "vg{topo.tag}r1" ip saddr {netns.CLIENT_V4} ip daddr {netns.GATEWAY_V4} '
+        f"udp dport {deploy.udp_port} snat ip to {netns.ROUTER_G_V4}:40000\n"
+        "  }\n"
+    )
+    topo.ns_run(topo.router, "conntrack", "-F")
+    topo.ns_run(topo.gateway, "ip", "route", "del", "172.31.1.0/24")
+    assert ping(topo, topo.client, netns.INTERNET_V4, count=5)
+    entries = topo.ns_run(topo.router, "conntrack", "-L", "-p", "udp", "--dport", str(deploy.udp_port)).stdout
+    assert f"dst={netns.ROUTER_G_V4} sport={deploy.udp_port} dport=40000" in entries, entries
+    gw = deploy.gateway_status()
+    assert gw["counters"].get("roamed", 0) > roamed
+    # The same session: no handshake on either side, the client connected all along.
+    assert gw["counters"]["sessions-established"] == established and gw["sessions"] == 1
+    assert gw["counters"].get("rekeys", 0) == rekeys
+    client = deploy.client_status("c1")
+    assert client["connected"] and client["transport"] == "udp"
+    assert client["last_handshake_age"] >= handshake_age + (time.monotonic() - t0) - 0.5
+    assert ping(topo, topo.client, netns.INTERNET_V4)
