@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -173,16 +174,37 @@ def test_bad_credential_refused_others_undisturbed(deploy: Deployment, case: str
     assert "handshake refused: credential" in log
 
 
+STALL_TIMEOUT = 3.0
+"""The client's stall_timeout in the kill-switch tests (its default)."""
+
+
+def tunnel_down(status: dict[str, Any]) -> bool:
+    """The client reports the tunnel down: no working path, or no confirmed keypair.
+
+    After the gateway vanishes, the first comes stall_timeout after the first unanswered packet
+    (the path manager drops the path); ``connected`` stays true until the keypair expires
+    (REJECT_AFTER_TIME, 180 s after the handshake).
+    """
+    return not status["connected"] or status["transport"] is None
+
+
 def test_kill_switch_blocks_traffic_while_tunnel_is_down(deploy: Deployment) -> None:
     topo = deploy.topo
     # Without the kill switch the client's ISP network is reachable directly.
     assert ping(topo, topo.client, netns.ROUTER_C_V4, count=1)
-    deploy.make_client("c1", kill_switch=True)
+    deploy.make_client("c1", kill_switch=True, stall_timeout=STALL_TIMEOUT)
     deploy.start_client("c1")
     deploy.wait_client("c1")
     assert ping(topo, topo.client, netns.INTERNET_V4)
     deploy.stop_gateway()
-    wait_for(lambda: not deploy.client_status("c1")["connected"] or True, 5, "")
+    # A packet into the tunnel goes unanswered; stall_timeout later the client reports the tunnel down.
+    assert not ping(topo, topo.client, netns.INTERNET_V4, count=1, timeout=1)
+    wait_for(
+        lambda: tunnel_down(deploy.client_status("c1")),
+        STALL_TIMEOUT + 2,
+        "the client to report the tunnel down",
+        deploy.dir / "c1.log",
+    )
     # The tunnel is down: nothing leaves but traffic to the gateway.
     assert not ping(topo, topo.client, netns.ROUTER_C_V4, count=2, timeout=1)
     assert not ping(topo, topo.client, netns.INTERNET_V4, count=2, timeout=1)
