@@ -217,6 +217,59 @@ def test_kill_switch_blocks_traffic_while_tunnel_is_down(deploy: Deployment) -> 
     assert ping(topo, topo.client, netns.ROUTER_C_V4, count=1)
 
 
+CONNECT_PROBE = r"""
+import socket, sys
+try:
+    socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=2).close()
+    print("open")
+except ConnectionRefusedError:
+    print("refused")
+except OSError:
+    print("blocked")
+"""
+
+
+def tcp_probe(topo: Topology, ns: str, host: str, port: int) -> str:
+    """'open', 'refused' (the host answered with a reset) or 'blocked' (nothing came back, or EPERM)."""
+    return topo.ns_run(ns, sys.executable, "-c", CONNECT_PROBE, host, str(port)).stdout.strip()
+
+
+def test_kill_switch_outlives_a_sigkill_and_the_next_start_lifts_it(deploy: Deployment) -> None:
+    topo = deploy.topo
+
+    def tables() -> str:
+        return topo.ns_run(topo.client, "nft", "list", "tables").stdout
+
+    before = tables()
+    deploy.make_client("c1", kill_switch=True)
+    proc = deploy.start_client("c1")
+    deploy.wait_client("c1")
+    assert ping(topo, topo.client, netns.INTERNET_V4)
+    assert tables() != before
+    proc.kill()  # SIGKILL: no clean-up of any kind
+    proc.wait()
+    deploy.clients.pop("c1")
+    # The client is gone, its rules are not: nothing leaves but traffic to the gateway's ports.
+    assert not ping(topo, topo.client, netns.ROUTER_C_V4, count=2, timeout=1)
+    assert not ping(topo, topo.client, netns.INTERNET_V4, count=2, timeout=1)
+    assert not ping(topo, topo.client, netns.GATEWAY_V4, count=2, timeout=1)
+    assert tcp_probe(topo, topo.client, netns.ROUTER_C_V4, 9) == "blocked"
+    assert tcp_probe(topo, topo.client, netns.GATEWAY_V4, 9) == "blocked"
+    assert tcp_probe(topo, topo.client, netns.GATEWAY_V4, deploy.tcp_port) == "open"
+    # The next start, without a kill switch configured, finds the leftovers, says so and removes them.
+    log = deploy.dir / "c1.log"
+    seen = len(log.read_text())
+    deploy.make_client("c1", kill_switch=False)
+    deploy.start_client("c1")
+    deploy.wait_client("c1")
+    assert "WARNING veilgate.client: restored routes, DNS and firewall left behind" in log.read_text()[seen:]
+    assert tables() == before
+    assert ping(topo, topo.client, netns.ROUTER_C_V4, count=1)
+    assert tcp_probe(topo, topo.client, netns.GATEWAY_V4, 9) == "refused"
+    assert ping(topo, topo.client, netns.INTERNET_V4)
+    assert deploy.stop_client("c1") == 0
+
+
 def test_client_restores_routes_and_dns_on_exit_and_after_a_crash(deploy: Deployment) -> None:
     topo = deploy.topo
     resolv = Path("/etc/netns") / topo.client / "resolv.conf"
