@@ -97,19 +97,19 @@ def min_delay(length: int) -> float:
     return min(length / 10, 60.0)
 
 
-def fetch_window(now: float, length: int) -> tuple[float, float] | None:
-    """Where in the epoch of ``now`` a fetch may still happen: after the rotations of its start and
-    before the quiet margin of its end; None when that part of the epoch is over."""
+def fetch_window(now: float, length: int, delay: float = 0.0) -> tuple[float, float] | None:
+    """Where in the epoch of ``now`` a fetch may still happen, ``delay`` or more from now: after the
+    rotations of its start and before the quiet margin of its end; None when that is over."""
     start = epoch_of(now, length) * length
     margin = quiet_margin(length)
-    lo, hi = max(now, start + 1.0 + margin), start + length - margin
+    lo, hi = max(now + delay, start + 1.0 + margin), start + length - margin
     return (lo, hi) if lo < hi else None
 
 
 def fetch_time(now: float, length: int) -> float | None:
     """A uniformly random moment for the next fetch in this epoch's window, at least ``min_delay``
     from now; None when none is left in this epoch (the caller waits for the next one)."""
-    window = fetch_window(now + min_delay(length), length)
+    window = fetch_window(now, length, min_delay(length))
     if window is None:
         return None
     lo, hi = window
