@@ -28,7 +28,7 @@ import urllib.parse
 
 from veilgate.client.config import ClientConfig
 from veilgate.client.daemon import Client, SystemState
-from veilgate.client.prefetch import Identity, IdentityStash, fetch_time, rotation_time
+from veilgate.client.prefetch import Identity, IdentityStash, fetch_time, quiet_margin, rotation_time
 from veilgate.credentials.epochs import BlindCredential, epoch_of
 from veilgate.netfilter import NftTable, kill_switch_rules_for
 from veilgate.protocol.cookie import CookieGenerator
@@ -412,7 +412,7 @@ class ProviderModeClient:
     def _expiry(credential: BlindCredential, length: int) -> float:
         """When a gateway stops taking the credential (end of the next epoch), after the last moment
         a rotation could take place."""
-        return (credential.epoch + 2) * length + 1.0 + min(length / 4, 300.0)
+        return (credential.epoch + 2) * length + 1.0 + quiet_margin(length)
 
     def _update_status(self) -> None:
         if self.client is not None:
