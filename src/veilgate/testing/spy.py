@@ -5,7 +5,7 @@ gives it everything those processes see, not only what they log:
 
 - ``provider``: the real provider service, recording each request as it
   arrives: wall-clock time, the peer's address, the path, and for a credential
-  request the epoch and the blinded message (a provider's full access log);
+  request its whole body, epoch and blinded message (a provider's full access log);
 - ``gateway``: the real gateway, recording each credential it checks: time,
   the credential and the static key of the handshake.
 
@@ -48,8 +48,10 @@ def run_provider(config_path: str, record_path: str) -> int:
     ) -> web.StreamResponse:
         entry: dict[str, object] = {"time": time.time(), "peer": request.remote, "path": request.path}
         if request.method == "POST":
+            raw = await request.read()
+            entry["body"] = raw.decode(errors="replace")  # everything the client sent, as it came
             try:
-                body = json.loads(await request.read())
+                body = json.loads(raw)
                 entry["epoch"], entry["blinded"] = body.get("epoch"), body.get("blinded")
             except (ValueError, AttributeError):
                 pass

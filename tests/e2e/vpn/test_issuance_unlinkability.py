@@ -160,11 +160,17 @@ def test_provider_cannot_link_issuance_to_rotation_by_address_timing_or_content(
     blinded = {i.blinded for i in issuances}
     for static, use in uses.items():
         cred = use.credential
-        for secret in (static, cred.signature, cred.prefix, cred.encode()):
-            assert secret not in blinded
+        gateway_text = gateway_log.read_bytes()
+        for what, secret in (
+            ("static key", static),
+            ("signature", cred.signature),
+            ("prefix", cred.prefix),
+            ("credential", cred.encode()),
+        ):
+            assert secret not in blinded, what
             for form in _encodings(secret):
-                assert form not in issuer_side
-                assert form not in gateway_log.read_bytes()
+                assert form not in issuer_side, f"a client's {what} in what the issuer kept: {form[:16]!r}"
+                assert form not in gateway_text, f"a client's {what} in the gateway's log"
     for name, _, address in clients:
         tunnel_ip = str(statuses[name]["ipv4"]).split("/")[0].encode()
         assert tunnel_ip not in issuer_side, name
