@@ -154,3 +154,26 @@ def test_a_fetch_bound_to_a_device_leaves_by_it_or_fails(tmp_path: Path) -> None
             await svc.stop()
 
     asyncio.run(scenario())
+
+
+class FakeCore:
+    def __init__(self, authenticated_rx: int) -> None:
+        self.authenticated_rx = authenticated_rx
+
+
+class FakeSession:
+    def __init__(self, authenticated_rx: int) -> None:
+        self.core = FakeCore(authenticated_rx)
+
+
+def test_an_identity_is_kept_only_if_it_never_left_this_host(tmp_path: Path) -> None:
+    supervisor = _client(tmp_path)
+    epoch = epoch_of(time.time(), 60)
+    # The gateway never answered: message 3 (static key, credential) was never written.
+    supervisor._session_identities = [identity(epoch)]
+    supervisor._keep_unshown(FakeSession(0))  # type: ignore[arg-type]
+    assert supervisor.stash.count(epoch) == 1
+    # It answered: the identity was shown and is never used again.
+    supervisor._session_identities = [identity(epoch)]
+    supervisor._keep_unshown(FakeSession(1))  # type: ignore[arg-type]
+    assert supervisor.stash.count(epoch) == 1 and supervisor._session_identities == []

@@ -108,6 +108,7 @@ class ProviderModeClient:
         self.rotations = 0
         self.failovers = 0
         self.stash = IdentityStash()
+        self._session_identities: list[Identity] = []
         self.prefetched = 0
         self.direct_fetches = 0
         self._stop = asyncio.Event()
@@ -299,6 +300,7 @@ class ProviderModeClient:
         if fetched is None:
             return
         attempt = 0
+        failed: GatewayEntry | None = None
         while not self._stop.is_set():
             assert self.fetched is not None
             ranked = await rank_gateways(self.fetched.document.gateways)
@@ -309,7 +311,9 @@ class ProviderModeClient:
                     gw.location,
                     f"handshake RTT {rtt * 1000:.1f} ms" if rtt is not None else "no answer over UDP",
                 )
-            gateway = ranked[attempt % len(ranked)][0]
+            # The best gateway that answered, other than the one that just failed; else round robin.
+            answered = [gw for gw, rtt in ranked if rtt is not None and gw != failed]
+            gateway = answered[0] if answered else ranked[attempt % len(ranked)][0]
             stashed = self._identity_for_new_session()
             if stashed is not None:
                 identity: tuple[KeyPair, BlindCredential] | None = (stashed.key, stashed.credential)
@@ -329,6 +333,7 @@ class ProviderModeClient:
                 continue
             self.failovers += 1
             attempt += 1
+            failed = gateway
             log.warning("gateway %s stopped answering; failing over", gateway.name)
             await self.document(required=False)
 
@@ -345,6 +350,7 @@ class ProviderModeClient:
         )
         self.gateway, self.credential = gateway, credential
         client = self.client = Client(cfg)
+        self._session_identities = [Identity(key, credential)]
         self._update_status()
         log.info("connecting to gateway %s (%s)", gateway.name, gateway.location)
         await client.start()
@@ -353,6 +359,19 @@ class ProviderModeClient:
         finally:
             await client.stop()
             self.client = None
+            self._keep_unshown(client)
+
+    def _keep_unshown(self, client: Client) -> None:
+        """Back to the stash with the identities of a session that never heard from its gateway.
+
+        The static key and the credential travel only in handshake message 3, written once the
+        gateway's response has been read; before that nothing of them has left this host, so an
+        attempt on a gateway that is down costs no identity (and no fetch).
+        """
+        if client.core.authenticated_rx == 0:
+            for identity in self._session_identities:
+                self.stash.add(identity)
+        self._session_identities = []
 
     async def supervise(self, client: Client) -> str:
         length = self.fetched.document.epoch_length if self.fetched else 86400
@@ -394,6 +413,7 @@ class ProviderModeClient:
             )
             return rotation_time(epoch + 1, length)
         client.rotate_identity(identity.key, identity.credential.encode())
+        self._session_identities.append(identity)
         self.credential = identity.credential
         self.rotations += 1
         log.info("new static key and credential (epoch %d); same session", identity.epoch)

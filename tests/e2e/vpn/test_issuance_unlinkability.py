@@ -66,6 +66,31 @@ def _log_times(path: Path, needle: str) -> list[float]:
     return times
 
 
+def _issuances(d: Deployment) -> list[Issuance]:
+    return [
+        Issuance(float(r["time"]), str(r["peer"]), int(r["epoch"]), base64.b64decode(str(r["blinded"])))
+        for r in _records(d.spy_records["provider"])
+        if r["path"] == "/v1/credential"
+    ]
+
+
+def _uses(record: Path) -> dict[bytes, Use]:
+    """By static key: the first time the gateway checked a credential for it (a rekey repeats it)."""
+    checked = [r for r in _records(record) if "refused" not in r]
+    assert checked, "the gateway checked no credential"
+    uses: dict[bytes, Use] = {}
+    for r in checked:
+        static = bytes.fromhex(str(r["static"]))
+        if static not in uses:
+            uses[static] = Use(float(r["time"]), BlindCredential.decode(bytes.fromhex(str(r["credential"]))))
+    return uses
+
+
+def _within(issuances: list[Issuance], t: float) -> list[Issuance]:
+    """The issuances in the ``LINK_WINDOW`` seconds before ``t``."""
+    return [i for i in issuances if t - LINK_WINDOW <= i.time <= t]
+
+
 def _encodings(data: bytes) -> list[bytes]:
     return [data, data.hex().encode(), base64.b64encode(data), base64.urlsafe_b64encode(data)]
 
@@ -107,18 +132,8 @@ def test_provider_cannot_link_issuance_to_rotation_by_address_timing_or_content(
     rotations = sum(int(s["identity_rotations"]) for s in statuses.values())
 
     # ---- what the adversary holds
-    issuances = [
-        Issuance(float(r["time"]), str(r["peer"]), int(r["epoch"]), base64.b64decode(str(r["blinded"])))
-        for r in _records(d.spy_records["provider"])
-        if r["path"] == "/v1/credential"
-    ]
-    checked = [r for r in _records(d.spy_records["gateway"]) if "refused" not in r]
-    assert checked, "the gateway checked no credential"
-    uses: dict[bytes, Use] = {}  # by static key: the first time the gateway saw it (a rekey repeats it)
-    for r in checked:
-        static = bytes.fromhex(str(r["static"]))
-        if static not in uses:
-            uses[static] = Use(float(r["time"]), BlindCredential.decode(bytes.fromhex(str(r["credential"]))))
+    issuances = _issuances(d)
+    uses = _uses(d.spy_records["gateway"])
     ordered = sorted(uses.values(), key=lambda u: u.time)
     assert len(ordered) == len(clients) + rotations, (len(ordered), rotations)
     bootstrap, later = ordered[: len(clients)], ordered[len(clients) :]
@@ -141,7 +156,7 @@ def test_provider_cannot_link_issuance_to_rotation_by_address_timing_or_content(
     # ---- by timing: the latest issuance shortly before a use is its likely source. That is so for
     # the bootstrap sessions (the attack works where the docs say it does) and for no rotation.
     def latest_before(t: float) -> Issuance | None:
-        earlier = [i for i in issuances if t - LINK_WINDOW <= i.time <= t]
+        earlier = _within(issuances, t)
         return max(earlier, key=lambda i: i.time) if earlier else None
 
     for use in bootstrap:
@@ -181,3 +196,66 @@ def test_provider_cannot_link_issuance_to_rotation_by_address_timing_or_content(
         assert status["direct_fetches"] == 1, (name, status)  # the bootstrap credential only
         assert status["identities_prefetched"] >= 1, (name, status)
         assert status["failovers"] == 0, (name, status)
+
+
+def test_a_failover_takes_a_stashed_identity_and_fetches_nothing(pdeploy: Deployment) -> None:
+    d = pdeploy
+    topo = d.topo
+    d.start_provider(
+        [
+            ("gateway", d.udp_port, d.tcp_port, "near", 0.0),
+            ("gw2", d.udp_port + 1, d.tcp_port + 1, "far", 0.0),
+        ],
+        epoch_length=EPOCH,
+        on_internet=True,
+        spy=True,
+        open_rate_per_minute=600,
+    )
+    d.start_gateway(spy=True, log_level="debug")
+    d.start_gateway(
+        "gw2",
+        spy=True,
+        log_level="debug",
+        udp_port=d.udp_port + 1,
+        tcp_port=d.tcp_port + 1,
+        tun_name=f"vgt{topo.tag}b",
+        pool_v4="10.202.0.0/16",
+        pool_v6="fd7a:202::/64",
+        dns=["10.202.0.1"],
+    )
+    d.make_provider_client("c1", failover_after=3.0)
+    d.start_client("c1")
+    first = d.wait_client("c1", timeout=20)["gateway"]
+    other = "gw2" if first == "gateway" else "gateway"
+    # The stash fills in priority order (the next epoch's rotation, then a spare usable now): with two
+    # identities in it, one is a spare to fail over with.
+    wait_for(
+        lambda: int(d.client_status("c1")["identities_stashed"]) >= 2,
+        2 * EPOCH + 5,
+        "a failover spare in the stash",
+        d.dir / "c1.log",
+    )
+    d.stop_gateway(first)
+    wait_for(
+        lambda: _status_or_empty(d).get("gateway") == other and bool(_status_or_empty(d).get("connected")),
+        30,
+        f"failover to {other}",
+        d.dir / "c1.log",
+    )
+    assert ping(topo, topo.client, netns.INTERNET_V4)
+    status = d.client_status("c1")
+    issuances = _issuances(d)
+    assert [i.peer for i in issuances if i.peer == netns.CLIENT_V4] == [netns.CLIENT_V4]  # bootstrap only
+    old_keys = set(_uses(d.spy_records[first]))
+    new_uses = _uses(d.spy_records[other])
+    assert len(new_uses) == 1 and not old_keys & set(new_uses)  # a new static key (and credential)
+    (use,) = new_uses.values()
+    assert _within(issuances, use.time) == [], "an issuance just before the new session"
+    assert status["failovers"] == 1 and status["direct_fetches"] == 1, status
+
+
+def _status_or_empty(d: Deployment) -> dict[str, object]:
+    try:
+        return d.client_status("c1")
+    except OSError:
+        return {}
