@@ -89,8 +89,10 @@ def run(demo: Demo, topo: Topology, work: Path) -> None:
 
     deploy = Deployment(topo, work / "vg")
     demo.step("provider service: signed provider document, blind credential issuance (RFC 9474)")
-    fingerprint = deploy.start_provider()
+    fingerprint = deploy.start_provider(on_internet=True)
     print(f"  provider at {deploy.provider_url}, certificate fingerprint {fingerprint[:16]}...")
+    print("  it sits behind the gateway's NAT: credentials fetched ahead through the tunnel reach it")
+    print("  from the gateway's address, not from the client's")
     print("  the client is configured with these two values only; it gets the gateway list and a")
     print("  credential for a fresh key from the provider, which signs blind and never sees that key")
     www = work / "www"

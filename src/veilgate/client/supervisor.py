@@ -4,11 +4,14 @@ It bootstraps from the signed provider document (cached, so a provider outage
 does not stop a client whose cached document and credential are still valid),
 picks the best gateway by measured handshake round-trip time and the
 document's load hints, obtains a blind credential for a fresh static key, and
-connects. At the start of each epoch it obtains a new credential for a new
-static key and re-handshakes under the new identity on the same session (the
-tunnel, its addresses and the TCP connections inside it stay up). When the
-gateway stops answering for ``failover_after`` seconds it moves to the next
-gateway.
+connects. That first credential is the only one fetched from the client's own
+address (besides a failover with nothing left in the stash): once the tunnel
+is up, identities for the coming epochs are fetched ahead, at random moments
+and through the tunnel (``veilgate.client.prefetch``). Early in each epoch the
+client takes a stashed identity and re-handshakes under it on the same session
+(the tunnel, its addresses and the TCP connections inside it stay up). When
+the gateway stops answering for ``failover_after`` seconds it moves to the
+next gateway, with another stashed identity.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import urllib.parse
 
 from veilgate.client.config import ClientConfig
 from veilgate.client.daemon import Client, SystemState
+from veilgate.client.prefetch import Identity, IdentityStash, fetch_time, quiet_margin, rotation_time
 from veilgate.credentials.epochs import BlindCredential, epoch_of
 from veilgate.netfilter import NftTable, kill_switch_rules_for
 from veilgate.protocol.cookie import CookieGenerator
@@ -103,6 +107,10 @@ class ProviderModeClient:
         self.credential: BlindCredential | None = None
         self.rotations = 0
         self.failovers = 0
+        self.stash = IdentityStash()
+        self._session_identities: list[Identity] = []
+        self.prefetched = 0
+        self.direct_fetches = 0
         self._stop = asyncio.Event()
         # The kill switch is the supervisor's, not each gateway connection's: it stays on from
         # the start through every failover, and lets out only the provider and the gateways.
@@ -138,7 +146,8 @@ class ProviderModeClient:
         return None
 
     async def new_identity(self, *, once: bool = False) -> tuple[KeyPair, BlindCredential] | None:
-        """A fresh static key and a blind credential for it, for the current epoch.
+        """A fresh static key and a blind credential for it, for the current epoch, fetched from this
+        host's own address: at bootstrap, and as the last resort of a new session with an empty stash.
 
         Retries with backoff until it succeeds, or, with ``once``, gives up after one attempt.
         """
@@ -161,6 +170,7 @@ class ProviderModeClient:
                     credential = await self.provider.obtain_credential(
                         epoch_key, key.public, self.config.provider_token
                     )
+                    self.direct_fetches += 1
                     return key, credential
                 except ProviderUnavailable as exc:
                     log.error("no new credential: %s; retrying in %.0f s", exc, delay)
@@ -171,6 +181,60 @@ class ProviderModeClient:
             await self._sleep(delay)
             delay = min(delay * 2, 60.0)
         return None
+
+    async def prefetch_identity(self, epoch: int, device: str) -> Identity | None:
+        """One identity for ``epoch``, fetched only through the tunnel device ``device``.
+
+        The document is refreshed the same way when it lacks that epoch's key. None on failure.
+        """
+        try:
+            fetched = self.fetched
+            if fetched is None or fetched.document.epoch_key(epoch) is None:
+                fetched = self.fetched = await self.provider.fetch_document(time.time(), device=device)
+                self._update_kill_switch()
+            epoch_key = fetched.document.epoch_key(epoch)
+            if epoch_key is None:
+                log.warning("prefetch: the provider document has no key for epoch %d yet", epoch)
+                return None
+            key = KeyPair.generate()
+            credential = await self.provider.obtain_credential(
+                epoch_key, key.public, self.config.provider_token, device=device
+            )
+        except ProviderUnavailable as exc:
+            log.warning("prefetch through the tunnel failed: %s; trying again later", exc)
+            return None
+        self.prefetched += 1
+        return Identity(key, credential)
+
+    async def _prefetch_loop(self, client: Client) -> None:
+        """Keep the stash filled: each fetch at its own random moment of the epoch's fetch window."""
+        while not self._stop.is_set():
+            length = self.fetched.document.epoch_length if self.fetched else 86400
+            now = time.time()
+            epoch = epoch_of(now, length)
+            self.stash.prune(epoch)
+            at = fetch_time(now, length) if self.stash.wanted(epoch) is not None else None
+            if at is None:  # the stash is full, or this epoch's window is over: plan again next epoch
+                await self._sleep((epoch + 1) * length - now + 0.1)
+                continue
+            await self._sleep(at - now)
+            if self._stop.is_set() or epoch_of(time.time(), length) != epoch:
+                continue
+            target = self.stash.wanted(epoch)
+            tun = client.tun
+            if target is None or tun is None or not client.core.connected or client.applied is None:
+                continue
+            identity = await self.prefetch_identity(target, tun.name)
+            if identity is not None:
+                self.stash.add(identity)
+                log.info("identity for epoch %d fetched ahead through the tunnel", identity.epoch)
+                self._update_status()
+
+    def _identity_for_new_session(self) -> Identity | None:
+        length = self.fetched.document.epoch_length if self.fetched else 86400
+        epoch = epoch_of(time.time(), length)
+        self.stash.prune(epoch)
+        return self.stash.take_usable(epoch)
 
     # ------------------------------------------------------------ kill switch
 
@@ -236,6 +300,7 @@ class ProviderModeClient:
         if fetched is None:
             return
         attempt = 0
+        failed: GatewayEntry | None = None
         while not self._stop.is_set():
             assert self.fetched is not None
             ranked = await rank_gateways(self.fetched.document.gateways)
@@ -246,15 +311,29 @@ class ProviderModeClient:
                     gw.location,
                     f"handshake RTT {rtt * 1000:.1f} ms" if rtt is not None else "no answer over UDP",
                 )
-            gateway = ranked[attempt % len(ranked)][0]
-            identity = await self.new_identity()
+            # The best gateway that answered, other than the one that just failed; else round robin.
+            answered = [gw for gw, rtt in ranked if rtt is not None and gw != failed]
+            gateway = answered[0] if answered else ranked[attempt % len(ranked)][0]
+            stashed = self._identity_for_new_session()
+            if stashed is not None:
+                identity: tuple[KeyPair, BlindCredential] | None = (stashed.key, stashed.credential)
+            else:
+                # Bootstrap, or a failover with nothing left in the stash: the only fetches from this
+                # host's own address (docs/credentials.md, section 9).
+                if self.direct_fetches:
+                    log.warning("no identity fetched ahead is left: fetching one directly")
+                identity = await self.new_identity()
             if identity is None:
                 break
             outcome = await self.connect(gateway, *identity)
             if outcome == "stop":
                 break
+            if outcome == "expired":
+                log.warning("the credential ran out and none was fetched ahead; new session")
+                continue
             self.failovers += 1
             attempt += 1
+            failed = gateway
             log.warning("gateway %s stopped answering; failing over", gateway.name)
             await self.document(required=False)
 
@@ -271,6 +350,7 @@ class ProviderModeClient:
         )
         self.gateway, self.credential = gateway, credential
         client = self.client = Client(cfg)
+        self._session_identities = [Identity(key, credential)]
         self._update_status()
         log.info("connecting to gateway %s (%s)", gateway.name, gateway.location)
         await client.start()
@@ -279,45 +359,80 @@ class ProviderModeClient:
         finally:
             await client.stop()
             self.client = None
+            self._keep_unshown(client)
+
+    def _keep_unshown(self, client: Client) -> None:
+        """Back to the stash with the identities of a session that never heard from its gateway.
+
+        The static key and the credential travel only in handshake message 3, written once the
+        gateway's response has been read; before that nothing of them has left this host, so an
+        attempt on a gateway that is down costs no identity (and no fetch).
+        """
+        if client.core.authenticated_rx == 0:
+            for identity in self._session_identities:
+                self.stash.add(identity)
+        self._session_identities = []
 
     async def supervise(self, client: Client) -> str:
         length = self.fetched.document.epoch_length if self.fetched else 86400
         renew_at = self._renewal_time(self.credential, length)
         started = time.monotonic()
-        renew_retry = 1.0
-        while not self._stop.is_set():
-            await self._sleep(0.5)
-            now = time.monotonic()
-            core = client.core
-            if core.unanswered_for(now) > self.config.failover_after or (
-                not core.connected and now - started > self.config.failover_after
-            ):
-                return "failover"
-            if time.time() >= renew_at:
-                identity = await self.new_identity(once=True)
-                if identity is None:
-                    # The tunnel keeps working on the current credential (valid to the end of the next
-                    # epoch); try again later without pausing the failover watch.
-                    renew_retry = min(renew_retry * 2, 300.0)
-                    renew_at = time.time() + renew_retry
-                    continue
-                renew_retry = 1.0
-                key, credential = identity
-                client.rotate_identity(key, credential.encode())
-                self.credential = credential
-                self.rotations += 1
-                log.info("new static key and credential (epoch %d); same session", credential.epoch)
-                renew_at = self._renewal_time(credential, length)
-                self._update_status()
-        return "stop"
+        prefetch = asyncio.ensure_future(self._prefetch_loop(client))
+        try:
+            while not self._stop.is_set():
+                await self._sleep(0.5)
+                failed = prefetch.exception() if prefetch.done() and not prefetch.cancelled() else None
+                if failed is not None:
+                    raise failed
+                now = time.monotonic()
+                core = client.core
+                if core.unanswered_for(now) > self.config.failover_after or (
+                    not core.connected and now - started > self.config.failover_after
+                ):
+                    return "failover"
+                if time.time() >= renew_at:
+                    renew_at = self.rotate(client, length)
+                if self.credential is not None and time.time() >= self._expiry(self.credential, length):
+                    return "expired"
+            return "stop"
+        finally:
+            prefetch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await prefetch
+
+    def rotate(self, client: Client, length: int) -> float:
+        """The rotation of this epoch, with a stashed identity (never a fetch); the next one's time."""
+        epoch = epoch_of(time.time(), length)
+        current = self.credential.epoch if self.credential is not None else epoch - 2
+        identity = self.stash.take(e for e in (epoch, epoch - 1) if e > current)
+        if identity is None:
+            # Nothing was fetched ahead (the provider was unreachable all through the last epoch's
+            # window). The current credential may still be valid; keep it, never fetch now.
+            log.warning(
+                "no identity fetched ahead for epoch %d; keeping the credential of epoch %d", epoch, current
+            )
+            return rotation_time(epoch + 1, length)
+        client.rotate_identity(identity.key, identity.credential.encode())
+        self._session_identities.append(identity)
+        self.credential = identity.credential
+        self.rotations += 1
+        log.info("new static key and credential (epoch %d); same session", identity.epoch)
+        self._update_status()
+        return rotation_time(epoch + 1, length)
 
     @staticmethod
     def _renewal_time(credential: BlindCredential | None, length: int) -> float:
-        """Early in the next epoch, at a random moment, so renewals do not line up across clients."""
+        """Early in the epoch after the credential's, at a random moment, so rotations do not line up
+        across clients (and no prefetch falls near them)."""
         if credential is None:
             return time.time()
-        jitter = secrets.randbelow(max(1, int(min(length / 4, 300) * 1000))) / 1000
-        return (credential.epoch + 1) * length + 1.0 + jitter
+        return rotation_time(credential.epoch + 1, length)
+
+    @staticmethod
+    def _expiry(credential: BlindCredential, length: int) -> float:
+        """When a gateway stops taking the credential (end of the next epoch), after the last moment
+        a rotation could take place."""
+        return (credential.epoch + 2) * length + 1.0 + quiet_margin(length)
 
     def _update_status(self) -> None:
         if self.client is not None:
@@ -326,6 +441,9 @@ class ProviderModeClient:
                 "credential_epoch": self.credential.epoch if self.credential else None,
                 "identity_rotations": self.rotations,
                 "failovers": self.failovers,
+                "identities_stashed": len(self.stash),
+                "identities_prefetched": self.prefetched,
+                "direct_fetches": self.direct_fetches,
             }
 
     async def _sleep(self, seconds: float) -> None:

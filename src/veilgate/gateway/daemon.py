@@ -587,6 +587,7 @@ class Gateway:
                 self.counters["rekeys"] += 1
                 if event.identity_rotated:
                     self.counters["identity-rotations"] += 1
+                    log.debug("session %d rotated its identity", event.session_id)
             elif isinstance(event, HandshakeRefused):
                 self.counters["refused-" + event.reason] += 1
                 log.warning("handshake refused: credential %s", event.reason)

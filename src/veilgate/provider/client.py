@@ -3,6 +3,10 @@
 Pinning: the configured fingerprint is the SHA-256 of the provider's TLS
 certificate (aiohttp checks it on every connection); the document must be
 signed by that certificate's Ed25519 key.
+
+Through the tunnel: with ``device``, every socket of the request is bound to
+that network device (``SO_BINDTODEVICE``), so the request leaves through the
+tunnel or not at all; it never falls back to another route.
 """
 
 from __future__ import annotations
@@ -13,8 +17,10 @@ import hashlib
 import json
 import logging
 import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 from cryptography import x509
@@ -56,10 +62,17 @@ class ProviderClient:
         self.cache_dir = cache_dir
         self.timeout = aiohttp.ClientTimeout(total=timeout)
 
-    async def fetch_document(self, now: float) -> FetchedDocument:
+    def _session(self, device: str | None) -> aiohttp.ClientSession:
+        if device is None:
+            return aiohttp.ClientSession(timeout=self.timeout)
+        connector = aiohttp.TCPConnector(socket_factory=_bound_to(device))
+        return aiohttp.ClientSession(timeout=self.timeout, connector=connector)
+
+    async def fetch_document(self, now: float, *, device: str | None = None) -> FetchedDocument:
+        """The signed document (saved to the cache); with ``device``, fetched only through that device."""
         try:
             async with (
-                aiohttp.ClientSession(timeout=self.timeout) as session,
+                self._session(device) as session,
                 session.get(f"{self.url}/v1/provider", ssl=self.pin) as resp,
             ):
                 if resp.status != 200:
@@ -91,8 +104,14 @@ class ProviderClient:
             return None
 
     async def obtain_credential(
-        self, epoch_key: EpochPublicKey, static_public: bytes, token: str | None = None
+        self,
+        epoch_key: EpochPublicKey,
+        static_public: bytes,
+        token: str | None = None,
+        *,
+        device: str | None = None,
     ) -> BlindCredential:
+        """A blind credential for ``static_public``; with ``device``, obtained only through that device."""
         request = CredentialRequest(epoch_key, static_public)
         body: dict[str, object] = {
             "epoch": epoch_key.epoch,
@@ -102,7 +121,7 @@ class ProviderClient:
             body["token"] = token
         try:
             async with (
-                aiohttp.ClientSession(timeout=self.timeout) as session,
+                self._session(device) as session,
                 session.post(f"{self.url}/v1/credential", json=body, ssl=self.pin) as resp,
             ):
                 answer = await resp.read()
@@ -149,6 +168,23 @@ class ProviderClient:
         tmp = self.cache_dir / "provider-document.json.tmp"
         tmp.write_bytes(fetched.envelope)
         os.replace(tmp, self.cache_dir / "provider-document.json")
+
+
+def _bound_to(device: str) -> Any:
+    """aiohttp's socket factory for sockets that can leave only by ``device``."""
+    name = device.encode()
+
+    def factory(addr_info: tuple[Any, ...]) -> socket.socket:
+        family, kind, proto = addr_info[0], addr_info[1], addr_info[2]
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, name)
+        except OSError:
+            sock.close()
+            raise
+        return sock
+
+    return factory
 
 
 def _sha256(data: bytes) -> bytes:

@@ -56,6 +56,8 @@ class Deployment:
         self.provider_url = ""
         self.provider_fingerprint: str | None = None
         self.provider_proc: subprocess.Popen[Any] | None = None
+        self.provider_on_internet = False
+        self.spy_records: dict[str, Path] = {}
         self.clients: dict[str, subprocess.Popen[Any]] = {}
         self.gateway_tun = f"vgt{topo.tag}"
 
@@ -90,6 +92,10 @@ class Deployment:
             "status_socket": str(self.gateway_sock(name)),
             "log_level": "info",
         }
+        if self.provider_on_internet:
+            # Through-the-tunnel traffic to the provider must reach it from the gateway's egress
+            # address, never from the client's tunnel address (docs/provider.md, "Deployment").
+            gw.update(nat=True, nat_interface=self.gateway_internet_interface)
         gw.update(overrides)
         cred: dict[str, object] = {"issuer_public_keys": [encode_key(self.issuer.public_key().to_bytes())]}
         if self.provider_fingerprint is not None:
@@ -99,15 +105,27 @@ class Deployment:
         path.write_text(_toml({"gateway": gw, "credentials": cred}))
         return path
 
-    def start_gateway(self, name: str = "gateway", **overrides: object) -> subprocess.Popen[Any]:
+    @property
+    def gateway_internet_interface(self) -> str:
+        """The gateway's interface toward the internet host."""
+        return f"vg{self.topo.tag}g1"
+
+    def start_gateway(
+        self, name: str = "gateway", *, spy: bool = False, **overrides: object
+    ) -> subprocess.Popen[Any]:
+        """Start gateway ``name``; with ``spy``, as ``veilgate.testing.spy`` records every credential it
+        checks to ``<name>-spy.jsonl`` (what a hostile provider could keep)."""
         config = self.gateway_config(name, **overrides)
         log = (self.dir / f"{name}.log").open("a")
+        command = ["veilgate", "gateway"]
+        if spy:
+            self.spy_records[name] = self.dir / f"{name}-spy.jsonl"
+            command = ["veilgate.testing.spy", "gateway", "--record", str(self.spy_records[name])]
         proc = self.topo.spawn(
             self.topo.gateway,
             sys.executable,
             "-m",
-            "veilgate",
-            "gateway",
+            *command,
             "--config",
             str(config),
             stdout=log,
@@ -135,15 +153,35 @@ class Deployment:
         epoch_length: int = 3600,
         access: str = "open",
         tokens: list[str] | None = None,
+        on_internet: bool = False,
+        spy: bool = False,
+        **overrides: object,
     ) -> str:
-        """The provider service in the gateway's namespace; returns its certificate fingerprint.
+        """The provider service; returns its certificate fingerprint.
 
         ``gateways``: (name, udp port, tcp port, location, load) of gateways started later with those names.
+        By default the provider listens on the gateway's address, in its namespace. With ``on_internet``
+        it runs on the internet host, behind the gateway, and gateways started afterwards NAT their
+        clients' traffic toward it (how a provider deploys it, docs/provider.md). With ``spy`` it runs as
+        ``veilgate.testing.spy`` and records every request to ``provider-spy.jsonl``.
+        ``overrides``: more ``[provider]`` settings.
         """
         gateways = gateways or [("gateway", self.udp_port, self.tcp_port, "here", 0.0)]
+        self.provider_on_internet = on_internet
+        if on_internet:
+            # A provider on the internet is reachable from the clients' own addresses (the bootstrap
+            # fetch): the internet host routes the underlay back through the gateway.
+            self.topo.ns_run(
+                self.topo.internet, "ip", "route", "add", "172.31.0.0/16", "via", netns.GATEWAY_I_V4
+            )
+            self.topo.ns_run(
+                self.topo.internet, "ip", "-6", "route", "add", "fd00:31::/32", "via", netns.GATEWAY_I_V6
+            )
+        host = netns.INTERNET_V4 if on_internet else netns.GATEWAY_V4
+        namespace = self.topo.internet if on_internet else self.topo.gateway
         provider: dict[str, object] = {
             "name": "veilgate test provider",
-            "listen": netns.GATEWAY_V4,
+            "listen": host,
             "port": self.provider_port,
             "state_dir": str(self.dir / "provider-state"),
             "epoch_length": epoch_length,
@@ -151,6 +189,7 @@ class Deployment:
             "rsa_bits": 2048,
             "log_level": "info",
         }
+        provider.update(overrides)
         if tokens is not None:
             (self.dir / "tokens.txt").write_text("\n".join(tokens) + "\n")
             provider["tokens_file"] = str(self.dir / "tokens.txt")
@@ -169,18 +208,20 @@ class Deployment:
         config = self.dir / "provider.toml"
         config.write_text("\n".join(lines))
         init = self.topo.ns_run(
-            self.topo.gateway, sys.executable, "-m", "veilgate", "provider", "init", "--config", str(config)
+            namespace, sys.executable, "-m", "veilgate", "provider", "init", "--config", str(config)
         )
         self.provider_fingerprint = init.stdout.strip()
-        self.provider_url = f"https://{netns.GATEWAY_V4}:{self.provider_port}"
+        self.provider_url = f"https://{host}:{self.provider_port}"
         log = (self.dir / "provider.log").open("a")
+        command = ["veilgate", "provider", "serve"]
+        if spy:
+            self.spy_records["provider"] = self.dir / "provider-spy.jsonl"
+            command = ["veilgate.testing.spy", "provider", "--record", str(self.spy_records["provider"])]
         self.provider_proc = self.topo.spawn(
-            self.topo.gateway,
+            namespace,
             sys.executable,
             "-m",
-            "veilgate",
-            "provider",
-            "serve",
+            *command,
             "--config",
             str(config),
             stdout=log,
