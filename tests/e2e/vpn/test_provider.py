@@ -99,23 +99,26 @@ def test_failover_when_the_chosen_gateway_stops(pdeploy: Deployment) -> None:
     d.make_provider_client("c1", failover_after=5.0)
     d.start_client("c1")
     status = d.wait_client("c1", timeout=20)
-    assert status["gateway"] == "gateway"
+    # Normally "gateway" (nearer, less loaded), but a loaded machine can time either probe
+    # slower: the failover is what is tested here, from whichever gateway was chosen.
+    first = status["gateway"]
+    other = "gw2" if first == "gateway" else "gateway"
     assert ping(topo, topo.client, netns.INTERNET_V4)
     t0 = time.monotonic()
-    d.stop_gateway("gateway")
+    d.stop_gateway(first)
     wait_for(
         lambda: (
             d.client_socket("c1").exists()
-            and _status_or_empty(d).get("gateway") == "gw2"
+            and _status_or_empty(d).get("gateway") == other
             and bool(_status_or_empty(d).get("connected"))
         ),
         40,
-        "failover to gw2",
+        f"failover to {other}",
         d.dir / "c1.log",
     )
     assert ping(topo, topo.client, netns.INTERNET_V4)
     assert time.monotonic() - t0 < 40
-    assert d.status(d.gateway_sock("gw2"))["sessions"] == 1
+    assert d.status(d.gateway_sock(other))["sessions"] == 1
 
 
 def test_kill_switch_holds_from_bootstrap_through_failover_until_the_client_stops(
