@@ -103,6 +103,8 @@ class ProviderModeClient:
         self.credential: BlindCredential | None = None
         self.rotations = 0
         self.failovers = 0
+        self.split_view = False
+        self._split_gateways: set[bytes] = set()  # public keys of gateways that showed a split view
         self._stop = asyncio.Event()
         # The kill switch is the supervisor's, not each gateway connection's: it stays on from
         # the start through every failover, and lets out only the provider and the gateways.
@@ -238,7 +240,14 @@ class ProviderModeClient:
         attempt = 0
         while not self._stop.is_set():
             assert self.fetched is not None
-            ranked = await rank_gateways(self.fetched.document.gateways)
+            candidates = tuple(
+                g for g in self.fetched.document.gateways if g.public_key not in self._split_gateways
+            )
+            if not candidates:
+                log.error("every gateway showed a split view of the epoch keys; not connecting")
+                await self._stop.wait()
+                break
+            ranked = await rank_gateways(candidates)
             for gw, rtt in ranked:
                 log.info(
                     "gateway %s (%s): %s",
@@ -255,7 +264,8 @@ class ProviderModeClient:
                 break
             self.failovers += 1
             attempt += 1
-            log.warning("gateway %s stopped answering; failing over", gateway.name)
+            if outcome == "failover":
+                log.warning("gateway %s stopped answering; failing over", gateway.name)
             await self.document(required=False)
 
     async def connect(self, gateway: GatewayEntry, key: KeyPair, credential: BlindCredential) -> str:
@@ -287,6 +297,8 @@ class ProviderModeClient:
         renew_retry = 1.0
         while not self._stop.is_set():
             await self._sleep(0.5)
+            if self._split_view_seen(client):
+                return "split-view"
             now = time.monotonic()
             core = client.core
             if core.unanswered_for(now) > self.config.failover_after or (
@@ -311,6 +323,31 @@ class ProviderModeClient:
                 self._update_status()
         return "stop"
 
+    def _split_view_seen(self, client: Client) -> bool:
+        """Compare the epoch keys the gateway accepts (CONFIG) with every epoch key this client has seen.
+
+        A different key for an epoch both know means the provider shows this
+        client (or this gateway) another view than others: per-user keys. The
+        gateway is dropped for good and the client fails over to another.
+        """
+        config = client.core.config
+        if config is None or not config.epoch_keys or self.gateway is None:
+            return False
+        known = self.provider.ledger.known
+        differing = sorted({e for e, key_id in config.epoch_keys if known.get(e, key_id) != key_id})
+        if not differing:
+            return False
+        log.error(
+            "split view: gateway %s accepts other issuer keys than the provider document gave this client "
+            "(epoch %s); the provider may be singling users out; not using this gateway",
+            self.gateway.name,
+            ", ".join(map(str, differing)),
+        )
+        self.split_view = True
+        self._split_gateways.add(self.gateway.public_key)
+        self._update_status()
+        return True
+
     @staticmethod
     def _renewal_time(credential: BlindCredential | None, length: int) -> float:
         """Early in the next epoch, at a random moment, so renewals do not line up across clients."""
@@ -326,6 +363,7 @@ class ProviderModeClient:
                 "credential_epoch": self.credential.epoch if self.credential else None,
                 "identity_rotations": self.rotations,
                 "failovers": self.failovers,
+                "split_view": self.split_view,
             }
 
     async def _sleep(self, seconds: float) -> None:

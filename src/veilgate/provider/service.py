@@ -38,7 +38,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import NameOID
 
 from veilgate.credentials.blindrsa import BlindRSAError, BlindRSAPrivateKey
-from veilgate.credentials.epochs import EpochKey, epoch_of, sign_blinded
+from veilgate.credentials.epochs import MIN_MODULUS_BITS, EpochKey, epoch_of, sign_blinded
 from veilgate.protocol.cookie import RateLimiter
 from veilgate.provider.config import ProviderConfig
 from veilgate.provider.document import ProviderDocument, sign_document
@@ -141,6 +141,8 @@ def init_identity(state_dir: Path) -> str:
 
 class ProviderService:
     def __init__(self, config: ProviderConfig, *, clock: Callable[[], float] = time.time) -> None:
+        if config.rsa_bits < MIN_MODULUS_BITS:
+            raise ValueError(f"rsa_bits {config.rsa_bits}: epoch keys need at least {MIN_MODULUS_BITS} bits")
         self.config = config
         self.clock = clock
         self.fingerprint = init_identity(config.state_dir)
