@@ -7,7 +7,9 @@ key on bytes the service cannot read (RFC 9474). The service keeps no record
 of what it signed; it logs counts and refusal reasons only. In ``token``
 access mode each invite token may obtain a bounded number of credentials per
 epoch (counted in memory); in ``open`` mode issuance is rate-limited per
-source address.
+source (an IPv4 address or an IPv6 /64) in a bounded table that forgets the
+least recently seen source. A request that is malformed or cannot be signed
+is refused before it costs a token use or a place in that table.
 
 Epoch keys live in the state folder (one RSA key per epoch): the current and
 the next epoch's keys exist at all times, and a key is deleted once its epoch
@@ -22,6 +24,7 @@ import binascii
 import contextlib
 import datetime
 import hashlib
+import ipaddress
 import json
 import logging
 import os
@@ -30,6 +33,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 from aiohttp import web
 from cryptography import x509
@@ -39,7 +43,7 @@ from cryptography.x509.oid import NameOID
 
 from veilgate.credentials.blindrsa import BlindRSAError, BlindRSAPrivateKey
 from veilgate.credentials.epochs import MIN_MODULUS_BITS, EpochKey, epoch_of, sign_blinded
-from veilgate.protocol.cookie import RateLimiter
+from veilgate.protocol.cookie import RateLimiter, source_prefix
 from veilgate.provider.config import ProviderConfig
 from veilgate.provider.document import ProviderDocument, sign_document
 
@@ -101,6 +105,19 @@ def parse_credential_request(body: bytes) -> tuple[int, bytes, str | None]:
         if len(token) > MAX_TOKEN_CHARS:
             raise RequestError("token is too long")
     return epoch, blinded, token
+
+
+class Refusal(NamedTuple):
+    status: int
+    reason: str
+
+
+def _source_key(remote: str | None) -> bytes:
+    """The open-mode limiter's key: the client's IPv4 address or IPv6 /64 (``source_prefix``)."""
+    try:
+        return source_prefix(ipaddress.ip_address(remote or "").packed)
+    except ValueError:
+        return b"?"  # not an IP peer (never for TCP): one shared budget
 
 
 def certificate_fingerprint(cert_pem: bytes) -> str:
@@ -220,25 +237,39 @@ class ProviderService:
         self.counters["documents"] += 1
         return web.Response(body=self.envelope, content_type="application/json")
 
-    async def handle_credential(self, request: web.Request) -> web.Response:
+    def admit(self, body: bytes, remote: str | None, now: float) -> tuple[EpochKey, bytes] | Refusal:
+        """Decide on a credential request: (epoch key, blinded message) to sign, or a Refusal.
+
+        Everything that is wrong with the request itself is refused before the
+        access check, so malformed or unsignable bodies never spend an invite
+        token's use nor take a place (or a token) in the open-mode rate limiter.
+        """
         try:
-            epoch, blinded, token = parse_credential_request(await request.read())
+            epoch, blinded, token = parse_credential_request(body)
         except RequestError as exc:
-            return self._refuse(400, f"malformed request: {exc.reason}")
+            return Refusal(400, f"malformed request: {exc.reason}")
         key = self.keys.get(epoch)
         if key is None or epoch < self._current:
-            return self._refuse(404, "no issuing key for that epoch")
+            return Refusal(404, "no issuing key for that epoch")
+        public = key.key.public
+        if len(blinded) != public.k_len or int.from_bytes(blinded, "big") >= public.n:
+            return Refusal(400, "blinded message is not one block below the epoch key's modulus")
         if self.config.access == "token":
-            if not isinstance(token, str) or token not in self.config.tokens:
-                return self._refuse(403, "invalid token")
+            if token is None or token not in self.config.tokens:
+                return Refusal(403, "invalid token")
             uses = self._token_uses.get((token, epoch), 0)
             if uses >= self.config.credentials_per_token_per_epoch:
-                return self._refuse(429, "token used up for this epoch")
+                return Refusal(429, "token used up for this epoch")
             self._token_uses[(token, epoch)] = uses + 1
-        else:
-            peer = request.remote or ""
-            if not self._ratelimit.allow(peer.encode(), self.clock()):
-                return self._refuse(429, "rate limited")
+        elif not self._ratelimit.allow(_source_key(remote), now):
+            return Refusal(429, "rate limited")
+        return key, blinded
+
+    async def handle_credential(self, request: web.Request) -> web.Response:
+        decision = self.admit(await request.read(), request.remote, self.clock())
+        if isinstance(decision, Refusal):
+            return self._refuse(decision.status, decision.reason)
+        key, blinded = decision
         try:
             blind_signature = await asyncio.get_running_loop().run_in_executor(
                 None, sign_blinded, key, blinded
