@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import ipaddress
 import json
 import logging
 import time
@@ -195,3 +196,37 @@ def test_split_view_via_the_config_tlv(tmp_path: Path, caplog: pytest.LogCapture
     [record] = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert "split view" in record.getMessage() and "epoch 7" in record.getMessage()
     assert mine.hex() not in record.getMessage() and "static" not in record.getMessage()
+
+
+def test_gateway_pushes_new_epoch_keys_to_live_sessions_keeping_their_addresses(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def scenario() -> None:
+        svc = make_service(tmp_path, 18593)
+        await svc.start()
+        try:
+            gw = Gateway(
+                GatewayConfig(
+                    private_key=KeyPair.generate().private_bytes(),
+                    issuer_public_keys=[],
+                    provider_url="https://127.0.0.1:18593",
+                    provider_fingerprint=svc.fingerprint,
+                )
+            )
+            old = TunnelConfig(ipv4=ipaddress.IPv4Interface("10.201.0.9/16"), mtu=1400)
+            session = SimpleNamespace(config=old)
+            monkeypatch.setitem(gw.core.sessions, 5, session)
+            pushed: list[tuple[int, TunnelConfig]] = []
+            monkeypatch.setattr(gw.core, "assign", lambda sid, config, now: pushed.append((sid, config)))
+            monkeypatch.setattr(gw, "_after_io", lambda now: None)
+            assert await gw._refresh_epochs()
+            [(sid, config)] = pushed
+            assert sid == 5 and config.ipv4 == old.ipv4 and config.mtu == 1400
+            assert config.epoch_keys == gw.epochs.epoch_keys() and len(config.epoch_keys) == len(svc.keys)
+            session.config = config
+            assert await gw._refresh_epochs()  # nothing new: nothing pushed
+            assert len(pushed) == 1
+        finally:
+            await svc.stop()
+
+    asyncio.run(scenario())

@@ -222,7 +222,11 @@ def test_split_view_is_detected_and_the_gateway_dropped(pdeploy: Deployment) -> 
     changed_epoch = int(epochs[-1].stem)
     epochs[-1].unlink()
     d.start_provider(gateways)
-    d.start_gateway(
+    d.make_provider_client("c1", failover_after=5.0)
+    d.start_client("c1")  # gw2 is not up yet: the client goes to the first gateway
+    log = d.dir / "c1.log"
+    wait_for(lambda: "split view:" in log.read_text(), 30, "the client to see the split view", log)
+    d.start_gateway(  # a gateway started now loads the same keys as the client
         "gw2",
         udp_port=d.udp_port + 1,
         tcp_port=d.tcp_port + 1,
@@ -231,9 +235,6 @@ def test_split_view_is_detected_and_the_gateway_dropped(pdeploy: Deployment) -> 
         pool_v6="fd7a:202::/64",
         dns=["10.202.0.1"],
     )
-    d.make_provider_client("c1", failover_after=5.0)
-    d.start_client("c1")
-    log = d.dir / "c1.log"
     wait_for(
         lambda: (
             d.client_socket("c1").exists()
