@@ -87,3 +87,39 @@ def test_a_signature_for_one_message_does_not_verify_another(key: BlindRSAPrivat
     sig = pub.finalize(key.blind_sign(blinded), state)
     assert not pub.verify(sig, pub.prepare(b"one"))
     assert not pub.verify(sig, prepared[:-1] + b"x")
+
+
+def test_private_operation_is_gmp_powmod_sec_with_fresh_blinded_exponents(
+    key: BlindRSAPrivateKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gmpy2  # noqa: PLC0415
+
+    calls: list[tuple[int, int]] = []
+    real = gmpy2.powmod_sec
+
+    def spy(base: object, exponent: object, modulus: object) -> object:
+        calls.append((int(exponent), int(modulus)))  # type: ignore[call-overload]
+        return real(base, exponent, modulus)
+
+    monkeypatch.setattr(gmpy2, "powmod_sec", spy)  # blindrsa looks it up on the module at each call
+    n, d = key.public.n, key.key.private_numbers().d
+    p, q = key._p, key._q
+    for m in (2, 12345, n - 2, 1 + n // 3):
+        assert key._rsasp1(m) == pow(m, d, n)
+    assert [mod for _, mod in calls] == [p, q] * 4
+    exps_p = [e for e, mod in calls if mod == p]
+    exps_q = [e for e, mod in calls if mod == q]
+    assert len(set(exps_p)) == 4 and len(set(exps_q)) == 4  # a fresh exponent every call
+    for e in exps_p:
+        assert e % (p - 1) == key._dp and e >= (1 << 63) * (p - 1)  # d_p + r (p-1), r of 64 bits
+    for e in exps_q:
+        assert e % (q - 1) == key._dq and e >= (1 << 63) * (q - 1)
+
+
+def test_a_faulty_private_operation_never_leaves(
+    key: BlindRSAPrivateKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    blinded, _ = key.public.blind(key.public.prepare(b"m"))
+    monkeypatch.setattr(key, "_rsasp1", lambda m: 12345)
+    with pytest.raises(BlindRSAError, match="own check"):
+        key.blind_sign(blinded)

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
+import random
+from collections.abc import Callable
+
+import gmpy2
 import pytest
 
 from veilgate.credentials import CredentialVerifier, IssuerKey, issue
-from veilgate.credentials.blindrsa import BlindRSAPrivateKey
+from veilgate.credentials.blindrsa import BlindingState, BlindRSAPrivateKey, BlindRSAPublicKey
 from veilgate.credentials.epochs import (
     AnyCredentialVerifier,
     BlindCredential,
@@ -103,29 +109,183 @@ def test_dispatch_by_alg(keys: dict[int, EpochKey]) -> None:
         any_v.verify(b"\x01\x09", STATIC, NOW)
 
 
-def test_every_pairing_of_issuance_and_credential_is_equally_consistent(keys: dict[int, EpochKey]) -> None:
-    """Unlinkability, shown: the issuer's transcript fits each credential equally well.
+# ---------------------------------------------------------------- unlinkability, attacked
 
-    The issuer sees (blinded message, blind signature) per request; the gateway later sees
-    credentials. For *every* pairing of a transcript i with a credential j there is a blinding
-    factor r with ``blinded_i = EM_j * r^e`` and ``blind_sig_i = sig_j * r`` (mod n), where EM_j is
-    the encoded message the signature opens to. So nothing in the two views says which request
-    produced which credential.
-    """
-    key = keys[EPOCH]
+SMALL_PRIMES = (3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37, 41, 43, 47, 53, 59, 61, 67, 71, 73, 79, 83, 89, 97)
+N_ISSUANCES = 8  # per trial: the issuer tries to tell which of 8 credentials came from which request
+TRIALS = 30
+
+
+class SeededSecrets:
+    """Stands in for ``secrets`` inside blindrsa so the whole experiment is reproducible."""
+
+    def __init__(self, seed: int) -> None:
+        self.rng = random.Random(seed)
+
+    def token_bytes(self, n: int) -> bytes:
+        return self.rng.randbytes(n)
+
+    def randbelow(self, n: int) -> int:
+        return self.rng.randrange(n)
+
+    def randbits(self, k: int) -> int:
+        return self.rng.getrandbits(k)
+
+
+@dataclasses.dataclass
+class IssuerView:
+    """Everything the issuer has for one request: what it received, what it answered, and when."""
+
+    order: int
+    blinded: int
+    blind_signature: int
+    features: tuple[int, ...] = ()  # per-request values worked out once (see _features)
+
+
+@dataclasses.dataclass
+class Seen:
+    """A credential as a gateway (pooling with the issuer) later sees it, in arrival order."""
+
+    signature: int
+    encoded: int  # signature^e mod n: the encoded message, public from the credential alone
+    credential: BlindCredential
+    features: tuple[int, ...] = ()
+    sig_inverse: int = 0  # signature^-1 mod n, computed once
+
+
+Strategy = Callable[[IssuerView, Seen, "Attack"], float]  # a score: lower is "more likely the same"
+
+
+@dataclasses.dataclass
+class Attack:
+    n: int
+    e: int
+    p: int
+    q: int
+    d: int
+
+
+def _features(a: Attack, first: int, second: int) -> tuple[int, ...]:
+    """Quadratic characters mod the issuer's primes p and q of (blinded, blind sig) or (encoded, sig),
+    computed once per item (the issuer's private operation needs no recomputing: blinded^d is the
+    blind signature and encoded^d the signature, which the "implied r" strategies use)."""
+    return (
+        int(gmpy2.legendre(first, a.p)),
+        int(gmpy2.legendre(first, a.q)),
+        int(gmpy2.legendre(second, a.p)),
+    )
+
+
+STRATEGIES: dict[str, Strategy] = {
+    # numeric closeness / equality of the blinded message and the encoded message
+    "blinded~encoded": lambda v, c, a: abs(v.blinded - c.encoded),
+    "blind-sig~sig": lambda v, c, a: abs(v.blind_signature - c.signature),
+    # bit patterns
+    "hamming(blinded, encoded)": lambda v, c, a: (v.blinded ^ c.encoded).bit_count(),
+    "hamming(blind-sig, sig)": lambda v, c, a: (v.blind_signature ^ c.signature).bit_count(),
+    "top-bits(blinded, encoded)": lambda v, c, a: abs(
+        (v.blinded >> (a.n.bit_length() - 16)) - (c.encoded >> (a.n.bit_length() - 16))
+    ),
+    "low-bits(blind-sig, sig)": lambda v, c, a: ((v.blind_signature ^ c.signature) & 0xFFFF).bit_count(),
+    # residues mod small primes, and quadratic character mod the issuer's own primes
+    "residues mod small primes": lambda v, c, a: (
+        -sum(
+            (v.blinded % s == c.encoded % s) + (v.blind_signature % s == c.signature % s)
+            for s in SMALL_PRIMES
+        )
+    ),
+    "legendre mod p, q": lambda v, c, a: -sum(x == y for x, y in zip(v.features, c.features, strict=True)),
+    # with the private key: the implied blinding factor r = blind_sig / sig; look for a "special" r
+    "implied r small": lambda v, c, a: v.blind_signature * c.sig_inverse % a.n,
+    "implied r low weight": lambda v, c, a: (v.blind_signature * c.sig_inverse % a.n).bit_count(),
+    "implied r short": lambda v, c, a: (
+        (v.blind_signature * c.sig_inverse % a.n).bit_length()
+        + (a.n - v.blind_signature * c.sig_inverse % a.n).bit_length()
+    ),
+    # timing order: the i-th request is the i-th credential to arrive
+    "arrival order": lambda v, c, a: 0.0,  # see _guess: ties go to the same position
+}
+
+
+def _guess(views: list[IssuerView], seen: list[Seen], strategy: Strategy, attack: Attack) -> list[int]:
+    """For each credential (by arrival position), the request the strategy thinks it came from."""
+    guesses = []
+    for position, cred in enumerate(seen):
+        scores = [(strategy(v, cred, attack), abs(v.order - position), v.order) for v in views]
+        guesses.append(min(scores)[2])
+    return guesses
+
+
+def _run_attack(key: EpochKey, seed: int) -> dict[str, int]:
+    """TRIALS rounds of N_ISSUANCES issuances; returns, per strategy, how many credentials it matched."""
     pub = key.key.public
-    n, e = pub.n, pub.e
-    transcripts: list[tuple[int, int]] = []
-    credentials: list[BlindCredential] = []
-    for static in (bytes([1]) * 32, bytes([2]) * 32):
-        request = CredentialRequest(key.public, static)
-        answer = sign_blinded(key, request.blinded)
-        transcripts.append((int.from_bytes(request.blinded, "big"), int.from_bytes(answer, "big")))
-        credentials.append(request.finalize(answer))
-    for blinded, blind_sig in transcripts:
-        for cred in credentials:
+    priv = key.key.key.private_numbers()
+    attack = Attack(pub.n, pub.e, priv.p, priv.q, priv.d)
+    shuffle = random.Random(seed)
+    wins = dict.fromkeys(STRATEGIES, 0)
+    for _ in range(TRIALS):
+        views, finals = [], []
+        for order in range(N_ISSUANCES):
+            request = CredentialRequest(key.public, shuffle.randbytes(32))
+            answer = sign_blinded(key, request.blinded)
+            z, bs = int.from_bytes(request.blinded, "big"), int.from_bytes(answer, "big")
+            views.append(IssuerView(order, z, bs, _features(attack, z, bs)))
+            finals.append((order, request.finalize(answer)))
+        shuffle.shuffle(finals)  # the credentials arrive at gateways in an order unrelated to issuance
+        truth = [order for order, _ in finals]
+        seen = []
+        for _, cred in finals:
             sig = int.from_bytes(cred.signature, "big")
-            encoded = pow(sig, e, n)  # what the signature opens to: public, from the credential alone
-            r = blind_sig * pow(sig, -1, n) % n
-            assert encoded * pow(r, e, n) % n == blinded
-            assert sig * r % n == blind_sig
+            encoded = pow(sig, pub.e, pub.n)
+            inverse = int(gmpy2.invert(sig, pub.n))
+            seen.append(Seen(sig, encoded, cred, _features(attack, encoded, sig), inverse))
+        for name, strategy in STRATEGIES.items():
+            guesses = _guess(views, seen, strategy, attack)
+            wins[name] += sum(g == t for g, t in zip(guesses, truth, strict=True))
+    return wins
+
+
+def _chance_bound(trials: int, p: float, alpha: float = 1e-6) -> int:
+    """The smallest c with P(Binomial(trials, p) >= c) < alpha: more wins than that is not chance."""
+    tail = 0.0
+    for c in range(trials, -1, -1):
+        tail += math.comb(trials, c) * p**c * (1 - p) ** (trials - c)
+        if tail >= alpha:
+            return c + 1
+    return 0
+
+
+BOUND = _chance_bound(TRIALS * N_ISSUANCES, 1 / N_ISSUANCES)
+
+
+def test_the_issuer_cannot_match_its_issuances_to_credentials(
+    keys: dict[int, EpochKey], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Unlinkability, attacked: the issuer's whole view (blinded messages, blind signatures, their order,
+    its private key) against the credentials a gateway later sees; no strategy beats guessing."""
+    monkeypatch.setattr("veilgate.credentials.blindrsa.secrets", SeededSecrets(20261130))
+    wins = _run_attack(keys[EPOCH], seed=7)
+    expected = TRIALS  # TRIALS * N_ISSUANCES guesses, each right with probability 1/N_ISSUANCES
+    assert 2 * expected > BOUND
+    beaten = {name: w for name, w in wins.items() if w >= BOUND}
+    assert not beaten, f"strategies better than chance ({expected} expected, bound {BOUND}): {beaten}"
+
+
+def test_the_attack_wins_when_blinding_is_disabled(
+    keys: dict[int, EpochKey], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The attacker is competent: with the blinding factor r = 1 the same strategies link everything."""
+    monkeypatch.setattr("veilgate.credentials.blindrsa.secrets", SeededSecrets(20261130))
+    real_blind = BlindRSAPublicKey.blind
+
+    def unblinded(
+        self: BlindRSAPublicKey, prepared: bytes, *, salt: bytes | None = None, inv: int | None = None
+    ) -> tuple[bytes, BlindingState]:
+        return real_blind(self, prepared, salt=salt, inv=1)
+
+    monkeypatch.setattr(BlindRSAPublicKey, "blind", unblinded)
+    wins = _run_attack(keys[EPOCH], seed=7)
+    total = TRIALS * N_ISSUANCES
+    for name in ("blinded~encoded", "blind-sig~sig", "hamming(blinded, encoded)", "implied r small"):
+        assert wins[name] == total, (name, wins[name])
+    assert sum(w >= BOUND for w in wins.values()) >= 6

@@ -111,6 +111,8 @@ class ProviderModeClient:
         self._session_identities: list[Identity] = []
         self.prefetched = 0
         self.direct_fetches = 0
+        self.split_view = False
+        self._split_gateways: set[bytes] = set()  # public keys of gateways that showed a split view
         self._stop = asyncio.Event()
         # The kill switch is the supervisor's, not each gateway connection's: it stays on from
         # the start through every failover, and lets out only the provider and the gateways.
@@ -303,7 +305,14 @@ class ProviderModeClient:
         failed: GatewayEntry | None = None
         while not self._stop.is_set():
             assert self.fetched is not None
-            ranked = await rank_gateways(self.fetched.document.gateways)
+            candidates = tuple(
+                g for g in self.fetched.document.gateways if g.public_key not in self._split_gateways
+            )
+            if not candidates:
+                log.error("every gateway showed a split view of the epoch keys; not connecting")
+                await self._stop.wait()
+                break
+            ranked = await rank_gateways(candidates)
             for gw, rtt in ranked:
                 log.info(
                     "gateway %s (%s): %s",
@@ -334,7 +343,8 @@ class ProviderModeClient:
             self.failovers += 1
             attempt += 1
             failed = gateway
-            log.warning("gateway %s stopped answering; failing over", gateway.name)
+            if outcome == "failover":
+                log.warning("gateway %s stopped answering; failing over", gateway.name)
             await self.document(required=False)
 
     async def connect(self, gateway: GatewayEntry, key: KeyPair, credential: BlindCredential) -> str:
@@ -384,6 +394,8 @@ class ProviderModeClient:
                 failed = prefetch.exception() if prefetch.done() and not prefetch.cancelled() else None
                 if failed is not None:
                     raise failed
+                if self._split_view_seen(client):
+                    return "split-view"
                 now = time.monotonic()
                 core = client.core
                 if core.unanswered_for(now) > self.config.failover_after or (
@@ -420,6 +432,31 @@ class ProviderModeClient:
         self._update_status()
         return rotation_time(epoch + 1, length)
 
+    def _split_view_seen(self, client: Client) -> bool:
+        """Compare the epoch keys the gateway accepts (CONFIG) with every epoch key this client has seen.
+
+        A different key for an epoch both know means the provider shows this
+        client (or this gateway) another view than others: per-user keys. The
+        gateway is dropped for good and the client fails over to another.
+        """
+        config = client.core.config
+        if config is None or not config.epoch_keys or self.gateway is None:
+            return False
+        known = self.provider.ledger.known
+        differing = sorted({e for e, key_id in config.epoch_keys if known.get(e, key_id) != key_id})
+        if not differing:
+            return False
+        log.error(
+            "split view: gateway %s accepts other issuer keys than the provider document gave this client "
+            "(epoch %s); the provider may be singling users out; not using this gateway",
+            self.gateway.name,
+            ", ".join(map(str, differing)),
+        )
+        self.split_view = True
+        self._split_gateways.add(self.gateway.public_key)
+        self._update_status()
+        return True
+
     @staticmethod
     def _renewal_time(credential: BlindCredential | None, length: int) -> float:
         """Early in the epoch after the credential's, at a random moment, so rotations do not line up
@@ -444,6 +481,7 @@ class ProviderModeClient:
                 "identities_stashed": len(self.stash),
                 "identities_prefetched": self.prefetched,
                 "direct_fetches": self.direct_fetches,
+                "split_view": self.split_view,
             }
 
     async def _sleep(self, seconds: float) -> None:

@@ -17,10 +17,24 @@ The randomized variant is chosen (RFC 9474, section 5): the client prepends 32
 random bytes to its message, so the issuer cannot steer what it signs into a
 chosen format and two requests for the same message look unrelated.
 
-Side channels (RFC 9474, section 7.1): ``blind_sign`` blinds its input with a
-fresh random factor before the private-key exponentiation, so its timing does
-not depend on the (attacker-chosen) blinded message, and checks its result
-against the public key before returning it (no faulty signature leaves).
+Side channels (RFC 9474, section 7.1). The issuer's private-key operation
+runs on inputs chosen by whoever asks (in the open access mode: anyone), so
+its timing must not leak the key:
+
+- Python's ``pow`` on ints is a sliding-window exponentiation whose sequence
+  of squarings and multiplications follows the exponent's bits, and CPython's
+  bignum arithmetic is not constant-time. The private exponentiations use
+  GMP's ``mpz_powm_sec`` (``gmpy2.powmod_sec``), made for exactly this:
+  its time and memory access pattern depend only on the operand sizes.
+- CRT with **exponent blinding**: each call uses ``d_p + r1 (p-1)`` and
+  ``d_q + r2 (q-1)`` with fresh 64-bit random ``r1, r2`` (the same result, by
+  Fermat), so no two operations use the same exponent and statistics over
+  many timings (or power traces) do not add up to the key.
+- **Base blinding**: the input is multiplied by ``b^e`` for a fresh random
+  ``b`` and the result by ``b^-1``, so the exponentiation never sees the
+  attacker-chosen value itself.
+- The result is checked against the public key before it leaves (a fault
+  during CRT would otherwise hand out a signature that factors the modulus).
 """
 
 from __future__ import annotations
@@ -31,6 +45,7 @@ import secrets
 from dataclasses import dataclass
 from typing import Final
 
+import gmpy2
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
@@ -47,6 +62,7 @@ HASH_LEN: Final = 48
 SALT_LEN: Final = 48
 PREFIX_LEN: Final = 32
 DEFAULT_BITS: Final = 3072
+EXPONENT_BLINDING_BITS: Final = 64
 _PSS = padding.PSS(mgf=padding.MGF1(hashes.SHA384()), salt_length=SALT_LEN)
 
 
@@ -195,10 +211,14 @@ class BlindRSAPrivateKey:
         return self.key.private_bytes(Encoding.DER, PrivateFormat.PKCS8, NoEncryption())
 
     def _rsasp1(self, m: int) -> int:
-        # CRT exponentiation (RFC 8017, 5.1.2 ii).
-        s1 = pow(m, self._dp, self._p)
-        s2 = pow(m, self._dq, self._q)
-        return s2 + self._q * ((s1 - s2) * self._qinv % self._p)
+        """RSASP1 by CRT (RFC 8017, 5.1.2 ii) with blinded exponents and GMP's constant-time powm."""
+        p, q = self._p, self._q
+        # Fresh, nonzero blinding factors each call; (p-1) | r (p-1), so m^(d_p + r (p-1)) = m^d_p mod p.
+        r1 = secrets.randbits(EXPONENT_BLINDING_BITS) | 1 << (EXPONENT_BLINDING_BITS - 1)
+        r2 = secrets.randbits(EXPONENT_BLINDING_BITS) | 1 << (EXPONENT_BLINDING_BITS - 1)
+        s1 = gmpy2.powmod_sec(gmpy2.mpz(m % p), gmpy2.mpz(self._dp + r1 * (p - 1)), gmpy2.mpz(p))
+        s2 = gmpy2.powmod_sec(gmpy2.mpz(m % q), gmpy2.mpz(self._dq + r2 * (q - 1)), gmpy2.mpz(q))
+        return int(s2 + q * ((s1 - s2) * self._qinv % p))
 
     def blind_sign(self, blinded_msg: bytes) -> bytes:
         """RFC 9474 BlindSign, with base blinding against timing and a check against faults."""

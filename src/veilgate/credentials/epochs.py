@@ -28,7 +28,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final
 
-from veilgate.credentials.blindrsa import BlindingState, BlindRSAPrivateKey, BlindRSAPublicKey
+from veilgate.credentials.blindrsa import BlindingState, BlindRSAError, BlindRSAPrivateKey, BlindRSAPublicKey
 from veilgate.protocol.errors import CredentialError
 
 VERSION: Final = 1
@@ -37,6 +37,8 @@ DEFAULT_EPOCH_LENGTH: Final = 86400
 CONTEXT: Final = b"veilgate blind credential v1\x00"
 KEY_ID_CONTEXT: Final = b"veilgate epoch key id v1"
 _HEAD = struct.Struct("!BB8sQ32s32sH")
+MIN_MODULUS_BITS: Final = 2048
+PUBLIC_EXPONENT: Final = 65537
 
 
 def epoch_key_id(public_der: bytes) -> bytes:
@@ -58,9 +60,86 @@ class EpochPublicKey:
     epoch: int
     key: BlindRSAPublicKey
 
+    def __post_init__(self) -> None:
+        check_epoch_key(self.key)
+
     @property
     def key_id(self) -> bytes:
         return epoch_key_id(self.key.to_der())
+
+
+def check_epoch_key(key: BlindRSAPublicKey) -> None:
+    """Refuse weak issuer keys: a modulus under 2048 bits, or a public exponent other than 65537.
+
+    A small modulus can be factored (then anyone mints credentials); an odd
+    exponent is no use to an honest issuer and only widens what clients must trust.
+    """
+    if key.k_bits < MIN_MODULUS_BITS:
+        raise BlindRSAError(f"epoch key modulus of {key.k_bits} bits (at least {MIN_MODULUS_BITS} required)")
+    if key.e != PUBLIC_EXPONENT:
+        raise BlindRSAError(f"epoch key public exponent {key.e} (only {PUBLIC_EXPONENT} is accepted)")
+
+
+class EpochKeyChanged(ValueError):  # noqa: N818 - a refusal the caller reports
+    """The provider published another key for an epoch whose key was already seen."""
+
+
+class EpochKeyLedger:
+    """Every epoch key seen (epoch -> key id): one key per epoch, for everyone.
+
+    A provider that gave each client its own epoch key could tell who holds a
+    credential by the key that signed it. Clients and gateways therefore
+    accept one key per epoch and remember it: a document with another key for
+    a known epoch is refused. The ledger does no I/O; a client keeps it on
+    disk beside its cached document (``to_json``/``from_json``) so a restart
+    does not forget, a gateway keeps it in memory only.
+    """
+
+    KEEP_EPOCHS: Final = 4096
+
+    def __init__(self, known: dict[int, bytes] | None = None) -> None:
+        self.known: dict[int, bytes] = dict(known or {})
+
+    def conflicts(self, keys: Iterable[EpochPublicKey]) -> list[int]:
+        """Epochs whose key differs from the one already seen (no change is made)."""
+        return sorted(k.epoch for k in keys if self.known.get(k.epoch, k.key_id) != k.key_id)
+
+    def record(self, keys: Iterable[EpochPublicKey]) -> bool:
+        """Check, then remember the keys; True if any was new.
+
+        Raises EpochKeyChanged (and remembers nothing) if a key differs from one seen before.
+        """
+        keys = list(keys)
+        changed = self.conflicts(keys)
+        if changed:
+            raise EpochKeyChanged(
+                "the provider published another key for epoch "
+                + ", ".join(str(e) for e in changed)
+                + " than the one seen before: an issuer that can tell users apart by key; document refused"
+            )
+        new = {k.epoch: k.key_id for k in keys if k.epoch not in self.known}
+        if not new:
+            return False
+        self.known.update(new)
+        newest = max(self.known)
+        self.known = {e: k for e, k in self.known.items() if e > newest - self.KEEP_EPOCHS}
+        return True
+
+    def to_json(self) -> dict[str, object]:
+        return {"epochs": {str(e): k.hex() for e, k in sorted(self.known.items())}}
+
+    @classmethod
+    def from_json(cls, data: object) -> EpochKeyLedger:
+        """Raises ValueError on anything but what ``to_json`` writes."""
+        epochs = data.get("epochs") if isinstance(data, dict) else None
+        if not isinstance(epochs, dict):
+            raise ValueError("no epochs table")
+        known: dict[int, bytes] = {}
+        for e, k in epochs.items():
+            if not isinstance(k, str) or len(k) != 16:
+                raise ValueError(f"bad key id for epoch {e}")
+            known[int(e)] = bytes.fromhex(k)
+        return cls(known)
 
 
 @dataclass(frozen=True)
@@ -143,7 +222,14 @@ class EpochVerifier:
         self.update(keys)
 
     def update(self, keys: Iterable[EpochPublicKey]) -> None:
+        keys = list(keys)
+        if len({k.epoch for k in keys}) != len(keys):
+            raise ValueError("more than one key for an epoch")
         self._keys = {k.key_id: k for k in keys}
+
+    def epoch_keys(self) -> tuple[tuple[int, bytes], ...]:
+        """The (epoch, key id) pairs accepted, oldest first (sent to clients for split-view detection)."""
+        return tuple(sorted((k.epoch, k.key_id) for k in self._keys.values()))
 
     def verify(self, data: bytes, static_public: bytes, now: float) -> BlindCredential:
         cred = BlindCredential.decode(data)
@@ -193,8 +279,11 @@ __all__ = [
     "BlindCredential",
     "CredentialRequest",
     "EpochKey",
+    "EpochKeyChanged",
+    "EpochKeyLedger",
     "EpochPublicKey",
     "EpochVerifier",
+    "check_epoch_key",
     "epoch_of",
     "sign_blinded",
 ]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import errno
 import ipaddress
 import json
@@ -39,7 +40,7 @@ from veilgate.protocol.crypto import KeyPair
 from veilgate.protocol.events import HandshakeRefused, SessionEnded, SessionEstablished, SessionRekeyed
 from veilgate.protocol.gateway import GatewayProtocol, Session
 from veilgate.protocol.keypair import CompiledKeypair
-from veilgate.provider.client import ProviderClient, ProviderUnavailable
+from veilgate.provider.client import ProviderClient, ProviderInconsistent, ProviderUnavailable
 from veilgate.transport import loop as event_loop
 from veilgate.transport.loop import QUIET_GAP, add_compiled_reader, add_data_reader, remove_data_reader
 from veilgate.transport.tcp import FramedConnection, serve_tcp
@@ -255,15 +256,34 @@ class Gateway:
         assert self.provider is not None
         try:
             fetched = await self.provider.fetch_document(time.time())
+        except ProviderInconsistent:
+            # Logged as an error by the provider client; the keys seen before stay in force.
+            self.counters["provider-inconsistent"] += 1
+            return False
         except ProviderUnavailable as exc:
             self.counters["provider-unreachable"] += 1
             log.warning("provider document not refreshed: %s", exc)
             return False
         doc = fetched.document
+        before = self.epochs.epoch_keys()
         self.epochs.epoch_length = doc.epoch_length
         self.epochs.update(doc.epochs)
         log.info("issuer epoch keys loaded: epochs %s", ", ".join(str(e.epoch) for e in doc.epochs))
+        if self.epochs.epoch_keys() != before:
+            self._push_epoch_keys()
         return True
+
+    def _push_epoch_keys(self) -> None:
+        """Send live sessions the epoch keys now accepted (same addresses, a new CONFIG)."""
+        now = self.clock()
+        keys = self.epochs.epoch_keys()
+        pushed = 0
+        for session_id, session in list(self.core.sessions.items()):
+            if session.config is not None and session.config.epoch_keys != keys:
+                self.core.assign(session_id, dataclasses.replace(session.config, epoch_keys=keys), now)
+                pushed += 1
+        if pushed:
+            self._after_io(now)
 
     async def _provider_loop(self, ok: bool) -> None:
         """Refresh after each epoch starts (new keys) and at least every 5 minutes; retry with backoff."""
@@ -613,6 +633,7 @@ class Gateway:
             mtu=cfg.mtu,
             lease=cfg.lease,
             keepalive=10,
+            epoch_keys=self.epochs.epoch_keys(),
         )
         session.extra["addresses"] = (v4, v6)
         self.routes[v4.packed] = session

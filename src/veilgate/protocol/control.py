@@ -41,6 +41,9 @@ TLV_ROUTE: Final = 4  # 4+1 or 16+1 bytes, repeatable
 TLV_MTU: Final = 5  # u16
 TLV_LEASE: Final = 6  # u32 seconds
 TLV_KEEPALIVE: Final = 7  # u16 seconds
+TLV_EPOCH_KEYS: Final = 8  # (epoch u64, key id 8 bytes) pairs, 1 to 15 per TLV, repeatable
+_EPOCH_KEY = struct.Struct("!Q8s")
+_EPOCH_KEYS_PER_TLV: Final = 255 // _EPOCH_KEY.size
 
 _HDR = struct.Struct("!BBH")
 
@@ -61,6 +64,8 @@ class TunnelConfig:
     mtu: int = 1420
     lease: int = 0
     keepalive: int = 0
+    epoch_keys: tuple[tuple[int, bytes], ...] = ()
+    """The blind-credential epoch keys the gateway accepts, as (epoch, key id): split-view detection."""
     unknown_tags: tuple[int, ...] = field(default=(), compare=False)
 
     def encode_body(self) -> bytes:
@@ -77,6 +82,10 @@ class TunnelConfig:
         out += bytes((TLV_MTU, 2)) + struct.pack("!H", self.mtu)
         out += bytes((TLV_LEASE, 4)) + struct.pack("!I", self.lease)
         out += bytes((TLV_KEEPALIVE, 2)) + struct.pack("!H", self.keepalive)
+        for i in range(0, len(self.epoch_keys), _EPOCH_KEYS_PER_TLV):
+            chunk = self.epoch_keys[i : i + _EPOCH_KEYS_PER_TLV]
+            out += bytes((TLV_EPOCH_KEYS, _EPOCH_KEY.size * len(chunk)))
+            out += b"".join(_EPOCH_KEY.pack(epoch, key_id) for epoch, key_id in chunk)
         return bytes(out)
 
     @classmethod
@@ -86,6 +95,7 @@ class TunnelConfig:
         dns: list[IPAddress] = []
         routes: list[IPNetwork] = []
         mtu, lease, keepalive = 1420, 0, 0
+        epoch_keys: list[tuple[int, bytes]] = []
         unknown: list[int] = []
         pos = 0
         try:
@@ -120,11 +130,16 @@ class TunnelConfig:
                 elif tag == TLV_KEEPALIVE:
                     _need(length == 2)
                     keepalive = struct.unpack("!H", value)[0]
+                elif tag == TLV_EPOCH_KEYS:
+                    _need(length > 0 and length % _EPOCH_KEY.size == 0)
+                    epoch_keys.extend(_EPOCH_KEY.iter_unpack(value))
                 else:
                     unknown.append(tag)
         except ValueError as exc:  # ipaddress refuses bad prefixes or host bits
             raise RemoteProtocolError(f"bad value in config: {exc}", "control") from exc
-        return cls(ipv4, ipv6, tuple(dns), tuple(routes), mtu, lease, keepalive, tuple(unknown))
+        return cls(
+            ipv4, ipv6, tuple(dns), tuple(routes), mtu, lease, keepalive, tuple(epoch_keys), tuple(unknown)
+        )
 
 
 def _need(ok: bool) -> None:

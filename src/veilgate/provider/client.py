@@ -26,14 +26,27 @@ import aiohttp
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from veilgate.credentials.epochs import BlindCredential, CredentialRequest, EpochPublicKey
+from veilgate.credentials.epochs import (
+    BlindCredential,
+    CredentialRequest,
+    EpochKeyChanged,
+    EpochKeyLedger,
+    EpochPublicKey,
+)
 from veilgate.provider.document import DocumentError, ProviderDocument, envelope_certificate, open_document
 
 log = logging.getLogger("veilgate.provider")
 
 
+LEDGER_FILE = "epoch-keys.json"
+
+
 class ProviderUnavailable(Exception):  # noqa: N818 - a condition the caller reports, not a bug
     """The provider could not be reached or refused; the message says what is wrong."""
+
+
+class ProviderInconsistent(ProviderUnavailable):
+    """The provider's document contradicts an epoch key seen before (a possible per-user key)."""
 
 
 @dataclass(frozen=True)
@@ -61,6 +74,8 @@ class ProviderClient:
         self.pin = aiohttp.Fingerprint(_fingerprint(fingerprint))
         self.cache_dir = cache_dir
         self.timeout = aiohttp.ClientTimeout(total=timeout)
+        # Every epoch key seen: on disk next to the cached document for a client, in memory otherwise.
+        self.ledger = self._load_ledger()
 
     def _session(self, device: str | None) -> aiohttp.ClientSession:
         if device is None:
@@ -87,8 +102,35 @@ class ProviderClient:
                 f"cannot reach the provider at {self.url}: {exc or type(exc).__name__}"
             ) from None
         fetched = self._open(envelope, now)
+        self._check_keys(fetched)
         self._save(fetched)
         return fetched
+
+    def _check_keys(self, fetched: FetchedDocument) -> None:
+        try:
+            new = self.ledger.record(fetched.document.epochs)
+        except EpochKeyChanged as exc:
+            log.error("%s", exc)
+            raise ProviderInconsistent(str(exc)) from None
+        if new and self.cache_dir is not None:
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            path = self.cache_dir / LEDGER_FILE
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text(json.dumps(self.ledger.to_json(), indent=1) + "\n")
+            os.replace(tmp, path)
+
+    def _load_ledger(self) -> EpochKeyLedger:
+        if self.cache_dir is None:
+            return EpochKeyLedger()
+        path = self.cache_dir / LEDGER_FILE
+        try:
+            return EpochKeyLedger.from_json(json.loads(path.read_bytes()))
+        except FileNotFoundError:
+            return EpochKeyLedger()
+        except (OSError, ValueError) as exc:
+            # Refusing to start for good would be worse: report it, start afresh, protect from now on.
+            log.error("the record of epoch keys seen (%s) is unreadable and starts afresh: %s", path, exc)
+            return EpochKeyLedger()
 
     def cached_document(self, now: float) -> FetchedDocument | None:
         """The last fetched document, if still valid."""
@@ -99,9 +141,11 @@ class ProviderClient:
         except OSError:
             return None
         try:
-            return self._open(envelope, now)
+            fetched = self._open(envelope, now)
+            self._check_keys(fetched)
         except (DocumentError, ProviderUnavailable):
             return None
+        return fetched
 
     async def obtain_credential(
         self,

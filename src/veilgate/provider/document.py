@@ -26,7 +26,7 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from veilgate.credentials.blindrsa import BlindRSAPublicKey
+from veilgate.credentials.blindrsa import BlindRSAError, BlindRSAPublicKey
 from veilgate.credentials.epochs import EpochPublicKey
 
 
@@ -106,18 +106,22 @@ class ProviderDocument:
             d = json.loads(data)
             if d.get("version") != 1:
                 raise DocumentError(f"provider document version {d.get('version')!r} not supported")
+            epochs = tuple(_epoch_key(e) for e in d["epochs"])
+            seen: set[int] = set()
+            for e in epochs:
+                if e.epoch in seen:
+                    # One key per epoch for everyone: several would let the issuer tell users apart.
+                    raise DocumentError(
+                        f"the provider document has more than one key for epoch {e.epoch}; refused"
+                    )
+                seen.add(e.epoch)
             return cls(
                 str(d["provider"]),
                 int(d["issued_at"]),
                 int(d["valid_until"]),
                 int(d["epoch_length"]),
                 tuple(GatewayEntry.from_json(g) for g in d["gateways"]),
-                tuple(
-                    EpochPublicKey(
-                        int(e["epoch"]), BlindRSAPublicKey.from_der(base64.b64decode(e["public_key"]))
-                    )
-                    for e in d["epochs"]
-                ),
+                epochs,
                 str(d.get("access", "open")),
             )
         except (KeyError, TypeError, ValueError, binascii.Error) as exc:
@@ -130,6 +134,15 @@ class ProviderDocument:
             if e.epoch == epoch:
                 return e
         return None
+
+
+def _epoch_key(e: dict[str, Any]) -> EpochPublicKey:
+    epoch = int(e["epoch"])
+    key = BlindRSAPublicKey.from_der(base64.b64decode(e["public_key"]))
+    try:
+        return EpochPublicKey(epoch, key)
+    except BlindRSAError as exc:
+        raise DocumentError(f"the provider document's key for epoch {epoch} is refused: {exc}") from None
 
 
 def sign_document(doc: ProviderDocument, key: Ed25519PrivateKey, certificate: bytes) -> bytes:

@@ -7,7 +7,9 @@ key on bytes the service cannot read (RFC 9474). The service keeps no record
 of what it signed; it logs counts and refusal reasons only. In ``token``
 access mode each invite token may obtain a bounded number of credentials per
 epoch (counted in memory); in ``open`` mode issuance is rate-limited per
-source address.
+source (an IPv4 address or an IPv6 /64) in a bounded table that forgets the
+least recently seen source. A request that is malformed or cannot be signed
+is refused before it costs a token use or a place in that table.
 
 Epoch keys live in the state folder (one RSA key per epoch): the current and
 the next epoch's keys exist at all times, and a key is deleted once its epoch
@@ -22,6 +24,8 @@ import binascii
 import contextlib
 import datetime
 import hashlib
+import ipaddress
+import json
 import logging
 import os
 import ssl
@@ -29,6 +33,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 from aiohttp import web
 from cryptography import x509
@@ -37,12 +42,82 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import NameOID
 
 from veilgate.credentials.blindrsa import BlindRSAError, BlindRSAPrivateKey
-from veilgate.credentials.epochs import EpochKey, epoch_of, sign_blinded
-from veilgate.protocol.cookie import RateLimiter
+from veilgate.credentials.epochs import MIN_MODULUS_BITS, EpochKey, epoch_of, sign_blinded
+from veilgate.protocol.cookie import RateLimiter, source_prefix
 from veilgate.provider.config import ProviderConfig
 from veilgate.provider.document import ProviderDocument, sign_document
 
 log = logging.getLogger("veilgate.provider")
+
+
+# Bounds on a credential request: an epoch is a u64 (the credential's wire
+# format), a blinded message is one RSA block (at most 4096 bits here; 8192
+# leaves room), a token is a short line from the tokens file.
+MAX_EPOCH = 2**64 - 1
+MAX_BLINDED_BYTES = 1024
+MAX_TOKEN_CHARS = 1024
+
+
+class RequestError(ValueError):
+    """A malformed credential request; ``reason`` says briefly what is wrong."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def parse_credential_request(body: bytes) -> tuple[int, bytes, str | None]:
+    """Parse the body of ``POST /v1/credential`` into (epoch, blinded message, token or None).
+
+    Pure and total: any input either parses or raises RequestError (never
+    anything else), so the handler and a fuzzer can feed it arbitrary bytes.
+    """
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):  # ValueError covers JSONDecodeError, UnicodeDecodeError, huge ints
+        raise RequestError("not JSON") from None
+    if not isinstance(data, dict):
+        raise RequestError("not a JSON object")
+    epoch = data.get("epoch")
+    if epoch is None:
+        raise RequestError("missing epoch")
+    if type(epoch) is not int:  # bool is an int subclass; floats are refused too
+        raise RequestError("epoch is not an integer")
+    if not 0 <= epoch <= MAX_EPOCH:
+        raise RequestError("epoch out of range")
+    text = data.get("blinded")
+    if text is None:
+        raise RequestError("missing blinded")
+    if not isinstance(text, str):
+        raise RequestError("blinded is not a string")
+    if len(text) > (MAX_BLINDED_BYTES + 2) // 3 * 4:
+        raise RequestError("blinded is too long")
+    try:
+        blinded = base64.b64decode(text.encode("ascii"), validate=True)
+    except (UnicodeEncodeError, binascii.Error):
+        raise RequestError("blinded is not base64") from None
+    if not blinded:
+        raise RequestError("blinded is empty")
+    token = data.get("token")
+    if token is not None:
+        if not isinstance(token, str):
+            raise RequestError("token is not a string")
+        if len(token) > MAX_TOKEN_CHARS:
+            raise RequestError("token is too long")
+    return epoch, blinded, token
+
+
+class Refusal(NamedTuple):
+    status: int
+    reason: str
+
+
+def _source_key(remote: str | None) -> bytes:
+    """The open-mode limiter's key: the client's IPv4 address or IPv6 /64 (``source_prefix``)."""
+    try:
+        return source_prefix(ipaddress.ip_address(remote or "").packed)
+    except ValueError:
+        return b"?"  # not an IP peer (never for TCP): one shared budget
 
 
 def certificate_fingerprint(cert_pem: bytes) -> str:
@@ -83,6 +158,8 @@ def init_identity(state_dir: Path) -> str:
 
 class ProviderService:
     def __init__(self, config: ProviderConfig, *, clock: Callable[[], float] = time.time) -> None:
+        if config.rsa_bits < MIN_MODULUS_BITS:
+            raise ValueError(f"rsa_bits {config.rsa_bits}: epoch keys need at least {MIN_MODULUS_BITS} bits")
         self.config = config
         self.clock = clock
         self.fingerprint = init_identity(config.state_dir)
@@ -160,28 +237,39 @@ class ProviderService:
         self.counters["documents"] += 1
         return web.Response(body=self.envelope, content_type="application/json")
 
-    async def handle_credential(self, request: web.Request) -> web.Response:
+    def admit(self, body: bytes, remote: str | None, now: float) -> tuple[EpochKey, bytes] | Refusal:
+        """Decide on a credential request: (epoch key, blinded message) to sign, or a Refusal.
+
+        Everything that is wrong with the request itself is refused before the
+        access check, so malformed or unsignable bodies never spend an invite
+        token's use nor take a place (or a token) in the open-mode rate limiter.
+        """
         try:
-            body = await request.json()
-            epoch = int(body["epoch"])
-            blinded = base64.b64decode(body["blinded"], validate=True)
-            token = body.get("token")
-        except (ValueError, KeyError, TypeError, binascii.Error):
-            return self._refuse(400, "malformed request")
+            epoch, blinded, token = parse_credential_request(body)
+        except RequestError as exc:
+            return Refusal(400, f"malformed request: {exc.reason}")
         key = self.keys.get(epoch)
         if key is None or epoch < self._current:
-            return self._refuse(404, "no issuing key for that epoch")
+            return Refusal(404, "no issuing key for that epoch")
+        public = key.key.public
+        if len(blinded) != public.k_len or int.from_bytes(blinded, "big") >= public.n:
+            return Refusal(400, "blinded message is not one block below the epoch key's modulus")
         if self.config.access == "token":
-            if not isinstance(token, str) or token not in self.config.tokens:
-                return self._refuse(403, "invalid token")
+            if token is None or token not in self.config.tokens:
+                return Refusal(403, "invalid token")
             uses = self._token_uses.get((token, epoch), 0)
             if uses >= self.config.credentials_per_token_per_epoch:
-                return self._refuse(429, "token used up for this epoch")
+                return Refusal(429, "token used up for this epoch")
             self._token_uses[(token, epoch)] = uses + 1
-        else:
-            peer = request.remote or ""
-            if not self._ratelimit.allow(peer.encode(), self.clock()):
-                return self._refuse(429, "rate limited")
+        elif not self._ratelimit.allow(_source_key(remote), now):
+            return Refusal(429, "rate limited")
+        return key, blinded
+
+    async def handle_credential(self, request: web.Request) -> web.Response:
+        decision = self.admit(await request.read(), request.remote, self.clock())
+        if isinstance(decision, Refusal):
+            return self._refuse(decision.status, decision.reason)
+        key, blinded = decision
         try:
             blind_signature = await asyncio.get_running_loop().run_in_executor(
                 None, sign_blinded, key, blinded

@@ -37,6 +37,7 @@ def test_client_with_only_the_provider_url_connects(
     d.start_client("c1")
     status = d.wait_client("c1", timeout=20)
     assert status["gateway"] == "gateway" and status["credential_epoch"] is not None
+    assert status["split_view"] is False  # the gateway's CONFIG carried the same epoch keys
     assert ping(d.topo, d.topo.client, netns.INTERNET_V4)
     d.topo.ns_run(d.topo.client, "curl", "-sS", "--fail", "-o", str(tmp_path / "f"), web.url4, timeout=70)
     assert hashlib.sha256((tmp_path / "f").read_bytes()).hexdigest() == web.sha256
@@ -197,3 +198,62 @@ def test_issuer_and_gateway_records_cannot_link_issuance_to_connection(pdeploy: 
     log = (d.dir / "provider.log").read_text()
     assert "credential request refused" not in log
     assert "172.31.1.2" not in log and "172.31.5.2" not in log
+
+
+def test_split_view_is_detected_and_the_gateway_dropped(pdeploy: Deployment) -> None:
+    """The provider shows the first gateway one key for the next epoch and everyone after it another:
+    that gateway keeps the key it saw (refusing the change), the client sees the difference in the
+    gateway's CONFIG, says so, and moves to a gateway that agrees with it."""
+    d = pdeploy
+    topo = d.topo
+    topo.ns_run(topo.internet, "ip", "route", "add", "10.202.0.0/16", "via", netns.GATEWAY_I_V4)
+    gateways = [
+        ("gateway", d.udp_port, d.tcp_port, "near", 0.0),
+        ("gw2", d.udp_port + 1, d.tcp_port + 1, "far", 0.9),
+    ]
+    d.start_provider(gateways)
+    d.start_gateway()
+    wait_for(
+        lambda: "issuer epoch keys loaded" in (d.dir / "gateway.log").read_text(),
+        15,
+        "the first gateway to load the epoch keys",
+        d.dir / "gateway.log",
+    )
+    # The provider re-keys the next epoch (same identity, same fingerprint).
+    d.stop_provider()
+    epochs = sorted((d.dir / "provider-state" / "epochs").glob("*.der"), key=lambda p: int(p.stem))
+    changed_epoch = int(epochs[-1].stem)
+    epochs[-1].unlink()
+    d.start_provider(gateways)
+    d.make_provider_client("c1", failover_after=5.0)
+    d.start_client("c1")  # gw2 is not up yet: the client goes to the first gateway
+    log = d.dir / "c1.log"
+    wait_for(lambda: "split view:" in log.read_text(), 30, "the client to see the split view", log)
+    d.start_gateway(  # a gateway started now loads the same keys as the client
+        "gw2",
+        udp_port=d.udp_port + 1,
+        tcp_port=d.tcp_port + 1,
+        tun_name=f"vgt{topo.tag}b",
+        pool_v4="10.202.0.0/16",
+        pool_v6="fd7a:202::/64",
+        dns=["10.202.0.1"],
+    )
+    wait_for(
+        lambda: (
+            d.client_socket("c1").exists()
+            and _status_or_empty(d).get("gateway") == "gw2"
+            and bool(_status_or_empty(d).get("connected"))
+        ),
+        40,
+        "the client to leave the split-view gateway for gw2",
+        log,
+    )
+    status = d.client_status("c1")
+    assert status["split_view"] is True
+    text = log.read_text()
+    assert "split view: gateway gateway accepts other issuer keys" in text
+    assert f"(epoch {changed_epoch})" in text
+    assert ping(topo, topo.client, netns.INTERNET_V4)
+    assert d.status(d.gateway_sock("gw2"))["sessions"] == 1
+    # Nothing in the first gateway's log names the client.
+    assert netns.CLIENT_V4 not in (d.dir / "gateway.log").read_text()
