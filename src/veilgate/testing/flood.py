@@ -284,12 +284,14 @@ class FloodRun:
         *,
         handshakes: int = 256,
         indices: int = 16,
+        sources: Sequence[str] | None = None,
     ) -> None:
+        """``sources``: the host's addresses to send from (default all of them)."""
         cmd = [sys.executable, "-m", "veilgate.testing.flood", "send"]
         cmd += ["--gateway", f"{gateway[0]}:{gateway[1]}", "--public-key", encode_key(gateway_public)]
         cmd += ["--rate", repr(rate), "--duration", repr(duration)]
         cmd += ["--handshakes", str(handshakes), "--indices", str(indices)]
-        for source in host.sources:
+        for source in host.sources if sources is None else sources:
             cmd += ["--source", source]
         self.topo = topo
         self.proc = topo.spawn(host.ns, *cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
