@@ -2,8 +2,9 @@
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
-# gcc, python3-dev and libssl-dev build the optional compiled data path (src/veilgate/fastpath).
-DEB_PACKAGES := iproute2 nftables iperf3 iputils-ping curl python3-venv gcc python3-dev libssl-dev
+# gcc, python3-dev and libssl-dev build the optional compiled data path (src/veilgate/fastpath);
+# conntrack lets the roaming test flush the router's connection tracking.
+DEB_PACKAGES := iproute2 nftables conntrack iperf3 iputils-ping curl python3-venv gcc python3-dev libssl-dev
 STAMP_DEB := $(VENV)/.deb-stamp
 STAMP_PY := $(VENV)/.py-stamp
 
@@ -11,7 +12,7 @@ STAMP_PY := $(VENV)/.py-stamp
 
 deps: $(STAMP_DEB) $(STAMP_PY)
 
-$(STAMP_DEB):
+$(STAMP_DEB): Makefile
 	@bash scripts/install-debian-packages.sh $(DEB_PACKAGES)
 	@mkdir -p $(VENV) && touch $@
 

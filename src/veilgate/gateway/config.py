@@ -44,6 +44,7 @@ class GatewayConfig:
     status_socket: Path = Path(DEFAULT_STATUS_SOCKET)
     log_level: str = "info"
     max_tcp_connections: int = 4096
+    max_sessions_per_credential: int = 1
     provider_url: str | None = None
     provider_fingerprint: str | None = None
 
@@ -81,6 +82,7 @@ def load_gateway_config(path: str | Path) -> GatewayConfig:
         status_socket=gw.path_value("status_socket", DEFAULT_STATUS_SOCKET),
         log_level=gw.choice("log_level", ("debug", "info", "warning", "error"), "info"),
         max_tcp_connections=gw.get_int("max_tcp_connections", 4096, low=1, high=1_000_000),
+        max_sessions_per_credential=gw.get_int("max_sessions_per_credential", 1, low=1, high=64),
     )
     if cfg.listen6 == "":
         cfg.listen6 = None

@@ -70,8 +70,7 @@ class UdpEndpoint:
         return hash(self.addr)
 
     def cookie_bytes(self) -> bytes:
-        host, port = self.addr
-        return ipaddress.ip_address(host.split("%")[0]).packed + int(port).to_bytes(2, "big")
+        return _address_bytes(self.addr)
 
     def send(self, data: bytes) -> None:
         self.tx.send(data, self.addr)
@@ -92,8 +91,7 @@ class TcpEndpoint:
         self.flush_list = flush_list
 
     def cookie_bytes(self) -> bytes:
-        host, port = self.conn.peer[:2]
-        return ipaddress.ip_address(host.split("%")[0]).packed + int(port).to_bytes(2, "big")
+        return _address_bytes(self.conn.peer)
 
     def send(self, data: bytes) -> None:
         self.conn.send(data)
@@ -107,6 +105,17 @@ class TcpEndpoint:
 Endpoint = UdpEndpoint | TcpEndpoint
 
 
+def _address_bytes(addr: tuple[Any, ...]) -> bytes:
+    """The packed IP address and the port (big-endian) of a socket address: what cookies bind to.
+
+    On every handshake initiation, also under a flood, so ``inet_pton`` rather than ``ipaddress``.
+    """
+    host, port = str(addr[0]), int(addr[1])
+    if ":" in host:
+        return socket.inet_pton(socket.AF_INET6, host.partition("%")[0]) + port.to_bytes(2, "big")
+    return socket.inet_pton(socket.AF_INET, host) + port.to_bytes(2, "big")
+
+
 class Gateway:
     def __init__(self, config: GatewayConfig, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config
@@ -116,7 +125,11 @@ class Gateway:
         )
         self.epochs = EpochVerifier([], DEFAULT_EPOCH_LENGTH, max_skew=config.max_skew)
         verifier = AnyCredentialVerifier(ed25519, self.epochs)
-        self.core = GatewayProtocol(KeyPair.from_private_bytes(config.private_key), _WallClockCheck(verifier))
+        self.core = GatewayProtocol(
+            KeyPair.from_private_bytes(config.private_key),
+            _WallClockCheck(verifier),
+            max_sessions_per_credential=config.max_sessions_per_credential,
+        )
         self.provider = (
             ProviderClient(config.provider_url, config.provider_fingerprint or "")
             if config.provider_url

@@ -196,6 +196,8 @@ class ClientProtocol:
         try:
             msg_type = messages.message_type(data)
             if msg_type == messages.TYPE_TRANSPORT:
+                if len(data) < messages.TRANSPORT_MIN_LEN:
+                    raise RemoteProtocolError("transport message shorter than its header and tag", "length")
                 return self._receive_transport(data, now)
             if msg_type == messages.TYPE_HANDSHAKE_RESP:
                 self._receive_response(messages.HandshakeResp.decode(data), now)
@@ -435,7 +437,7 @@ class ClientProtocol:
             self._receive_control(control.decode_control(plaintext))
             return None
         length = control.ip_packet_length(plaintext)
-        if length < 0 or length > len(plaintext):
+        if length < 0:
             raise RemoteProtocolError("payload is not an IP packet", "not-ip")
         self.rx_bytes += length
         return plaintext[:length] if length != len(plaintext) else plaintext

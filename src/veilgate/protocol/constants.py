@@ -32,6 +32,9 @@ CONFIRM_RETRY: Final = 1.0
 
 PENDING_HANDSHAKE_TIMEOUT: Final = 10.0
 MAX_PENDING_HANDSHAKES: Final = 4096
+MAX_CREDENTIAL_KEYS: Final = 8
+"""A session stays bound to the credentials of this many of its latest static keys (one per rotation,
+so about a week of daily epochs); older credentials have long expired and cannot open a session."""
 COOKIE_SECRET_LIFETIME: Final = 120.0
 COOKIE_NONCE_LEN: Final = 24
 UNDER_LOAD_INITS_PER_SECOND: Final = 512

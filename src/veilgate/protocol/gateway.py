@@ -9,9 +9,14 @@ to send. The core never raises for bad input from the network: it drops the
 datagram and counts the reason in ``counters``.
 
 Between messages 2 and 3 the gateway keeps a bounded, expiring table of
-pending handshakes. Under load (too many initiations per second, or the
-pending table full) it answers initiations without a valid mac2 with a cookie
-reply, and rate-limits initiations per source.
+pending handshakes (``veilgate.protocol.pending``). Under load (too many
+initiations per second, or the table an eighth full) it answers initiations
+without a valid mac2 with a cookie reply, rate-limits the others per source
+IP (IPv6 per /64), and always finds them a slot.
+
+A credential is bound to the sessions it opened: at most
+``max_sessions_per_credential`` live sessions (default 1) hold a given static
+key, and a rotation to a key another live session holds is refused.
 """
 
 from __future__ import annotations
@@ -21,19 +26,21 @@ import hashlib
 import heapq
 import itertools
 import secrets
+import struct
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from veilgate.protocol import control, messages
 from veilgate.protocol.constants import (
+    MAX_CREDENTIAL_KEYS,
     MAX_PENDING_HANDSHAKES,
     PASSIVE_KEEPALIVE,
     PENDING_HANDSHAKE_TIMEOUT,
     REJECT_AFTER_TIME,
     UNDER_LOAD_INITS_PER_SECOND,
 )
-from veilgate.protocol.cookie import CookieChecker, RateLimiter, source_prefix
+from veilgate.protocol.cookie import ZERO_MAC, CookieChecker, RateLimiter, source_prefix
 from veilgate.protocol.crypto import KeyPair
 from veilgate.protocol.errors import CredentialError, LocalProtocolError, RemoteProtocolError
 from veilgate.protocol.events import (
@@ -45,9 +52,13 @@ from veilgate.protocol.events import (
 )
 from veilgate.protocol.handshake import ResponderHandshake
 from veilgate.protocol.keypair import Keypair, new_keypair
+from veilgate.protocol.pending import PendingHandshakes
 
 _INF = float("inf")
 _unpack_transport = messages.unpack_transport_header
+_ip_packet_length = control.ip_packet_length
+_U32 = struct.Struct("<I")
+INIT_MAC2_OFFSET = messages.INIT_MAC2_OFFSET
 
 
 class Endpoint(Hashable, Protocol):
@@ -89,6 +100,8 @@ class Session:
     tx_bytes: int = 0
     rx_packets: int = 0
     tx_packets: int = 0
+    credential_keys: list[bytes] = field(default_factory=list)
+    """The static keys (each certified by a credential) this session authenticated with, oldest first."""
     extra: dict[str, object] = field(default_factory=dict)
 
 
@@ -101,23 +114,28 @@ class GatewayProtocol:
         under_load_rate: int = UNDER_LOAD_INITS_PER_SECOND,
         max_pending: int = MAX_PENDING_HANDSHAKES,
         passive_keepalive: float = PASSIVE_KEEPALIVE,
+        max_sessions_per_credential: int = 1,
         random_index: Callable[[], int] = lambda: secrets.randbits(32),
     ) -> None:
+        if max_sessions_per_credential < 1:
+            raise LocalProtocolError("max_sessions_per_credential must be at least 1")
         self.static = static
         self.public = static.public
         self.credentials = credentials
         self.under_load_rate = under_load_rate
         self.max_pending = max_pending
         self.passive_keepalive = passive_keepalive
+        self.max_sessions_per_credential = max_sessions_per_credential
         self.force_under_load = False
         self.counters: collections.Counter[str] = collections.Counter()
         self.sessions: dict[int, Session] = {}
         self._random_index = random_index
         self._cookies = CookieChecker(self.public)
         self._ratelimit = RateLimiter()
-        self._pending: dict[int, ResponderHandshake] = {}
+        self._pending = PendingHandshakes(max_pending)
         self._keypairs: dict[int, Keypair] = {}
-        self._by_static: dict[bytes, Session] = {}
+        self._by_credential: dict[bytes, list[Session]] = {}
+        """Static key -> the live sessions that authenticated with it (and so with its credential)."""
         self._by_resume: dict[bytes, Session] = {}
         self._session_ids = itertools.count(1)
         self._timers: list[tuple[float, int, int, object]] = []
@@ -144,7 +162,7 @@ class GatewayProtocol:
         return len(self._pending)
 
     def under_load(self, now: float) -> bool:
-        if self.force_under_load or len(self._pending) >= self.max_pending:
+        if self.force_under_load or len(self._pending) >= self._pending.load_threshold:
             return True
         if now - self._init_window_start >= 1.0:
             return False
@@ -186,8 +204,8 @@ class GatewayProtocol:
         for kp in (session.current, session.previous):
             if kp is not None:
                 self._keypairs.pop(kp.local_index, None)
-        if self._by_static.get(session.static_public) is session:
-            del self._by_static[session.static_public]
+        for key in session.credential_keys:
+            self._unbind(key, session)
         if self._by_resume.get(session.resume_token) is session:
             del self._by_resume[session.resume_token]
         session.current = session.previous = None
@@ -207,6 +225,8 @@ class GatewayProtocol:
                 self._receive_init(data, endpoint, now)
             elif msg_type == messages.TYPE_HANDSHAKE_FINAL:
                 self._receive_final(messages.HandshakeFinal.decode(data), data, endpoint, now)
+            elif msg_type == messages.TYPE_TRANSPORT:
+                raise RemoteProtocolError("transport message shorter than its header and tag", "length")
             else:
                 raise RemoteProtocolError("message type not for a gateway", "type")
         except RemoteProtocolError as exc:
@@ -266,7 +286,7 @@ class GatewayProtocol:
                 assert isinstance(ref, int)
                 pending = self._pending.get(ref)
                 if pending is not None and now - pending.created >= PENDING_HANDSHAKE_TIMEOUT:
-                    del self._pending[ref]
+                    self._pending.pop(ref)
                     self.counters["pending-expired"] += 1
             else:
                 assert isinstance(ref, Session)
@@ -277,26 +297,33 @@ class GatewayProtocol:
     # ------------------------------------------------------------ handshakes
 
     def _receive_init(self, data: bytes, endpoint: Endpoint, now: float) -> None:
-        init = messages.HandshakeInit.decode(data)
+        # Cheapest first: under a flood, most of these end in a cookie reply (docs/protocol.md 6).
+        if len(data) != messages.INIT_LEN:
+            raise RemoteProtocolError(f"message 1 has a bad length {len(data)}", "length")
         if not self._cookies.check_mac1(data):
             raise RemoteProtocolError("bad mac1", "mac1")
         if now - self._init_window_start >= 1.0:
             self._init_window_start = now
             self._init_count = 0
         self._init_count += 1
+        source = endpoint.cookie_bytes()
+        # A valid mac2 proves the sender receives at its source address (it got our cookie there).
+        proven = data[INIT_MAC2_OFFSET:] != ZERO_MAC and self._cookies.check_mac2(data, source, now)
         if self.under_load(now):
-            source = endpoint.cookie_bytes()
-            if not self._cookies.check_mac2(data, source, now):
-                self._out.append((self._cookies.make_reply(data, init.sender, source, now), endpoint))
+            if not proven:
+                sender = _U32.unpack_from(data, 4)[0]
+                self._out.append((self._cookies.make_reply(data, sender, source, now), endpoint))
                 self.counters["cookie-sent"] += 1
                 return
             if not self._ratelimit.allow(source_prefix(source[:-2]), now):
                 raise RemoteProtocolError("initiation rate limit", "ratelimit")
         if len(self._pending) >= self.max_pending:
-            raise RemoteProtocolError("pending handshake table full", "pending-full")
+            if not proven:
+                raise RemoteProtocolError("pending handshake table full", "pending-full")
+            self.counters["pending-evicted"] += 1
         index = self._new_index()
-        hs = ResponderHandshake(self.static, init, index, now, endpoint)
-        self._pending[index] = hs
+        hs = ResponderHandshake(self.static, messages.HandshakeInit.decode(data), index, now, endpoint)
+        self._pending.add(hs, proven)
         heapq.heappush(self._timers, (now + PENDING_HANDSHAKE_TIMEOUT, next(self._seq), 0, index))
         self._out.append((hs.write_response(), endpoint))
         self.counters["handshake-responses"] += 1
@@ -318,24 +345,36 @@ class GatewayProtocol:
                 self._confirm(kp.owner, kp, now)
                 return
             raise RemoteProtocolError("message 3 for no pending handshake", "unknown-index")
-        payload, result = hs.read_final(final)  # a failure leaves the pending handshake for a retry
-        del self._pending[final.receiver]
+        payload, result = hs.read_final(final)  # on a copy: a failure leaves the pending handshake
+        self._pending.pop(final.receiver)
         try:
             self.credentials.verify(payload.credential, result.remote_static, now)
         except CredentialError as exc:
-            self.counters["refused-" + exc.reason] += 1
-            self._events.append(HandshakeRefused(exc.reason))
+            self._refuse(exc.reason)
             return
-        session: Session | None = None
-        rotated = False
-        if payload.resume is not None:
-            session = self._by_resume.get(payload.resume)
-            rotated = session is not None and session.static_public != result.remote_static
-        if session is None:
-            session = self._by_static.get(result.remote_static)
+        key = result.remote_static
+        holders = self._by_credential.get(key, [])
+        resumed = self._by_resume.get(payload.resume) if payload.resume is not None else None
+        session: Session | None
+        if resumed is not None:
+            # A rekey or a rotation of a live session: the key may hold no other live session.
+            if any(other is not resumed for other in holders):
+                self._refuse("credential-in-use")
+                return
+            session = resumed
+        elif len(holders) < self.max_sessions_per_credential:
+            session = None
+        else:
+            # At the limit: only the session that uses this key now may go on (a client that lost
+            # its state reconnects); a key rotated away from opens nothing new.
+            session = next((other for other in holders if other.static_public == key), None)
+            if session is None:
+                self._refuse("credential-in-use")
+                return
+        rotated = session is not None and session.static_public != key
         is_new = session is None
         if session is None:
-            session = Session(next(self._session_ids), result.remote_static, endpoint, now)
+            session = Session(next(self._session_ids), key, endpoint, now)
             self.sessions[session.id] = session
         kp = new_keypair(result.send_key, result.recv_key, hs.local_index, hs.remote_index, now, False)
         kp.final_digest = _digest(data)
@@ -344,10 +383,8 @@ class GatewayProtocol:
         if session.previous is not None:
             self._keypairs.pop(session.previous.local_index, None)
         session.previous, session.current = session.current, kp
-        if self._by_static.get(session.static_public) is session:
-            del self._by_static[session.static_public]
-        session.static_public = result.remote_static
-        self._by_static[result.remote_static] = session
+        session.static_public = key
+        self._bind(key, session)
         self._by_resume.pop(session.resume_token, None)
         session.resume_token = result.resume_token
         self._by_resume[result.resume_token] = session
@@ -361,6 +398,26 @@ class GatewayProtocol:
         else:
             self._events.append(SessionRekeyed(session.id, rotated))
             self._confirm(session, kp, now)
+
+    def _bind(self, key: bytes, session: Session) -> None:
+        keys = session.credential_keys
+        if key in keys:
+            return
+        keys.append(key)
+        self._by_credential.setdefault(key, []).append(session)
+        if len(keys) > MAX_CREDENTIAL_KEYS:
+            self._unbind(keys.pop(0), session)
+
+    def _unbind(self, key: bytes, session: Session) -> None:
+        holders = self._by_credential.get(key)
+        if holders is not None and session in holders:
+            holders.remove(session)
+            if not holders:
+                del self._by_credential[key]
+
+    def _refuse(self, reason: str) -> None:
+        self.counters["refused-" + reason] += 1
+        self._events.append(HandshakeRefused(reason))
 
     def _confirm(self, session: Session, kp: Keypair, now: float) -> None:
         """Confirm a keypair to the client: the config if assigned, else a keepalive."""
@@ -403,16 +460,10 @@ class GatewayProtocol:
             return None
         if endpoint is not session.endpoint and endpoint != session.endpoint:
             self._roam(session, endpoint)
-        if first >> 4 == 4 and len(plaintext) >= 20:
-            length = (plaintext[2] << 8) | plaintext[3]
-            source = plaintext[12:16]
-        elif first >> 4 == 6 and len(plaintext) >= 40:
-            length = 40 + ((plaintext[4] << 8) | plaintext[5])
-            source = plaintext[8:24]
-        else:
+        length = _ip_packet_length(plaintext)
+        if length < 0:
             raise RemoteProtocolError("payload is not an IP packet", "not-ip")
-        if length > len(plaintext):
-            raise RemoteProtocolError("IP length beyond the payload", "not-ip")
+        source = plaintext[12:16] if first >> 4 == 4 else plaintext[8:24]
         if source not in session.allowed_sources:
             raise RemoteProtocolError("source address not assigned to this session", "source")
         session.rx_bytes += length

@@ -137,9 +137,10 @@ class InitiatorHandshake:
     def read_response(self, resp: HandshakeResp) -> None:
         if resp.receiver != self.local_index:
             raise RemoteProtocolError("response for another handshake", "unknown-index")
-        payload = self._hs.read_message(resp.noise)
-        if payload:
+        hs = self._hs.copy()  # a forged message 2 must not spoil the state for the genuine one
+        if hs.read_message(resp.noise):
             raise RemoteProtocolError("message 2 payload must be empty", "malformed")
+        self._hs = hs
         self.remote_index = resp.sender
 
     def write_final(self, payload: FinalPayload) -> tuple[bytes, HandshakeResult]:
@@ -177,8 +178,11 @@ class ResponderHandshake:
         return HandshakeResp(self.local_index, self.remote_index, self._hs.write_message(b"")).encode()
 
     def read_final(self, final: HandshakeFinal) -> tuple[FinalPayload, HandshakeResult]:
-        payload = FinalPayload.decode(self._hs.read_message(final.noise))
-        return payload, _result(self._hs, False)
+        """Read message 3 on a copy of the state: on any failure the pending handshake is as it was,
+        so the genuine message 3 still completes it after a forged or corrupted one."""
+        hs = self._hs.copy()
+        payload = FinalPayload.decode(hs.read_message(final.noise))
+        return payload, _result(hs, False)
 
 
 __all__ = [

@@ -13,6 +13,7 @@ small. The primitives underneath all come from ``cryptography``/``hashlib``.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -46,6 +47,11 @@ class CipherState:
     def has_key(self) -> bool:
         return self.k is not None
 
+    def copy(self) -> CipherState:
+        twin = CipherState.__new__(CipherState)
+        twin.k, twin.n, twin._aead = self.k, self.n, self._aead  # the AEAD object holds no state
+        return twin
+
     def encrypt_with_ad(self, ad: bytes, plaintext: bytes) -> bytes:
         if self._aead is None:
             return plaintext
@@ -77,6 +83,11 @@ class SymmetricState:
             self.h = crypto.hash_(protocol_name)
         self.ck = self.h
         self.cipher = CipherState()
+
+    def copy(self) -> SymmetricState:
+        twin = SymmetricState.__new__(SymmetricState)
+        twin.ck, twin.h, twin.cipher = self.ck, self.h, self.cipher.copy()
+        return twin
 
     def mix_key(self, ikm: bytes) -> None:
         self.ck, temp_k = crypto.hkdf(self.ck, ikm, 2)
@@ -167,6 +178,18 @@ class HandshakeState:
                 if key is None:
                     raise LocalProtocolError(f"pre-message key {token!r} missing")
                 self.symmetric.mix_hash(key)
+
+    def copy(self) -> HandshakeState:
+        """An independent copy: read a message on it and keep it only if the whole message was good.
+
+        The Noise specification (section 5.3) has a failed ``ReadMessage`` abandon the handshake;
+        a responder that must survive forged or corrupted copies of a message reads each on a
+        copy, so neither a bit flip on the path nor a malformed payload moves the real state.
+        """
+        twin = copy.copy(self)
+        twin.symmetric = self.symmetric.copy()
+        twin._peer_keys = dict(self._peer_keys)
+        return twin
 
     @property
     def complete(self) -> bool:

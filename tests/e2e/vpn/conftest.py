@@ -20,6 +20,9 @@ from veilgate.testing.deploy import Deployment
 
 pytestmark = pytest.mark.e2e
 
+REQUIRE_FASTPATH_ENV = "VEILGATE_REQUIRE_FASTPATH"
+"""Set to 1 (``.ci/run`` does): the "compiled" runs fail instead of skipping when the extension is missing."""
+
 
 def _missing() -> str | None:
     if os.geteuid() != 0:
@@ -37,6 +40,8 @@ def data_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -
     """Every end-to-end test runs once on each data path; the daemons inherit the setting."""
     mode: str = request.param
     if mode == "compiled" and not fastpath.BUILT:
+        if os.environ.get(REQUIRE_FASTPATH_ENV) == "1":
+            pytest.fail(f"{REQUIRE_FASTPATH_ENV}=1 but the compiled data path is not built")
         pytest.skip("the compiled data path is not built")
     monkeypatch.setenv(fastpath.ENV, "1" if mode == "compiled" else "0")
     return mode

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from veilgate.config.keys import decode_key, encode_key
+from veilgate.netfilter import NftTable
 from veilgate.protocol.crypto import KeyPair
 from veilgate.testing import Topology, netns
 from veilgate.testing.deploy import Deployment, wait_for
@@ -170,16 +174,37 @@ def test_bad_credential_refused_others_undisturbed(deploy: Deployment, case: str
     assert "handshake refused: credential" in log
 
 
+STALL_TIMEOUT = 3.0
+"""The client's stall_timeout in the kill-switch tests (its default)."""
+
+
+def tunnel_down(status: dict[str, Any]) -> bool:
+    """The client reports the tunnel down: no working path, or no confirmed keypair.
+
+    After the gateway vanishes, the first comes stall_timeout after the first unanswered packet
+    (the path manager drops the path); ``connected`` stays true until the keypair expires
+    (REJECT_AFTER_TIME, 180 s after the handshake).
+    """
+    return not status["connected"] or status["transport"] is None
+
+
 def test_kill_switch_blocks_traffic_while_tunnel_is_down(deploy: Deployment) -> None:
     topo = deploy.topo
     # Without the kill switch the client's ISP network is reachable directly.
     assert ping(topo, topo.client, netns.ROUTER_C_V4, count=1)
-    deploy.make_client("c1", kill_switch=True)
+    deploy.make_client("c1", kill_switch=True, stall_timeout=STALL_TIMEOUT)
     deploy.start_client("c1")
     deploy.wait_client("c1")
     assert ping(topo, topo.client, netns.INTERNET_V4)
     deploy.stop_gateway()
-    wait_for(lambda: not deploy.client_status("c1")["connected"] or True, 5, "")
+    # A packet into the tunnel goes unanswered; stall_timeout later the client reports the tunnel down.
+    assert not ping(topo, topo.client, netns.INTERNET_V4, count=1, timeout=1)
+    wait_for(
+        lambda: tunnel_down(deploy.client_status("c1")),
+        STALL_TIMEOUT + 2,
+        "the client to report the tunnel down",
+        deploy.dir / "c1.log",
+    )
     # The tunnel is down: nothing leaves but traffic to the gateway.
     assert not ping(topo, topo.client, netns.ROUTER_C_V4, count=2, timeout=1)
     assert not ping(topo, topo.client, netns.INTERNET_V4, count=2, timeout=1)
@@ -190,6 +215,59 @@ def test_kill_switch_blocks_traffic_while_tunnel_is_down(deploy: Deployment) -> 
     # Stopping the client on purpose lifts it.
     deploy.stop_client("c1")
     assert ping(topo, topo.client, netns.ROUTER_C_V4, count=1)
+
+
+CONNECT_PROBE = r"""
+import socket, sys
+try:
+    socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=2).close()
+    print("open")
+except ConnectionRefusedError:
+    print("refused")
+except OSError:
+    print("blocked")
+"""
+
+
+def tcp_probe(topo: Topology, ns: str, host: str, port: int) -> str:
+    """'open', 'refused' (the host answered with a reset) or 'blocked' (nothing came back, or EPERM)."""
+    return topo.ns_run(ns, sys.executable, "-c", CONNECT_PROBE, host, str(port)).stdout.strip()
+
+
+def test_kill_switch_outlives_a_sigkill_and_the_next_start_lifts_it(deploy: Deployment) -> None:
+    topo = deploy.topo
+
+    def tables() -> str:
+        return topo.ns_run(topo.client, "nft", "list", "tables").stdout
+
+    before = tables()
+    deploy.make_client("c1", kill_switch=True)
+    proc = deploy.start_client("c1")
+    deploy.wait_client("c1")
+    assert ping(topo, topo.client, netns.INTERNET_V4)
+    assert tables() != before
+    proc.kill()  # SIGKILL: no clean-up of any kind
+    proc.wait()
+    deploy.clients.pop("c1")
+    # The client is gone, its rules are not: nothing leaves but traffic to the gateway's ports.
+    assert not ping(topo, topo.client, netns.ROUTER_C_V4, count=2, timeout=1)
+    assert not ping(topo, topo.client, netns.INTERNET_V4, count=2, timeout=1)
+    assert not ping(topo, topo.client, netns.GATEWAY_V4, count=2, timeout=1)
+    assert tcp_probe(topo, topo.client, netns.ROUTER_C_V4, 9) == "blocked"
+    assert tcp_probe(topo, topo.client, netns.GATEWAY_V4, 9) == "blocked"
+    assert tcp_probe(topo, topo.client, netns.GATEWAY_V4, deploy.tcp_port) == "open"
+    # The next start, without a kill switch configured, finds the leftovers, says so and removes them.
+    log = deploy.dir / "c1.log"
+    seen = len(log.read_text())
+    deploy.make_client("c1", kill_switch=False)
+    deploy.start_client("c1")
+    deploy.wait_client("c1")
+    assert "WARNING veilgate.client: restored routes, DNS and firewall left behind" in log.read_text()[seen:]
+    assert tables() == before
+    assert ping(topo, topo.client, netns.ROUTER_C_V4, count=1)
+    assert tcp_probe(topo, topo.client, netns.GATEWAY_V4, 9) == "refused"
+    assert ping(topo, topo.client, netns.INTERNET_V4)
+    assert deploy.stop_client("c1") == 0
 
 
 def test_client_restores_routes_and_dns_on_exit_and_after_a_crash(deploy: Deployment) -> None:
@@ -346,3 +424,149 @@ def test_without_udp_offload_one_datagram_per_send(
     assert udp["sends"] == udp["datagrams_out"] > 0
     counters = deploy.client_status("c1")["counters"]
     assert counters["udp-sends"] == counters["udp-datagrams-out"] > 0
+
+
+REPLAYER = r"""
+# An on-path attacker in the router: copies transport datagrams the client sends to the gateway
+# (AF_PACKET on the client-side veth), then sends the identical IP packets again on the gateway-side
+# veth, with the Ethernet header a forwarding router would have written.
+import json, socket, sys, time
+listen_dev, inject_dev, gateway_mac, client, gateway, port, want = sys.argv[1:8]
+want = int(want)
+
+
+def udp_with_checksum(addresses, udp):
+    # A veth hands over packets with the UDP checksum left to offload (only the pseudo-header sum
+    # is filled in): put in the full checksum a real wire would carry.
+    udp = bytearray(udp)
+    udp[6:8] = b"\0\0"
+    data = addresses + bytes((0, 17)) + len(udp).to_bytes(2, "big") + udp
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(int.from_bytes(data[i:i + 2], "big") for i in range(0, len(data), 2))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    udp[6:8] = ((~total & 0xFFFF) or 0xFFFF).to_bytes(2, "big")
+    return bytes(udp)
+
+
+ETH_P_IP, PACKET_OUTGOING, TYPE_TRANSPORT = 0x0800, 4, 5
+cap = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_IP))
+cap.bind((listen_dev, ETH_P_IP))
+cap.settimeout(0.2)
+src, dst = socket.inet_aton(client), socket.inet_aton(gateway)
+print("ready", flush=True)
+frames, deadline = [], time.monotonic() + 20
+while len(frames) < want and time.monotonic() < deadline:
+    try:
+        frame, addr = cap.recvfrom(65535)
+    except TimeoutError:
+        continue
+    ip = frame[14:]
+    if addr[2] == PACKET_OUTGOING or len(ip) < 28 or ip[9] != 17 or ip[12:16] != src or ip[16:20] != dst:
+        continue
+    ihl = (ip[0] & 15) * 4
+    total = int.from_bytes(ip[2:4], "big")
+    udp = ip[ihl:total]
+    if int.from_bytes(udp[2:4], "big") != int(port) or len(udp) < 8 + 32 or udp[8] != TYPE_TRANSPORT:
+        continue
+    frames.append(frame[:14 + ihl] + udp_with_checksum(ip[12:20], udp))
+out = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_IP))
+out.bind((inject_dev, ETH_P_IP))
+own_mac = out.getsockname()[4]
+for frame in frames:
+    out.send(bytes.fromhex(gateway_mac.replace(":", "")) + own_mac + frame[12:])
+print(json.dumps({"replayed": len(frames)}), flush=True)
+"""
+
+
+def _mac(topo: Topology, ns: str, dev: str) -> str:
+    return topo.ns_run(ns, "cat", f"/sys/class/net/{dev}/address").stdout.strip()
+
+
+def test_replayed_transport_datagrams_are_dropped_and_the_tunnel_keeps_working(
+    deploy: Deployment, data_path: str
+) -> None:
+    topo = deploy.topo
+    deploy.start_client("c1")
+    deploy.wait_client("c1")
+    assert deploy.gateway_status()["data_path"] == data_path
+    assert ping(topo, topo.client, netns.INTERNET_V4, count=1)
+    before = deploy.gateway_status()["counters"].get("drop-replay", 0)
+    want = 10
+    attacker = topo.spawn(
+        topo.router,
+        sys.executable,
+        "-c",
+        REPLAYER,
+        f"vg{topo.tag}r0",
+        f"vg{topo.tag}r1",
+        _mac(topo, topo.gateway, f"vg{topo.tag}g0"),
+        netns.CLIENT_V4,
+        netns.GATEWAY_V4,
+        str(deploy.udp_port),
+        str(want),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert attacker.stdout is not None
+    assert attacker.stdout.readline().strip() == "ready"
+    # Real tunnel traffic for the attacker to copy: the original datagrams all arrive.
+    assert ping(topo, topo.client, netns.INTERNET_V4, count=want + 2)
+    out, _ = attacker.communicate(timeout=30)
+    assert json.loads(out.splitlines()[-1])["replayed"] == want
+    # Every copy is refused by the replay window of the data path in use, and counted.
+    wait_for(
+        lambda: deploy.gateway_status()["counters"].get("drop-replay", 0) - before >= want,
+        5,
+        "the replayed datagrams counted as replays",
+        deploy.dir / "gateway.log",
+    )
+    gw = deploy.gateway_status()
+    assert gw["counters"].get("drop-replay", 0) - before == want
+    assert gw["sessions"] == 1 and gw["counters"].get("sessions-established") == 1
+    assert ping(topo, topo.client, netns.INTERNET_V4)
+    assert deploy.client_status("c1")["connected"]
+
+
+def test_client_source_address_changes_mid_session_without_a_new_handshake(
+    deploy: Deployment, data_path: str
+) -> None:
+    """NAT rebinding: the router starts hiding the client behind another address and port."""
+    topo = deploy.topo
+    if shutil.which("conntrack") is None:
+        pytest.skip("needs conntrack (make test installs it)")
+    deploy.start_client("c1")
+    deploy.wait_client("c1")
+    assert ping(topo, topo.client, netns.INTERNET_V4)
+    gw = deploy.gateway_status()
+    assert gw["data_path"] == data_path
+    established = gw["counters"]["sessions-established"]
+    rekeys = gw["counters"].get("rekeys", 0)
+    roamed = gw["counters"].get("roamed", 0)
+    handshake_age, t0 = deploy.client_status("c1")["last_handshake_age"], time.monotonic()
+    # From now on the client's datagrams reach the gateway from the router's address and port 40000;
+    # flushing connection tracking makes the next datagram take the new mapping. The gateway loses
+    # its route to the client's own address: the old endpoint is gone, as behind a real NAT.
+    nat = NftTable(f"vgroam{topo.tag}", netns=topo.router)
+    nat.apply(
+        "  chain postrouting_rebind {\n"
+        "    type nat hook postrouting priority srcnat; policy accept;\n"
+        f'    oifname "vg{topo.tag}r1" ip saddr {netns.CLIENT_V4} ip daddr {netns.GATEWAY_V4} '
+        f"udp dport {deploy.udp_port} snat ip to {netns.ROUTER_G_V4}:40000\n"
+        "  }\n"
+    )
+    topo.ns_run(topo.router, "conntrack", "-F")
+    topo.ns_run(topo.gateway, "ip", "route", "del", "172.31.1.0/24")
+    assert ping(topo, topo.client, netns.INTERNET_V4, count=5)
+    entries = topo.ns_run(topo.router, "conntrack", "-L", "-p", "udp", "--dport", str(deploy.udp_port)).stdout
+    assert f"dst={netns.ROUTER_G_V4} sport={deploy.udp_port} dport=40000" in entries, entries
+    gw = deploy.gateway_status()
+    assert gw["counters"].get("roamed", 0) > roamed
+    # The same session: no handshake on either side, the client connected all along.
+    assert gw["counters"]["sessions-established"] == established and gw["sessions"] == 1
+    assert gw["counters"].get("rekeys", 0) == rekeys
+    client = deploy.client_status("c1")
+    assert client["connected"] and client["transport"] == "udp"
+    assert client["last_handshake_age"] >= handshake_age + (time.monotonic() - t0) - 0.5
+    assert ping(topo, topo.client, netns.INTERNET_V4)
