@@ -18,6 +18,7 @@ import argparse
 import datetime
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -34,6 +35,7 @@ from veilgate.testing.flood import (
     FLOOD_SUBNET,
     FloodRun,
     measure_capacity,
+    pin_apart,
     process_cpu_seconds,
     process_rss_kib,
     udp_stats,
@@ -82,8 +84,33 @@ def loadavg() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
-def connect_once(deploy: Deployment, name: str, ns: str) -> float | None:
-    """Start a new client (a fresh key and credential), time its handshake, stop it."""
+def cpu_times() -> dict[str, list[int]]:
+    """Each CPU's jiffies from /proc/stat: user nice system idle iowait irq softirq steal."""
+    out = {}
+    for line in Path("/proc/stat").read_text().splitlines():
+        name, *fields = line.split()
+        if name.startswith("cpu") and name != "cpu":
+            out[name] = [int(f) for f in fields[:8]]
+    return out
+
+
+def cpu_split(a: dict[str, list[int]], b: dict[str, list[int]]) -> dict[str, dict[str, float]]:
+    """Where each CPU's time went between two ``cpu_times`` (softirq: the kernel's packet work)."""
+    names = ("user", "system", "softirq", "idle")
+    index = {"user": 0, "system": 2, "softirq": 6, "idle": 3}
+    out = {}
+    for cpu, before in a.items():
+        delta = [y - x for x, y in zip(before, b[cpu], strict=True)]
+        total = sum(delta) or 1
+        out[cpu] = {n: 100.0 * delta[index[n]] / total for n in names}
+    return out
+
+
+def connect_once(deploy: Deployment, name: str, ns: str, transports: list[str]) -> float | None:
+    """Start a new client (a fresh key and credential), time its handshake, stop it.
+
+    The transport it connected on goes to ``transports`` (a client falls back to TCP by itself
+    when UDP gets no answer)."""
     deploy.make_client(name)
     deploy.start_client(name, ns=ns)  # its status socket is up as its handshake starts
     t0 = time.monotonic()
@@ -95,6 +122,7 @@ def connect_once(deploy: Deployment, name: str, ns: str) -> float | None:
             st = {}
         if st.get("connected") and st.get("ipv4"):
             took = time.monotonic() - t0
+            transports.append(str(st.get("transport")))
             break
         time.sleep(0.05)
     deploy.stop_client(name)
@@ -109,13 +137,13 @@ def scenario(
         out.append(line)
 
     os.environ[fastpath.ENV] = "1" if data_path == "compiled" else "0"
-    say(f"# data path: {data_path}; load average before: {loadavg()}")
+    say(f"# data path: {data_path}; pinned apart: {args.pin}; load average before: {loadavg()}")
     with Topology() as topo:
         deploy = Deployment(topo, work / data_path)
         gateway = deploy.start_gateway()
         flooder = topo.add_host("f", FLOOD_SUBNET, addresses=SOURCES)
         ns2, _ = topo.add_client(2)
-        deploy.make_client("c1")
+        deploy.make_client("c1", rekey_after=5.0)  # it rekeys every 5 s, also during the flood
         deploy.start_client("c1")
         deploy.wait_client("c1")
         assert gateway.pid is not None
@@ -139,8 +167,12 @@ def scenario(
             for k in range(args.processes)
         ]
         started = max(f.wait_started() for f in floods)
+        if args.pin:
+            for f in floods:
+                pin_apart(f.proc.pid, gateway.pid)
         time.sleep(WARMUP)
         udp0, status0, t0 = udp_stats(topo, topo.gateway), deploy.gateway_status(), time.monotonic()
+        cpus0 = cpu_times()
         count = max(10, int(args.connects * 4 / 0.2))
         pinger = topo.spawn(
             topo.client,
@@ -149,12 +181,14 @@ def scenario(
             stderr=subprocess.STDOUT,
             text=True,
         )
-        connects = [connect_once(deploy, f"n{k}", ns2) for k in range(args.connects)]
+        transports: list[str] = []
+        connects = [connect_once(deploy, f"n{k}", ns2, transports) for k in range(args.connects)]
         t1 = time.monotonic()
         udp1, status1 = udp_stats(topo, topo.gateway), deploy.gateway_status()
+        cpus1 = cpu_times()
         c1 = deploy.client_status("c1")
         if pinger.poll() is None:
-            pinger.terminate()
+            pinger.send_signal(signal.SIGINT)  # ping prints its summary on SIGINT
         ping_out = pinger.communicate(timeout=30)[0]
         reports = [f.report() for f in floods]
         sampler.stop()
@@ -174,6 +208,7 @@ def scenario(
         say(f"flood_legit_connect_s={statistics.median(ok):.2f}" if ok else "flood_legit_connect_s=none")
         say(f"flood_legit_connects={json.dumps([None if c is None else round(c, 2) for c in connects])}")
         say(f"flood_legit_connect_failures={len(connects) - len(ok)} (none within {CONNECT_TIMEOUT:g} s)")
+        say(f"flood_legit_connect_transports={','.join(transports)}")
         say(f"flood_rate={sum(r.rate for r in reports):.0f} (datagrams/s sent, {args.processes} process(es))")
         say(f"flood_target={'unpaced' if not args.rate else f'{args.rate:.0f}'}")
         say(
@@ -200,14 +235,16 @@ def scenario(
         say(f"gateway_pending_handshakes={status1['pending_handshakes']}")
         say(f"gateway_refused_pending_full={counters1.get('drop-pending-full', 0)}")
         say(f"established_rekeys_during={counters1.get('rekeys', 0) - counters0.get('rekeys', 0)}")
-        say(f"established_connected={c1.get('connected')} ping: {loss}; {rtt}")
+        say(f"established_connected={c1.get('connected')} on {c1.get('transport')}; ping: {loss}; {rtt}")
+        for cpu_name, split in cpu_split(cpus0, cpus1).items():
+            say(f"{cpu_name}: " + " ".join(f"{k}={v:.0f}%" for k, v in split.items()))
         say(f"# load average after: {loadavg()}")
         for name in list(deploy.clients):
             deploy.stop_client(name)
         deploy.stop_gateway()
 
 
-def sweep(work: Path, data_path: str, rates: list[float], seconds: float, out: list[str]) -> None:
+def sweep(work: Path, data_path: str, rates: list[float], seconds: float, pin: bool, out: list[str]) -> None:
     """Paced floods at each rate in turn: where does the gateway stop keeping up?"""
 
     def say(line: str) -> None:
@@ -215,7 +252,7 @@ def sweep(work: Path, data_path: str, rates: list[float], seconds: float, out: l
         out.append(line)
 
     os.environ[fastpath.ENV] = "1" if data_path == "compiled" else "0"
-    say(f"# sweep, data path: {data_path}; load average before: {loadavg()}")
+    say(f"# sweep, data path: {data_path}; pinned apart: {pin}; load average before: {loadavg()}")
     say("#  rate_sent  gw_cpu%  in/s  socket_drops/s  cookie_replies/s  responses/s")
     with Topology() as topo:
         deploy = Deployment(topo, work / f"sweep-{data_path}")
@@ -232,6 +269,8 @@ def sweep(work: Path, data_path: str, rates: list[float], seconds: float, out: l
                 seconds + 2,
             )
             flood.wait_started()
+            if pin:
+                pin_apart(flood.proc.pid, gateway.pid)
             time.sleep(1)
             u0, s0 = udp_stats(topo, topo.gateway), deploy.gateway_status()["counters"]
             c0, t0 = process_cpu_seconds(gateway.pid), time.monotonic()
@@ -266,6 +305,12 @@ def main(argv: list[str] | None = None) -> int:
         help="instead: paced floods at these rates (comma-separated), each for --sweep-seconds",
     )
     ap.add_argument("--sweep-seconds", type=float, default=6.0)
+    ap.add_argument(
+        "--no-pin",
+        dest="pin",
+        action="store_false",
+        help="let the flooders and the gateway share CPUs (default: flooders on the first, gateway on the last)",
+    )
     ap.add_argument("--results", type=Path, default=HERE / "results", help="where the raw output is kept")
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
@@ -291,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="vgflood-") as tmp:
         for path in paths:
             if args.sweep:
-                sweep(Path(tmp), path, args.sweep, args.sweep_seconds, out)
+                sweep(Path(tmp), path, args.sweep, args.sweep_seconds, args.pin, out)
             else:
                 scenario(Path(tmp), path, args, cap.handshake_us, out)
     args.results.mkdir(parents=True, exist_ok=True)

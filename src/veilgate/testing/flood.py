@@ -322,6 +322,18 @@ class FloodRun:
             ) from None
 
 
+def pin_apart(flooder_pid: int, gateway_pid: int) -> bool:
+    """Keep the flooder and the gateway on different CPUs (the first and the last), as an attacker's
+    machine is not the gateway's; the kernel's work for the flood's datagrams stays on the
+    flooder's CPU, where it sends them. False (and nothing changed) on a machine with one CPU."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return False
+    os.sched_setaffinity(flooder_pid, {cpus[0]})
+    os.sched_setaffinity(gateway_pid, {cpus[-1]})
+    return True
+
+
 def udp_stats(topo: Topology, ns: str) -> dict[str, int]:
     """The kernel's UDP counters in a namespace (``RcvbufErrors``: datagrams dropped at a full socket)."""
     lines = [line.split() for line in topo.ns_run(ns, "cat", "/proc/net/snmp").stdout.splitlines()]

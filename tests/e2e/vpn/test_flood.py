@@ -19,7 +19,7 @@ import pytest
 from veilgate.protocol.constants import PENDING_HANDSHAKE_TIMEOUT
 from veilgate.testing import netns
 from veilgate.testing.deploy import Deployment, wait_for
-from veilgate.testing.flood import FLOOD_SUBNET, FloodRun, measure_capacity, udp_stats
+from veilgate.testing.flood import FLOOD_SUBNET, FloodRun, measure_capacity, pin_apart, udp_stats
 
 from .test_vpn import ping
 
@@ -68,6 +68,8 @@ def test_under_a_handshake_flood_a_new_client_connects_and_a_session_rekeys(
         topo, flooder, (netns.GATEWAY_V4, deploy.udp_port), deploy.gateway_key.public, rate, 30.0
     )
     started = flood.wait_started()
+    assert deploy.gateway_proc is not None
+    figures["pinned_apart"] = pin_apart(flood.proc.pid, deploy.gateway_proc.pid)
     wait_for(lambda: time.monotonic() - started >= WARMUP, WARMUP + 1, "the flood's steady state")
 
     # The steady state: a new client, and the established one's rekeys, ping through it all along.
@@ -88,6 +90,7 @@ def test_under_a_handshake_flood_a_new_client_connects_and_a_session_rekeys(
     c2 = deploy.client_status("c2")
     connect_s = time.monotonic() - phase_start
     figures["new_client_connect_s"] = round(connect_s, 2) if c2.get("connected") else None
+    figures["new_client_transport"] = c2.get("transport")  # a client falls back to TCP by itself
     wait_for(lambda: time.monotonic() - phase_start >= PHASE, PHASE + 1, "the phase to end")
     c1 = deploy.client_status("c1")
     gateway = deploy.gateway_status()
@@ -101,6 +104,7 @@ def test_under_a_handshake_flood_a_new_client_connects_and_a_session_rekeys(
         "gateway_socket_drops_in_phase": udp1["RcvbufErrors"] - udp0["RcvbufErrors"],
         "ping_loss": _ping_loss(out),
         "c1_connected": c1.get("connected"),
+        "c1_transport": c1.get("transport"),
         "c1_last_handshake_age": c1.get("last_handshake_age"),
         "rekeys_in_phase": gateway["counters"].get("rekeys", 0) - rekeys0,
         "pending": gateway["pending_handshakes"],
