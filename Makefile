@@ -8,7 +8,7 @@ DEB_PACKAGES := iproute2 nftables conntrack iperf3 iputils-ping curl python3-ven
 STAMP_DEB := $(VENV)/.deb-stamp
 STAMP_PY := $(VENV)/.py-stamp
 
-.PHONY: test demo bench bench-core bench-latency lint typecheck unit e2e clean deps
+.PHONY: test demo bench bench-core bench-latency bench-flood lint typecheck unit e2e clean deps
 
 deps: $(STAMP_DEB) $(STAMP_PY)
 
@@ -51,6 +51,9 @@ bench-core: deps
 bench-latency: deps
 	@bash scripts/install-debian-packages.sh wireguard-go wireguard-tools iperf3 gcc libssl-dev
 	$(PY) bench/latency.py
+
+bench-flood: deps
+	$(PY) bench/flood.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

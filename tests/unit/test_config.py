@@ -93,5 +93,10 @@ def test_client_defaults_and_errors(keys: Path) -> None:
     assert "client.transport" in msg and "one of 'auto', 'udp', 'tcp'" in msg
     msg = error_of(load_client_config, client_toml(keys, "udp_grace = 0"))
     assert "client.udp_grace" in msg
+    assert cfg.rekey_after == 120.0
+    assert load_client_config(client_toml(keys, "rekey_after = 5")).rekey_after == 5.0
+    for bad in ("4", "121", '"often"'):
+        msg = error_of(load_client_config, client_toml(keys, f"rekey_after = {bad}"))
+        assert "client.rekey_after" in msg and "a number from 5 to 120" in msg
     (keys / "c.cred").write_text("not base64!!\n")
     assert "client.credential_file" in error_of(load_client_config, client_toml(keys))

@@ -8,6 +8,7 @@ import pytest
 
 from veilgate.credentials import CredentialVerifier, IssuerKey, issue
 from veilgate.protocol import constants, messages
+from veilgate.protocol.client import ClientProtocol
 from veilgate.protocol.control import TunnelConfig
 from veilgate.protocol.crypto import KeyPair
 from veilgate.protocol.events import (
@@ -118,6 +119,22 @@ def test_rekey_under_traffic_loses_nothing() -> None:
     assert len(net.gateway.sessions) == 1
     completed = [e for e in net.client_events if isinstance(e, HandshakeCompleted)]
     assert completed[0].rekey is False and all(e.rekey for e in completed[1:])
+
+
+def test_rekey_after_sets_when_the_client_rekeys() -> None:
+    net = Net()
+    net.client = ClientProtocol(
+        net.client_key, net.gateway_key.public, b"ok:" + net.client_key.public, rekey_after=10.0
+    )
+    net.connect()
+    assert net.client.connected
+    net.run(9.0)
+    assert not [e for e in net.gateway_events if isinstance(e, SessionRekeyed)]
+    net.run(2.0)
+    assert len([e for e in net.gateway_events if isinstance(e, SessionRekeyed)]) == 1
+    net.run(10.0)
+    assert len([e for e in net.gateway_events if isinstance(e, SessionRekeyed)]) == 2
+    assert net.client.connected and len(net.gateway.sessions) == 1
 
 
 def test_loss_reordering_and_duplication() -> None:

@@ -10,6 +10,7 @@ from typing import Any
 from veilgate.config import load_toml, read_key_file
 from veilgate.config.keys import decode_key
 from veilgate.config.toml import Section
+from veilgate.protocol.constants import REKEY_AFTER_TIME
 
 DEFAULT_STATE_DIR = "/var/lib/veilgate"
 DEFAULT_STATUS_SOCKET = "/run/veilgate/client.sock"
@@ -28,6 +29,7 @@ class ClientConfig:
     reprobe_interval: float = 10.0
     stall_timeout: float = 3.0
     keepalive: float = 10.0
+    rekey_after: float = REKEY_AFTER_TIME
     tun_name: str = "vg0"
     kill_switch: bool = False
     apply_dns: bool = True
@@ -100,6 +102,8 @@ def _common(c: Section) -> dict[str, Any]:
         "reprobe_interval": c.get_float("reprobe_interval", 10.0, low=0.5, high=3600),
         "stall_timeout": c.get_float("stall_timeout", 3.0, low=0.5, high=120),
         "keepalive": c.get_float("keepalive", 10.0, low=1, high=600),
+        # Only lower: the rekey must complete before the keys are refused at REJECT_AFTER_TIME.
+        "rekey_after": c.get_float("rekey_after", REKEY_AFTER_TIME, low=5, high=REKEY_AFTER_TIME),
         "tun_name": c.get_str("tun_name", "vg0", "an interface name of at most 15 characters"),
         "kill_switch": c.get_bool("kill_switch", False),
         "apply_dns": c.get_bool("apply_dns", True),

@@ -116,6 +116,7 @@ class Client:
             config.credential,
             keepalive_interval=config.keepalive,
             stall_timeout=config.stall_timeout,
+            rekey_after=config.rekey_after,
         )
         self.paths = PathManager(
             mode=config.transport, udp_grace=config.udp_grace, reprobe_interval=config.reprobe_interval

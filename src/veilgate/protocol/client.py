@@ -58,6 +58,7 @@ class ClientProtocol:
         keepalive_interval: float = KEEPALIVE_INTERVAL,
         stall_timeout: float = STALL_TIMEOUT,
         handshake_retry: float = HANDSHAKE_RETRY_INITIAL,
+        rekey_after: float = REKEY_AFTER_TIME,
     ) -> None:
         if len(gateway_public) != 32:
             raise LocalProtocolError("the gateway's public key is 32 bytes")
@@ -67,6 +68,7 @@ class ClientProtocol:
         self.keepalive_interval = keepalive_interval
         self.stall_timeout = stall_timeout
         self.handshake_retry = handshake_retry
+        self.rekey_after = rekey_after
         self.cookies = CookieGenerator(gateway_public)
         self.config: control.TunnelConfig | None = None
         self.counters: collections.Counter[str] = collections.Counter()
@@ -263,7 +265,7 @@ class ClientProtocol:
         if kp is not None:
             t = min(t, kp.created + REJECT_AFTER_TIME)
             if self._handshake is None and self._final is None:
-                t = min(t, kp.created + REKEY_AFTER_TIME)
+                t = min(t, kp.created + self.rekey_after)
             if self._confirmed:
                 t = min(t, self._last_sent + self.keepalive_interval)
         if self.previous is not None:
@@ -301,7 +303,7 @@ class ClientProtocol:
                     self._events.append(ConnectionLost())
                 if self._handshake is None:
                     self._begin_handshake(now)
-            elif now >= kp.created + REKEY_AFTER_TIME and self._handshake is None and self._final is None:
+            elif now >= kp.created + self.rekey_after and self._handshake is None and self._final is None:
                 self._begin_handshake(now)
             elif self._confirmed and now >= self._last_sent + self.keepalive_interval:
                 self._out.append(kp.seal(b""))

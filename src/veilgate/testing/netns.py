@@ -9,6 +9,9 @@ Underlay addresses (inside the namespaces only)::
 
     client 172.31.1.2  fd00:31:1::2  ── router 172.31.1.1 / 172.31.2.1
     gateway 172.31.2.2 fd00:31:2::2  ── router;  gateway 172.31.3.1 ── internet 172.31.3.2
+
+``add_host`` puts more hosts behind the router, each on its own 172.31.N.0/24 (extra clients on
+5-12, the handshake flooder of ``veilgate.testing.flood`` on 20).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import shutil
 import signal
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -42,6 +46,23 @@ def _run(*cmd: str, check: bool = True, timeout: float = 30) -> subprocess.Compl
     return result
 
 
+def _run_input(text: str, *cmd: str, timeout: float = 30) -> None:
+    result = subprocess.run(cmd, input=text, capture_output=True, text=True, timeout=timeout, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({result.returncode}): {result.stderr.strip()}")
+
+
+@dataclass(frozen=True)
+class Host:
+    """A host ``Topology.add_host`` added: its namespace and its addresses."""
+
+    ns: str
+    v4: str
+    v6: str
+    sources: tuple[str, ...]
+    """Every IPv4 address it holds (``v4`` first)."""
+
+
 class Topology:
     def __init__(self, tag: str | None = None) -> None:
         self.tag = tag or secrets.token_hex(3)
@@ -53,6 +74,7 @@ class Topology:
         self.procs: list[subprocess.Popen[Any]] = []
         self.udp_blocked = False
         self._nft = NftTable(f"vgblock{self.tag}", netns=self.router)
+        self._subnets = {1, 2, 3}
 
     # ---- context management
 
@@ -106,24 +128,51 @@ class Topology:
         """Another client host behind the router, on 172.31.(3+n).0/24; returns (namespace, its address)."""
         if not 2 <= n <= 9:
             raise ValueError("extra clients are numbered 2 to 9")
-        ns = f"vgc{n}{self.tag}"
+        host = self.add_host(f"c{n}", 3 + n)
+        return host.ns, host.v4
+
+    def add_host(self, role: str, subnet: int, *, addresses: int = 1) -> Host:
+        """Another host behind the router ("the ISP"), on 172.31.<subnet>.0/24 and fd00:31:<subnet>::/64.
+
+        It holds ``addresses`` IPv4 addresses from .2 up on its link (more than one for a host that
+        sends from many sources, e.g. a flooder) and routes everything via the router; the gateway
+        routes the subnet back via the router, so its answers to any of these addresses arrive.
+        The namespace is ``vg<role><tag>``, removed with the topology.
+        """
+        if not (role.isalnum() and role.islower() and 1 <= len(role) <= 6):
+            raise ValueError("a host's role is 1 to 6 lowercase letters or digits")
+        if not 4 <= subnet <= 254 or subnet in self._subnets:
+            raise ValueError(f"subnet {subnet} is taken or not in 4-254")
+        if not 1 <= addresses <= 250:
+            raise ValueError("a host holds 1 to 250 addresses")
+        ns = f"vg{role}{self.tag}"
+        if ns in self.namespaces:
+            raise ValueError(f"a host with role {role} exists already")
+        self._subnets.add(subnet)
         _run("ip", "netns", "add", ns)
         self.namespaces.append(ns)
         etc = Path("/etc/netns") / ns
         etc.mkdir(parents=True, exist_ok=True)
         (etc / "resolv.conf").write_text("# resolv.conf of a veilgate test namespace\n")
         self.ns_run(ns, "ip", "link", "set", "lo", "up")
-        dev_c, dev_r = f"vg{self.tag}c{n}", f"vg{self.tag}r{n}x"
-        self._link(ns, dev_c, self.router, dev_r)
-        v4, rv4 = f"172.31.{3 + n}.2", f"172.31.{3 + n}.1"
-        v6, rv6 = f"fd00:31:{3 + n}::2", f"fd00:31:{3 + n}::1"
-        self._addr(ns, dev_c, v4, 24, v6)
+        self.sysctl(ns, "net.ipv6.conf.all.accept_dad", "0")
+        self.sysctl(ns, "net.ipv6.conf.default.accept_dad", "0")
+        dev_h, dev_r = f"vg{self.tag}{role}", f"vg{self.tag}r{role}"
+        self._link(ns, dev_h, self.router, dev_r)
+        v4s = tuple(f"172.31.{subnet}.{2 + i}" for i in range(addresses))
+        rv4, v6, rv6 = f"172.31.{subnet}.1", f"fd00:31:{subnet}::2", f"fd00:31:{subnet}::1"
+        self._addr(ns, dev_h, v4s[0], 24, v6)
+        if addresses > 1:
+            # One `ip -batch` rather than a command per address.
+            _run_input(
+                "".join(f"addr add {a}/24 dev {dev_h}\n" for a in v4s[1:]), "ip", "-n", ns, "-batch", "-"
+            )
         self._addr(self.router, dev_r, rv4, 24, rv6)
         self.ns_run(ns, "ip", "route", "add", "default", "via", rv4)
         self.ns_run(ns, "ip", "-6", "route", "add", "default", "via", rv6)
-        self.ns_run(self.gateway, "ip", "route", "add", f"172.31.{3 + n}.0/24", "via", ROUTER_G_V4)
-        self.ns_run(self.gateway, "ip", "-6", "route", "add", f"fd00:31:{3 + n}::/64", "via", ROUTER_G_V6)
-        return ns, v4
+        self.ns_run(self.gateway, "ip", "route", "add", f"172.31.{subnet}.0/24", "via", ROUTER_G_V4)
+        self.ns_run(self.gateway, "ip", "-6", "route", "add", f"fd00:31:{subnet}::/64", "via", ROUTER_G_V6)
+        return Host(ns, v4s[0], v6, v4s)
 
     def _link(self, ns_a: str, dev_a: str, ns_b: str, dev_b: str) -> None:
         _run("ip", "link", "add", dev_a, "netns", ns_a, "type", "veth", "peer", "name", dev_b, "netns", ns_b)
