@@ -15,13 +15,13 @@ from veilgate.protocol import constants, messages
 from veilgate.protocol.cookie import CookieGenerator
 from veilgate.protocol.crypto import KeyPair
 from veilgate.protocol.errors import RemoteProtocolError
-from veilgate.protocol.events import HandshakeRefused, SessionRekeyed
+from veilgate.protocol.events import HandshakeRefused, PathStalled, SessionRekeyed
 from veilgate.protocol.gateway import GatewayProtocol
 from veilgate.protocol.handshake import FinalPayload, InitiatorHandshake
 from veilgate.protocol.handshake import ResponderHandshake as _Responder
 from veilgate.protocol.pending import PendingHandshakes
 
-from .harness import AcceptAll, Addr, Net, ipv4_packet
+from .harness import AcceptAll, Addr, Link, Net, ipv4_packet
 
 
 class FloodedNet(Net):
@@ -339,3 +339,29 @@ def test_the_per_credential_session_limit_is_configurable() -> None:
     assert [n.client.connected for n in nets] == [True, True, True]
     # Two sessions hold the key; the third connection resumed one of them instead of opening a third.
     assert len(gateway.sessions) == 2
+
+
+class DropsFullSize(Link):
+    """A path a flood fills: full-size datagrams (handshake initiations) are lost, small ones pass."""
+
+    def carry(self, data: bytes, now: float) -> list[tuple[float, bytes]]:
+        return [] if len(data) >= messages.INIT_LEN else super().carry(data, now)
+
+
+def test_a_rekey_unanswered_on_a_path_that_still_carries_data_is_a_stalled_path() -> None:
+    """Under a UDP flood, small packets still pass but the gateway's socket drops most full-size
+    ones: the rekey never gets through while data does. The core reports the path stalled for
+    handshakes, so the driver moves the rekey (and the session) to TCP."""
+    net = Net()
+    net.connect()
+    assert net.client.connected
+    net.up = DropsFullSize()
+    ip = net.client_ip
+    for _ in range(int(constants.REKEY_AFTER_TIME) + 5):
+        net.client_send(ipv4_packet(ip, "198.51.100.1", b"data"))
+        net.gateway_send(ipv4_packet("198.51.100.1", ip, b"back"))
+        net.run(1.0)
+    stalls = [e for e in net.client_events if isinstance(e, PathStalled)]
+    assert len(stalls) == 1
+    assert stalls[0].silent_for >= net.client.stall_timeout
+    assert net.client.connected  # data still flows meanwhile

@@ -408,13 +408,15 @@ class Client:
         if out:
             active = self.paths.active
             for data in out:
-                if active is not None:
-                    self._send(active, data)
-                elif data[0] == messages.TYPE_HANDSHAKE_INIT:
+                if data[0] == messages.TYPE_HANDSHAKE_INIT and active != TCP:
+                    # A handshake races on every open path: before one is chosen, and on UDP after a
+                    # rekey stalled there (the stall opened TCP; see PathManager.stalled).
                     if self.config.transport != TCP:
                         self._send(UDP, data)
                     if self.paths.tcp_open:
                         self._send(TCP, data)
+                elif active is not None:
+                    self._send(active, data)
                 else:
                     self._send(self._last_path, data)
         self._arm_timer()

@@ -97,6 +97,9 @@ class ClientProtocol:
         self._last_received = -_INF
         self._awaiting_since: float | None = None
         self._stall_reported = False
+        self._rekey_since: float | None = None
+        """When the rekey in flight began, until its response: unanswered for ``stall_timeout``, the
+        path is stalled for handshakes (a flood can drop full-size datagrams while small ones pass)."""
         self._timeout_reported = False
         self._lost_reported = False
         self._queue: collections.deque[bytes] = collections.deque()
@@ -272,6 +275,8 @@ class ClientProtocol:
             t = min(t, self.previous.created + REJECT_AFTER_TIME)
         if self._awaiting_since is not None and not self._stall_reported:
             t = min(t, self._awaiting_since + self.stall_timeout)
+        if self._rekey_since is not None:
+            t = min(t, self._rekey_since + self.stall_timeout)
         if self._attempt_started is not None and not self._timeout_reported:
             t = min(t, self._attempt_started + REKEY_ATTEMPT_TIME)
         return None if t == _INF else t
@@ -320,6 +325,10 @@ class ClientProtocol:
             self._events.append(PathStalled(now - self._awaiting_since))
             if self._handshake is None:
                 self._begin_handshake(now)
+        if self._rekey_since is not None and now >= self._rekey_since + self.stall_timeout:
+            # Once per rekey: the driver moves the handshake (and the session) to another path.
+            self._events.append(PathStalled(now - self._rekey_since))
+            self._rekey_since = None
 
     # ------------------------------------------------------------ internals
 
@@ -334,6 +343,8 @@ class ClientProtocol:
             self._retry_interval = self.handshake_retry
             if self._attempt_started is None:
                 self._attempt_started = now
+            if self.connected:
+                self._rekey_since = now
         self._final = None  # a newer handshake supersedes an unconfirmed message 3
         self._final_retry_at = _INF
         index = self._new_index()
@@ -364,6 +375,7 @@ class ClientProtocol:
             raise RemoteProtocolError("response for no handshake in flight", "unknown-index")
         hs.read_response(resp)
         self.authenticated_rx += 1
+        self._rekey_since = None
         resume = self._resume_token if (self._rotate or self.current is not None) else None
         final, result = hs.write_final(FinalPayload(self.credential, resume))
         self._handshake = None
