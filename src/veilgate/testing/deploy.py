@@ -137,6 +137,19 @@ class Deployment:
         wait_for(self.gateway_sock(name).exists, 15, f"{name} to start", self.dir / f"{name}.log")
         return proc
 
+    def start_second_gateway(self, *, spy: bool = False, **overrides: object) -> subprocess.Popen[Any]:
+        """Gateway "gw2" beside the first: the next ports, its own TUN and pools (10.202.0.0/16)."""
+        settings: dict[str, object] = {
+            "udp_port": self.udp_port + 1,
+            "tcp_port": self.tcp_port + 1,
+            "tun_name": f"vgt{self.topo.tag}b",
+            "pool_v4": "10.202.0.0/16",
+            "pool_v6": "fd7a:202::/64",
+            "dns": ["10.202.0.1"],
+        }
+        settings.update(overrides)
+        return self.start_gateway("gw2", spy=spy, **settings)
+
     def stop_gateway(self, name: str = "gateway") -> int:
         proc = self.gateways.pop(name)
         code = self.topo.stop(proc)

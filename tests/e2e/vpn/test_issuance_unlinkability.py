@@ -212,17 +212,7 @@ def test_a_failover_takes_a_stashed_identity_and_fetches_nothing(pdeploy: Deploy
         open_rate_per_minute=600,
     )
     d.start_gateway(spy=True, log_level="debug")
-    d.start_gateway(
-        "gw2",
-        spy=True,
-        log_level="debug",
-        udp_port=d.udp_port + 1,
-        tcp_port=d.tcp_port + 1,
-        tun_name=f"vgt{topo.tag}b",
-        pool_v4="10.202.0.0/16",
-        pool_v6="fd7a:202::/64",
-        dns=["10.202.0.1"],
-    )
+    d.start_second_gateway(spy=True, log_level="debug")
     d.make_provider_client("c1", failover_after=3.0)
     d.start_client("c1")
     first = d.wait_client("c1", timeout=20)["gateway"]

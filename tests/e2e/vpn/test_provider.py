@@ -88,15 +88,7 @@ def test_failover_when_the_chosen_gateway_stops(pdeploy: Deployment) -> None:
         ]
     )
     d.start_gateway()
-    d.start_gateway(
-        "gw2",
-        udp_port=d.udp_port + 1,
-        tcp_port=d.tcp_port + 1,
-        tun_name=f"vgt{topo.tag}b",
-        pool_v4="10.202.0.0/16",
-        pool_v6="fd7a:202::/64",
-        dns=["10.202.0.1"],
-    )
+    d.start_second_gateway()
     d.make_provider_client("c1", failover_after=5.0)
     d.start_client("c1")
     status = d.wait_client("c1", timeout=20)
@@ -229,15 +221,7 @@ def test_split_view_is_detected_and_the_gateway_dropped(pdeploy: Deployment) -> 
     d.start_client("c1")  # gw2 is not up yet: the client goes to the first gateway
     log = d.dir / "c1.log"
     wait_for(lambda: "split view:" in log.read_text(), 30, "the client to see the split view", log)
-    d.start_gateway(  # a gateway started now loads the same keys as the client
-        "gw2",
-        udp_port=d.udp_port + 1,
-        tcp_port=d.tcp_port + 1,
-        tun_name=f"vgt{topo.tag}b",
-        pool_v4="10.202.0.0/16",
-        pool_v6="fd7a:202::/64",
-        dns=["10.202.0.1"],
-    )
+    d.start_second_gateway()  # a gateway started now loads the same keys as the client
     wait_for(
         lambda: (
             d.client_socket("c1").exists()
