@@ -22,6 +22,7 @@ import binascii
 import contextlib
 import datetime
 import hashlib
+import json
 import logging
 import os
 import ssl
@@ -43,6 +44,63 @@ from veilgate.provider.config import ProviderConfig
 from veilgate.provider.document import ProviderDocument, sign_document
 
 log = logging.getLogger("veilgate.provider")
+
+
+# Bounds on a credential request: an epoch is a u64 (the credential's wire
+# format), a blinded message is one RSA block (at most 4096 bits here; 8192
+# leaves room), a token is a short line from the tokens file.
+MAX_EPOCH = 2**64 - 1
+MAX_BLINDED_BYTES = 1024
+MAX_TOKEN_CHARS = 1024
+
+
+class RequestError(ValueError):
+    """A malformed credential request; ``reason`` says briefly what is wrong."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def parse_credential_request(body: bytes) -> tuple[int, bytes, str | None]:
+    """Parse the body of ``POST /v1/credential`` into (epoch, blinded message, token or None).
+
+    Pure and total: any input either parses or raises RequestError (never
+    anything else), so the handler and a fuzzer can feed it arbitrary bytes.
+    """
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):  # ValueError covers JSONDecodeError, UnicodeDecodeError, huge ints
+        raise RequestError("not JSON") from None
+    if not isinstance(data, dict):
+        raise RequestError("not a JSON object")
+    epoch = data.get("epoch")
+    if epoch is None:
+        raise RequestError("missing epoch")
+    if type(epoch) is not int:  # bool is an int subclass; floats are refused too
+        raise RequestError("epoch is not an integer")
+    if not 0 <= epoch <= MAX_EPOCH:
+        raise RequestError("epoch out of range")
+    text = data.get("blinded")
+    if text is None:
+        raise RequestError("missing blinded")
+    if not isinstance(text, str):
+        raise RequestError("blinded is not a string")
+    if len(text) > (MAX_BLINDED_BYTES + 2) // 3 * 4:
+        raise RequestError("blinded is too long")
+    try:
+        blinded = base64.b64decode(text.encode("ascii"), validate=True)
+    except (UnicodeEncodeError, binascii.Error):
+        raise RequestError("blinded is not base64") from None
+    if not blinded:
+        raise RequestError("blinded is empty")
+    token = data.get("token")
+    if token is not None:
+        if not isinstance(token, str):
+            raise RequestError("token is not a string")
+        if len(token) > MAX_TOKEN_CHARS:
+            raise RequestError("token is too long")
+    return epoch, blinded, token
 
 
 def certificate_fingerprint(cert_pem: bytes) -> str:
@@ -162,12 +220,9 @@ class ProviderService:
 
     async def handle_credential(self, request: web.Request) -> web.Response:
         try:
-            body = await request.json()
-            epoch = int(body["epoch"])
-            blinded = base64.b64decode(body["blinded"], validate=True)
-            token = body.get("token")
-        except (ValueError, KeyError, TypeError, binascii.Error):
-            return self._refuse(400, "malformed request")
+            epoch, blinded, token = parse_credential_request(await request.read())
+        except RequestError as exc:
+            return self._refuse(400, f"malformed request: {exc.reason}")
         key = self.keys.get(epoch)
         if key is None or epoch < self._current:
             return self._refuse(404, "no issuing key for that epoch")
