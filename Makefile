@@ -7,7 +7,7 @@ DEB_PACKAGES := iproute2 nftables iperf3 iputils-ping curl python3-venv gcc pyth
 STAMP_DEB := $(VENV)/.deb-stamp
 STAMP_PY := $(VENV)/.py-stamp
 
-.PHONY: test demo bench bench-core bench-latency lint typecheck unit e2e clean deps
+.PHONY: test demo bench bench-core bench-latency fuzz lint typecheck unit e2e clean deps
 
 deps: $(STAMP_DEB) $(STAMP_PY)
 
@@ -51,5 +51,14 @@ bench-latency: deps
 	@bash scripts/install-debian-packages.sh wireguard-go wireguard-tools iperf3 gcc libssl-dev
 	$(PY) bench/latency.py
 
+# Coverage-guided fuzzing of every parser of untrusted bytes (fuzz/, atheris); not part of `make test`,
+# which runs each target for a few seconds (tests/unit/test_fuzz_smoke.py). FUZZ_EXECS=N per target.
+# clang builds the compiled data path with ASan and UBSan for the fastpath target.
+FUZZ_EXECS ?= 1000000
+fuzz: deps
+	@bash scripts/install-debian-packages.sh clang
+	$(PY) -m pip install -q -e '.[fuzz]'
+	$(PY) fuzz/main.py --execs $(FUZZ_EXECS)
+
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .fuzz
