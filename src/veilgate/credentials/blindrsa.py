@@ -31,7 +31,7 @@ import secrets
 from dataclasses import dataclass
 from typing import Final
 
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.serialization import (
@@ -103,7 +103,10 @@ class BlindRSAPublicKey:
 
     @classmethod
     def from_der(cls, der: bytes) -> BlindRSAPublicKey:
-        key = load_der_public_key(der)
+        try:
+            key = load_der_public_key(der)
+        except UnsupportedAlgorithm as exc:  # a well-formed key of a type cryptography does not know
+            raise BlindRSAError("not an RSA public key") from exc
         if not isinstance(key, rsa.RSAPublicKey):
             raise BlindRSAError("not an RSA public key")
         return cls(key)
