@@ -278,7 +278,8 @@ def make() -> Callable[[bytes], None]:
             rig.gateway.counters()
             rig.peer.take()
         elif op in (4, 5):  # the client's (4) or gateway's (5) TUN loop: sealed packets the peer can open
-            packets = [r.blob() for _ in range(1 + r.byte() % 3)]
+            # A TUN device never reads as an empty packet (the loops stop at a 0-byte read).
+            packets = [p for p in (r.blob() for _ in range(1 + r.byte() % 3)) if p]
             host = rig.chost if op == 4 else rig.ghost
             for p in packets:
                 with contextlib.suppress(OSError):

@@ -74,3 +74,12 @@ def test_a_configuration_file_that_is_not_utf8_is_a_config_error(tmp_path: Path,
     path.write_bytes(b'[gateway]\nname = "\xfc"\n')
     with pytest.raises(ConfigError, match="not UTF-8"):
         loader(path)  # type: ignore[operator]
+
+
+@pytest.mark.parametrize("field", ["issued_at", "valid_until", "epoch_length"])
+def test_a_provider_document_with_an_infinite_number_is_a_document_error(field: str) -> None:
+    doc = {"version": 1, "provider": "p", "issued_at": 0, "valid_until": 1, "epoch_length": 10}
+    doc |= {"gateways": [], "epochs": []}
+    text = json.dumps(doc).replace(f'"{field}": ', f'"{field}": Infinity, "x": ')  # JSON as Python reads it
+    with pytest.raises(DocumentError):
+        ProviderDocument.from_bytes(text.encode())

@@ -122,7 +122,7 @@ class ProviderDocument:
                 ),
                 str(d.get("access", "open")),
             )
-        except (KeyError, TypeError, ValueError, binascii.Error, RecursionError) as exc:
+        except (KeyError, TypeError, ValueError, OverflowError, binascii.Error, RecursionError) as exc:
             if isinstance(exc, DocumentError):
                 raise
             raise DocumentError(f"malformed provider document: {exc}") from exc
