@@ -87,9 +87,8 @@ def run_target(
     corpus.mkdir(parents=True, exist_ok=True)
     crash_dir = WORK / "crashes"
     crash_dir.mkdir(parents=True, exist_ok=True)
-    before = {p.name for p in crash_dir.glob(f"{target}-*")}
     env = {**os.environ, **extra_env, "FUZZ_CRASH_DIR": str(crash_dir)}
-    start = time.monotonic()
+    start, wall_start = time.monotonic(), time.time() - 1
     left = execs
     while result.runs <= MAX_RESTARTS and left > 0:
         remaining_time = seconds - (time.monotonic() - start) if seconds else 0
@@ -142,7 +141,7 @@ def run_target(
             break
     result.seconds = time.monotonic() - start
     for p in sorted(crash_dir.glob(f"{target}-*.txt")):
-        if p.name not in before:
+        if p.stat().st_mtime >= wall_start:  # written (again) by this run
             result.crashes.append(p.read_text().splitlines()[0] + f" ({p.with_suffix('')})")
     return result
 
