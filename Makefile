@@ -8,7 +8,7 @@ DEB_PACKAGES := iproute2 nftables conntrack iperf3 iputils-ping curl python3-ven
 STAMP_DEB := $(VENV)/.deb-stamp
 STAMP_PY := $(VENV)/.py-stamp
 
-.PHONY: test demo bench bench-core bench-latency bench-flood lint typecheck unit e2e clean deps
+.PHONY: test demo bench bench-core bench-latency bench-flood fuzz lint typecheck unit e2e clean deps
 
 deps: $(STAMP_DEB) $(STAMP_PY)
 
@@ -23,8 +23,8 @@ $(STAMP_PY): pyproject.toml setup.py src/veilgate/fastpath/_fastpath.c
 	@touch $@
 
 lint: deps
-	$(VENV)/bin/ruff check src tests bench
-	$(VENV)/bin/ruff format --check src tests bench
+	$(VENV)/bin/ruff check src tests bench fuzz
+	$(VENV)/bin/ruff format --check src tests bench fuzz
 
 typecheck: deps
 	$(VENV)/bin/mypy
@@ -55,5 +55,14 @@ bench-latency: deps
 bench-flood: deps
 	$(PY) bench/flood.py
 
+# Coverage-guided fuzzing of every parser of untrusted bytes (fuzz/, atheris); not part of `make test`,
+# which runs each target for a few seconds (tests/unit/test_fuzz_smoke.py). FUZZ_EXECS=N per target.
+# clang builds the compiled data path with ASan and UBSan for the fastpath target.
+FUZZ_EXECS ?= 1000000
+fuzz: deps
+	@bash scripts/install-debian-packages.sh clang
+	$(PY) -m pip install -q -e '.[fuzz]'
+	$(PY) fuzz/main.py --execs $(FUZZ_EXECS)
+
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .fuzz

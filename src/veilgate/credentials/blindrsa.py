@@ -46,7 +46,7 @@ from dataclasses import dataclass
 from typing import Final
 
 import gmpy2
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.serialization import (
@@ -119,7 +119,10 @@ class BlindRSAPublicKey:
 
     @classmethod
     def from_der(cls, der: bytes) -> BlindRSAPublicKey:
-        key = load_der_public_key(der)
+        try:
+            key = load_der_public_key(der)
+        except UnsupportedAlgorithm as exc:  # a well-formed key of a type cryptography does not know
+            raise BlindRSAError("not an RSA public key") from exc
         if not isinstance(key, rsa.RSAPublicKey):
             raise BlindRSAError("not an RSA public key")
         return cls(key)

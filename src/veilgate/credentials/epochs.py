@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -240,6 +241,8 @@ class EpochVerifier:
             raise CredentialError("credential claims another epoch than its key's", "wrong-epoch")
         if not key.key.verify(cred.signature, cred.prepared()):
             raise CredentialError("credential signature does not verify", "forged")
+        if not math.isfinite(now):  # fail closed on a broken clock, as CredentialVerifier does
+            raise CredentialError("no valid epoch at a time that is not finite", "expired")
         first = epoch_of(now - self.max_skew, self.epoch_length)
         last = epoch_of(now + self.max_skew, self.epoch_length)
         if cred.epoch > last:

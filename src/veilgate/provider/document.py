@@ -104,6 +104,8 @@ class ProviderDocument:
     def from_bytes(cls, data: bytes) -> ProviderDocument:
         try:
             d = json.loads(data)
+            if not isinstance(d, dict):
+                raise DocumentError("malformed provider document: not a JSON object")
             if d.get("version") != 1:
                 raise DocumentError(f"provider document version {d.get('version')!r} not supported")
             epochs = tuple(_epoch_key(e) for e in d["epochs"])
@@ -124,7 +126,7 @@ class ProviderDocument:
                 epochs,
                 str(d.get("access", "open")),
             )
-        except (KeyError, TypeError, ValueError, binascii.Error) as exc:
+        except (KeyError, TypeError, ValueError, OverflowError, binascii.Error, RecursionError) as exc:
             if isinstance(exc, DocumentError):
                 raise
             raise DocumentError(f"malformed provider document: {exc}") from exc
@@ -160,7 +162,7 @@ def sign_document(doc: ProviderDocument, key: Ed25519PrivateKey, certificate: by
 def envelope_certificate(envelope: bytes) -> bytes:
     try:
         return base64.b64decode(json.loads(envelope)["certificate"], validate=True)
-    except (KeyError, TypeError, ValueError, binascii.Error) as exc:
+    except (KeyError, TypeError, ValueError, binascii.Error, RecursionError) as exc:  # Recursion: deep JSON
         raise DocumentError(f"malformed provider document envelope: {exc}") from exc
 
 
@@ -170,7 +172,7 @@ def open_document(envelope: bytes, key: Ed25519PublicKey, now: float) -> Provide
         outer = json.loads(envelope)
         data = base64.b64decode(outer["document"], validate=True)
         signature = base64.b64decode(outer["signature"], validate=True)
-    except (KeyError, TypeError, ValueError, binascii.Error) as exc:
+    except (KeyError, TypeError, ValueError, binascii.Error, RecursionError) as exc:  # Recursion: deep JSON
         raise DocumentError(f"malformed provider document envelope: {exc}") from exc
     try:
         key.verify(signature, data)

@@ -1,0 +1,1 @@
+"""One fuzz target per module; each defines ``make() -> Callable[[bytes], None]``."""
