@@ -34,6 +34,7 @@ from veilgate.credentials.epochs import DEFAULT_EPOCH_LENGTH, AnyCredentialVerif
 from veilgate.gateway.config import GatewayConfig
 from veilgate.gateway.pool import AddressPool, PoolExhausted
 from veilgate.netfilter import NftTable, gateway_isolation_rules, gateway_nat_rules
+from veilgate.protocol import ip
 from veilgate.protocol.constants import REJECT_AFTER_TIME
 from veilgate.protocol.control import TunnelConfig
 from veilgate.protocol.crypto import KeyPair
@@ -407,11 +408,9 @@ class Gateway:
         self.tcp_conns.pop(conn, None)
 
     def _deliver(self, packet: bytes, tun_write: Callable[[int, bytes], int], tun_fd: int) -> None:
-        if not self.config.client_to_client:
-            dst = packet[16:20] if packet[0] >> 4 == 4 else packet[24:40]
-            if dst in self.routes:
-                self.counters["client-to-client-dropped"] += 1
-                return
+        if not self.config.client_to_client and ip.destination(packet) in self.routes:
+            self.counters["client-to-client-dropped"] += 1
+            return
         try:
             tun_write(tun_fd, packet)
         except OSError as exc:
@@ -445,8 +444,7 @@ class Gateway:
         """Seal a packet from the TUN for the session its destination belongs to; True if it left.
 
         ``at_once``: send it now; otherwise it waits in its endpoint's queue for ``_flush``."""
-        dst = packet[16:20] if packet[0] >> 4 == 4 else packet[24:40]
-        session = self.routes.get(dst)
+        session = self.routes.get(ip.destination(packet))
         if session is None:
             self.counters["tun-no-route"] += 1
             return False

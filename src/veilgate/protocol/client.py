@@ -17,7 +17,7 @@ from __future__ import annotations
 import collections
 import secrets
 
-from veilgate.protocol import control, messages
+from veilgate.protocol import control, ip, messages
 from veilgate.protocol.constants import (
     CONFIRM_RETRY,
     HANDSHAKE_RETRY_INITIAL,
@@ -448,7 +448,7 @@ class ClientProtocol:
         if plaintext[0] == control.CONTROL_MARKER:
             self._receive_control(control.decode_control(plaintext))
             return None
-        length = control.ip_packet_length(plaintext)
+        length = ip.packet_length(plaintext)
         if length < 0:
             raise RemoteProtocolError("payload is not an IP packet", "not-ip")
         self.rx_bytes += length

@@ -183,23 +183,3 @@ def probe_reply_message(body: bytes) -> bytes:
 
 def close_message() -> bytes:
     return ControlMessage(CTRL_CLOSE, b"").encode()
-
-
-def ip_packet_length(plaintext: bytes) -> int:
-    """Length of the IP packet at the start of ``plaintext`` (the rest is padding), or -1.
-
-    -1 also when the header's length is shorter than the header itself or longer than
-    ``plaintext``: an authenticated peer can still send any bytes.
-    """
-    if not plaintext:
-        return -1
-    version = plaintext[0] >> 4
-    if version == 4 and len(plaintext) >= 20:
-        length = (plaintext[2] << 8) | plaintext[3]
-        if length < 20:
-            return -1
-    elif version == 6 and len(plaintext) >= 40:
-        length = 40 + ((plaintext[4] << 8) | plaintext[5])
-    else:
-        return -1
-    return length if length <= len(plaintext) else -1

@@ -31,7 +31,7 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from veilgate.protocol import control, messages
+from veilgate.protocol import control, ip, messages
 from veilgate.protocol.constants import (
     MAX_CREDENTIAL_KEYS,
     MAX_PENDING_HANDSHAKES,
@@ -56,7 +56,8 @@ from veilgate.protocol.pending import PendingHandshakes
 
 _INF = float("inf")
 _unpack_transport = messages.unpack_transport_header
-_ip_packet_length = control.ip_packet_length
+_ip_packet_length = ip.packet_length
+_ip_source = ip.source
 _U32 = struct.Struct("<I")
 INIT_MAC2_OFFSET = messages.INIT_MAC2_OFFSET
 
@@ -454,8 +455,7 @@ class GatewayProtocol:
         if not plaintext:
             self._roam(session, endpoint)
             return None
-        first = plaintext[0]
-        if first == control.CONTROL_MARKER:
+        if plaintext[0] == control.CONTROL_MARKER:
             self._receive_control(session, kp, control.decode_control(plaintext), endpoint, now)
             return None
         if endpoint is not session.endpoint and endpoint != session.endpoint:
@@ -463,8 +463,7 @@ class GatewayProtocol:
         length = _ip_packet_length(plaintext)
         if length < 0:
             raise RemoteProtocolError("payload is not an IP packet", "not-ip")
-        source = plaintext[12:16] if first >> 4 == 4 else plaintext[8:24]
-        if source not in session.allowed_sources:
+        if _ip_source(plaintext) not in session.allowed_sources:
             raise RemoteProtocolError("source address not assigned to this session", "source")
         session.rx_bytes += length
         session.rx_packets += 1
