@@ -1,0 +1,196 @@
+"""The daemon skeleton both sides share, after aioquic's thin asyncio protocol around its core.
+
+A subclass supplies its core's side of four things: ``start``/``stop`` (sockets, TUN, system
+state), ``pump`` (what to do with the core's datagrams and events after any input),
+``next_deadline``/``on_timer`` (its timers) and ``status`` (aggregate figures). Everything else is
+here: running until SIGTERM or SIGINT, one asyncio timer armed at the earliest deadline, the
+readers registered on the loop (directly, or served by the compiled data path), and the status
+socket that answers one JSON line per connection.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from veilgate import fastpath
+from veilgate.transport.loop import add_compiled_reader, add_data_reader, remove_data_reader
+
+
+def total(*parts: Mapping[str, int]) -> dict[str, int]:
+    """Counters summed by name (unlike ``Counter`` addition, names at zero stay listed)."""
+    out: dict[str, int] = {}
+    for part in parts:
+        for key, value in part.items():
+            out[key] = out.get(key, 0) + value
+    return out
+
+
+class Driver(abc.ABC):
+    """Lifecycle, timer, event pump and status socket of a daemon around a sans-IO core."""
+
+    def __init__(self, clock: Callable[[], float], environ: Mapping[str, str] | None = None) -> None:
+        self.clock = clock
+        self.started = time.time()
+        self.compiled_wanted = clock is time.monotonic and fastpath.wanted(
+            os.environ if environ is None else environ
+        )
+        """Whether to run the compiled data path: built, not turned off in the environment, and on
+        the clock it reads (CLOCK_MONOTONIC; a test's clock keeps the pure-Python path)."""
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping: asyncio.Event | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._status_server: asyncio.AbstractServer | None = None
+        self._status_path: Path | None = None
+        self._watched: list[int] = []
+
+    # ------------------------------------------------------------ what a side supplies
+
+    @abc.abstractmethod
+    async def start(self) -> None:
+        """Open sockets and devices and start the core (call ``begin`` first)."""
+
+    @abc.abstractmethod
+    async def stop(self) -> None:
+        """Undo ``start`` (call ``finish`` at the end)."""
+
+    @abc.abstractmethod
+    def pump(self, now: float) -> None:
+        """Send what the core queued and handle its events, after any input or timer."""
+
+    @abc.abstractmethod
+    def next_deadline(self) -> float | None:
+        """The earliest time the core (or a path manager) wants ``on_timer`` called."""
+
+    @abc.abstractmethod
+    def on_timer(self, now: float) -> None:
+        """A deadline passed."""
+
+    @abc.abstractmethod
+    def status(self) -> dict[str, object]:
+        """Aggregate figures for the status socket."""
+
+    # ------------------------------------------------------------ lifecycle
+
+    def begin(self) -> asyncio.AbstractEventLoop:
+        """The first step of ``start``: bind to the running loop."""
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        self._stopping = asyncio.Event()
+        return loop
+
+    async def run(self) -> None:
+        """Start, serve until SIGTERM or SIGINT (or ``request_stop``), stop."""
+        await self.start()
+        loop = asyncio.get_running_loop()
+        assert self._stopping is not None
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stopping.set)
+        try:
+            await self._stopping.wait()
+        finally:
+            await self.stop()
+
+    def request_stop(self) -> None:
+        if self._stopping is not None:
+            self._stopping.set()
+
+    def finish(self) -> None:
+        """The last step of ``stop``: the timer, the readers and the status socket go."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = None
+        for fd in list(self._watched):
+            self.unwatch(fd)
+        self.close_status()
+
+    # ------------------------------------------------------------ readers
+
+    def watch(self, fd: int, callback: Callable[..., object], *args: Any) -> None:
+        """Call ``callback(*args)`` whenever ``fd`` is readable, straight from the poll."""
+        assert self._loop is not None
+        add_data_reader(self._loop, fd, callback, *args)
+        self._watched.append(fd)
+
+    def watch_compiled(self, fd: int, path: fastpath.DataPath, kind: int, sock: int = 0) -> bool:
+        """Serve ``fd`` with the compiled loop of ``path``, then ``after_compiled``; False if the loop
+        cannot (the caller then uses ``watch``)."""
+        assert self._loop is not None
+        if not add_compiled_reader(self._loop, fd, path, kind, sock, self.after_compiled):
+            return False
+        self._watched.append(fd)
+        return True
+
+    def unwatch(self, fd: int) -> None:
+        if fd in self._watched:
+            self._watched.remove(fd)
+            if self._loop is not None:
+                remove_data_reader(self._loop, fd)
+
+    @abc.abstractmethod
+    def after_compiled(self) -> None:
+        """After a compiled loop ran: account for what it did, handle what it passed on."""
+
+    # ------------------------------------------------------------ the pump and the timer
+
+    def after_io(self, now: float) -> None:
+        """After any input: let the core's output out, then follow its next deadline."""
+        self.pump(now)
+        self.arm_timer()
+
+    def arm_timer(self) -> None:
+        at = self.next_deadline()
+        if self._timer_at is not None and (at is None or self._timer_at <= at):
+            # The armed timer comes first (deadlines such as a keepalive move later with every
+            # packet): let it fire, find nothing due, and re-arm then, instead of re-arming per packet.
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = at
+        if at is not None and self._loop is not None:
+            self._timer = self._loop.call_at(at, self._fire)
+
+    def _fire(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        now = self.clock()
+        self.on_timer(now)
+        self.after_io(now)
+
+    # ------------------------------------------------------------ the status socket
+
+    async def serve_status(self, path: Path) -> None:
+        """Answer ``status()`` as one JSON line on a Unix socket only root can open."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        self._status_server = await asyncio.start_unix_server(self._on_status, path=str(path))
+        self._status_path = path
+        os.chmod(path, 0o600)
+
+    def close_status(self) -> None:
+        if self._status_server is not None:
+            self._status_server.close()
+            self._status_server = None
+        if self._status_path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self._status_path.unlink()
+            self._status_path = None
+
+    async def _on_status(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            writer.write(json.dumps(self.status()).encode() + b"\n")
+            await writer.drain()
+        finally:
+            writer.close()
