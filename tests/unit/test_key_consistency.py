@@ -142,12 +142,13 @@ def test_gateway_refuses_a_changed_epoch_key_in_memory(
                 )
             )
             assert gw.provider is not None and gw.provider.cache_dir is None
-            assert await gw._refresh_epochs()
+            assert gw.epoch_sync is not None
+            assert await gw.epoch_sync.refresh()
             accepted = gw.epochs.epoch_keys()
             assert len(accepted) == len(svc.keys)
             swap_current_key(svc)
             with caplog.at_level(logging.ERROR, "veilgate.provider"):
-                assert not await gw._refresh_epochs()
+                assert not await gw.epoch_sync.refresh()
             assert "another key for epoch" in caplog.text
             assert gw.counters["provider-inconsistent"] == 1
             assert gw.epochs.epoch_keys() == accepted
@@ -213,18 +214,19 @@ def test_gateway_pushes_new_epoch_keys_to_live_sessions_keeping_their_addresses(
                     provider_fingerprint=svc.fingerprint,
                 )
             )
+            assert gw.epoch_sync is not None
             old = TunnelConfig(ipv4=ipaddress.IPv4Interface("10.201.0.9/16"), mtu=1400)
             session = SimpleNamespace(config=old)
             monkeypatch.setitem(gw.core.sessions, 5, session)
             pushed: list[tuple[int, TunnelConfig]] = []
             monkeypatch.setattr(gw.core, "assign", lambda sid, config, now: pushed.append((sid, config)))
-            monkeypatch.setattr(gw, "_after_io", lambda now: None)
-            assert await gw._refresh_epochs()
+            monkeypatch.setattr(gw, "after_io", lambda now: None)
+            assert await gw.epoch_sync.refresh()
             [(sid, config)] = pushed
             assert sid == 5 and config.ipv4 == old.ipv4 and config.mtu == 1400
             assert config.epoch_keys == gw.epochs.epoch_keys() and len(config.epoch_keys) == len(svc.keys)
             session.config = config
-            assert await gw._refresh_epochs()  # nothing new: nothing pushed
+            assert await gw.epoch_sync.refresh()  # nothing new: nothing pushed
             assert len(pushed) == 1
         finally:
             await svc.stop()

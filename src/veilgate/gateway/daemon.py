@@ -1,28 +1,21 @@
-"""The gateway daemon: asyncio around ``GatewayProtocol``, a TUN device, UDP and TCP.
+"""The gateway daemon: the driver around ``GatewayProtocol``, a TUN device, UDP and TCP.
 
-Thin by design: all protocol decisions are in ``veilgate.protocol``. This
-module moves bytes between the sockets, the TUN device and the core, assigns
-tunnel addresses from in-memory pools when the core reports a new session, and
-answers status queries with aggregate figures only.
+Thin by design: all protocol decisions are in ``veilgate.protocol``. This module moves bytes
+between the sockets (``listeners``), the TUN device and the core, gives each new session its
+tunnel addresses (``sessions``), keeps the issuer's epoch keys current (``epochs``), and answers
+status queries with aggregate figures only. Where the compiled data path runs, it serves sessions
+reached over UDP and this module sees only what it passes on (``compiled``).
 
-Privacy: at the default log level nothing is logged that links a key, a
-credential or a source address to a tunnel address, and nothing about clients
-is written to disk.
+Privacy: at the default log level nothing is logged that links a key, a credential or a source
+address to a tunnel address, and nothing about clients is written to disk.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import dataclasses
-import errno
 import ipaddress
-import json
 import logging
 import os
-import signal
-import socket
-import struct
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -31,248 +24,134 @@ from typing import Any
 from veilgate import fastpath
 from veilgate.credentials import CredentialVerifier, IssuerPublicKey
 from veilgate.credentials.epochs import DEFAULT_EPOCH_LENGTH, AnyCredentialVerifier, EpochVerifier
+from veilgate.driver import Driver, Wake, read_tun, read_udp, total
+from veilgate.driver.host import Firewall, Host, Tun
+from veilgate.gateway.compiled import CompiledGateway
 from veilgate.gateway.config import GatewayConfig
+from veilgate.gateway.epochs import EpochSync
+from veilgate.gateway.listeners import Endpoint, Listeners, UdpSocket
 from veilgate.gateway.pool import AddressPool, PoolExhausted
-from veilgate.netfilter import NftTable, gateway_isolation_rules, gateway_nat_rules
+from veilgate.gateway.sessions import SessionTable
+from veilgate.netfilter import gateway_isolation_rules, gateway_nat_rules
 from veilgate.protocol import ip
-from veilgate.protocol.constants import REJECT_AFTER_TIME
 from veilgate.protocol.control import TunnelConfig
 from veilgate.protocol.crypto import KeyPair
 from veilgate.protocol.events import HandshakeRefused, SessionEnded, SessionEstablished, SessionRekeyed
-from veilgate.protocol.gateway import GatewayProtocol, Session
-from veilgate.protocol.keypair import CompiledKeypair
-from veilgate.provider.client import ProviderClient, ProviderInconsistent, ProviderUnavailable
+from veilgate.protocol.gateway import GatewayProtocol
+from veilgate.protocol.keypair import CompiledKeypair, Keypair
+from veilgate.provider.client import ProviderClient
 from veilgate.transport import loop as event_loop
-from veilgate.transport.loop import QUIET_GAP, add_compiled_reader, add_data_reader, remove_data_reader
-from veilgate.transport.tcp import FramedConnection, serve_tcp
-from veilgate.transport.udp import UdpSender, enable_gro, recv_coalesced, split
-from veilgate.tun import TunDevice, netlink
+from veilgate.transport.tcp import FramedConnection
 
 log = logging.getLogger("veilgate.gateway")
 
-TUN_BATCH = 256
-UDP_BATCH = 256
-UDP_BUFFER = 4 * 1024 * 1024
 
-
-class UdpEndpoint:
-    """A client's UDP address (and the socket that reaches it); equal when host and port are equal."""
-
-    __slots__ = ("addr", "tx")
-    transport = "udp"
-
-    def __init__(self, addr: tuple[Any, ...], tx: UdpSender) -> None:
-        self.addr = addr[:2]
-        self.tx = tx
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, UdpEndpoint) and other.addr == self.addr
-
-    def __hash__(self) -> int:
-        return hash(self.addr)
-
-    def cookie_bytes(self) -> bytes:
-        return _address_bytes(self.addr)
-
-    def send(self, data: bytes) -> None:
-        self.tx.send(data, self.addr)
-
-    def queue(self, data: bytes) -> None:
-        """Send with the next flush of the socket's sender, where runs to one client share a GSO send."""
-        self.tx.queue(data, self.addr)
-
-
-class TcpEndpoint:
-    """A client's TCP connection; equal only to itself."""
-
-    __slots__ = ("conn", "flush_list")
-    transport = "tcp"
-
-    def __init__(self, conn: FramedConnection, flush_list: list[FramedConnection]) -> None:
-        self.conn = conn
-        self.flush_list = flush_list
-
-    def cookie_bytes(self) -> bytes:
-        return _address_bytes(self.conn.peer)
-
-    def send(self, data: bytes) -> None:
-        self.conn.send(data)
-
-    def queue(self, data: bytes) -> None:
-        """Send with the gateway's next flush, in one write with the frames queued before it."""
-        if self.conn.queue(data):
-            self.flush_list.append(self.conn)
-
-
-Endpoint = UdpEndpoint | TcpEndpoint
-
-
-def _address_bytes(addr: tuple[Any, ...]) -> bytes:
-    """The packed IP address and the port (big-endian) of a socket address: what cookies bind to.
-
-    On every handshake initiation, also under a flood, so ``inet_pton`` rather than ``ipaddress``.
-    """
-    host, port = str(addr[0]), int(addr[1])
-    if ":" in host:
-        return socket.inet_pton(socket.AF_INET6, host.partition("%")[0]) + port.to_bytes(2, "big")
-    return socket.inet_pton(socket.AF_INET, host) + port.to_bytes(2, "big")
-
-
-class Gateway:
-    def __init__(self, config: GatewayConfig, *, clock: Callable[[], float] = time.monotonic) -> None:
+class Gateway(Driver):
+    def __init__(
+        self,
+        config: GatewayConfig,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        host: Host | None = None,
+        environ: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(clock, environ)
         self.config = config
-        self.clock = clock
+        self.host = host or Host()
         ed25519 = CredentialVerifier(
             [IssuerPublicKey.from_bytes(k) for k in config.issuer_public_keys], max_skew=config.max_skew
         )
         self.epochs = EpochVerifier([], DEFAULT_EPOCH_LENGTH, max_skew=config.max_skew)
-        verifier = AnyCredentialVerifier(ed25519, self.epochs)
         self.core = GatewayProtocol(
             KeyPair.from_private_bytes(config.private_key),
-            _WallClockCheck(verifier),
+            _WallClockCheck(AnyCredentialVerifier(ed25519, self.epochs)),
             max_sessions_per_credential=config.max_sessions_per_credential,
+            new_keypair=CompiledKeypair if self.compiled_wanted else Keypair,
         )
+        self.counters: Counter[str] = Counter()
         self.provider = (
             ProviderClient(config.provider_url, config.provider_fingerprint or "")
             if config.provider_url
             else None
         )
-        self._provider_task: asyncio.Task[None] | None = None
+        self.epoch_sync = (
+            EpochSync(self.provider, self.epochs, self.counters, self._push_epoch_keys)
+            if self.provider is not None
+            else None
+        )
         self.pool4 = AddressPool(config.pool_v4)
         self.pool6 = AddressPool(config.pool_v6) if config.pool_v6 is not None else None
-        self.routes: dict[bytes, Session] = {}
-        self.counters: Counter[str] = Counter()
-        self.started = time.time()
-        self.tun: TunDevice | None = None
-        self.udp_socks: list[socket.socket] = []
-        self.udp_tx: dict[socket.socket, UdpSender] = {}
-        self._gro: set[socket.socket] = set()
-        self._tun_wake = self._udp_wake = -1.0
-        self._udp_memo: tuple[Any, UdpEndpoint] | None = None
-        self._tcp_to_flush: list[FramedConnection] = []
-        self.fast: fastpath.GatewayPath | None = None
-        """The compiled data path, when built and enabled: it serves sessions reached over UDP."""
-        self._peers: dict[int, fastpath.Peer] = {}  # session id -> what the compiled path knows of it
-        self._peer_keys: dict[int, tuple[list[bytes], list[int]]] = {}  # its routes and indices there
-        self._fast_routes: dict[bytes, fastpath.Peer] = {}
-        self._fast_indices: dict[int, fastpath.Peer] = {}
-        self._fast_socks: dict[int, UdpSender] = {}  # the compiled path's socket number -> its sender
-        self.tcp_servers: list[asyncio.AbstractServer] = []
-        self.tcp_conns: dict[FramedConnection, TcpEndpoint] = {}
-        self.status_server: asyncio.AbstractServer | None = None
-        self.nft: NftTable | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at: float | None = None
-        self._stopping: asyncio.Event | None = None
+        self.table = SessionTable(self.pool4, self.pool6)
+        self.listeners = Listeners(config, self._on_tcp_datagrams, self._on_tcp_close)
+        self.tun: Tun | None = None
+        self.fast: CompiledGateway | None = None
+        """The compiled data path, when it runs: it serves the sessions reached over UDP."""
+        self._firewall: Firewall | None = None
+        self._tun_wake = Wake()
+        self._udp_wake = Wake()
 
     # ------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
         cfg = self.config
-        loop = asyncio.get_running_loop()
-        self._loop = loop
-        self._stopping = asyncio.Event()
-        self.tun = TunDevice.create(cfg.tun_name, cfg.mtu)
-        netlink.prepare_tunnel_interface(self.tun.name)
-        netlink.add_address(self.tun.name, f"{self.pool4.gateway_address}/{cfg.pool_v4.prefixlen}")
+        self.begin()
+        self.tun = tun = self.host.open_tun(cfg.tun_name, cfg.mtu)
+        self.host.add_address(tun.name, f"{self.pool4.gateway_address}/{cfg.pool_v4.prefixlen}")
         if self.pool6 is not None and cfg.pool_v6 is not None:
-            netlink.add_address(self.tun.name, f"{self.pool6.gateway_address}/{cfg.pool_v6.prefixlen}")
-        netlink.set_link(self.tun.name, up=True, mtu=cfg.mtu)
-        if fastpath.ENABLED and self.clock is time.monotonic:  # the compiled path reads CLOCK_MONOTONIC
-            self.fast = fastpath.GatewayPath(
-                self.tun.fd, self._fast_routes, self._fast_indices, cfg.client_to_client, REJECT_AFTER_TIME
-            )
-            if add_compiled_reader(loop, self.tun.fd, self.fast, fastpath.KIND_TUN, 0, self._after_fast):
+            self.host.add_address(tun.name, f"{self.pool6.gateway_address}/{cfg.pool_v6.prefixlen}")
+        self.host.set_up(tun.name, cfg.mtu)
+        if self.compiled_wanted:
+            fast = CompiledGateway(tun.fd, self.table, self.listeners, self.core, cfg.client_to_client)
+            if self.watch_compiled(tun.fd, fast.path, fastpath.KIND_TUN):
+                self.fast = fast
                 self.core.changed = set()
                 log.debug("compiled data path on")
-            else:
-                self.fast = None
         if self.fast is None:
-            add_data_reader(loop, self.tun.fd, self._on_tun_readable)
-
-        for host in [cfg.listen, cfg.listen6]:
-            if host is None:
-                continue
-            family = socket.AF_INET6 if ":" in host else socket.AF_INET
-            sock = socket.socket(family, socket.SOCK_DGRAM)
-            if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_BUFFER)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, UDP_BUFFER)
-            try:
-                sock.bind((host, cfg.udp_port))
-            except OSError as exc:
-                sock.close()
-                if family == socket.AF_INET6 and exc.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
-                    log.warning("IPv6 listening unavailable (%s); UDP on IPv4 only", exc.strerror)
-                    continue
-                raise
-            sock.setblocking(False)
-            self.udp_socks.append(sock)
-            tx = self.udp_tx[sock] = UdpSender(sock, gso=cfg.udp_offload)
-            gro = cfg.udp_offload and enable_gro(sock)
-            if gro:
-                self._gro.add(sock)
+            self.watch(tun.fd, self._on_tun_readable)
+        await self.listeners.open()
+        for udp in self.listeners.udp:
             if self.fast is not None:
-                number = self.fast.add_socket(sock.fileno(), cfg.udp_offload, gro)
-                self._fast_socks[number] = tx
-                add_compiled_reader(
-                    loop, sock.fileno(), self.fast, fastpath.KIND_UDP, number, self._after_fast
-                )
+                udp.number = self.fast.path.add_socket(udp.sock.fileno(), cfg.udp_offload, udp.gro)
+                self.watch_compiled(udp.sock.fileno(), self.fast.path, fastpath.KIND_UDP, udp.number)
             else:
-                add_data_reader(loop, sock.fileno(), self._on_udp_readable, sock, tx, gro)
-            server = await serve_tcp(host, cfg.tcp_port, self._on_tcp_datagrams, self._on_tcp_close)
-            self.tcp_servers.append(server)
-
+                self.watch(udp.sock.fileno(), self._on_udp_readable, udp)
         if cfg.nat or not cfg.client_to_client:
-            self.nft = NftTable(f"veilgate_{self.tun.name}")
-            body = ""
-            if not cfg.client_to_client:
-                body += gateway_isolation_rules(self.tun.name)
+            body = "" if cfg.client_to_client else gateway_isolation_rules(tun.name)
             if cfg.nat and cfg.nat_interface:
                 pools = [str(cfg.pool_v4)] + ([str(cfg.pool_v6)] if cfg.pool_v6 else [])
                 body += gateway_nat_rules(pools, cfg.nat_interface)
-            self.nft.apply(body)
-
-        if self.provider is not None:
-            loaded = await self._refresh_epochs()
-            self._provider_task = asyncio.ensure_future(self._provider_loop(loaded))
-        cfg.status_socket.parent.mkdir(parents=True, exist_ok=True)
-        with contextlib.suppress(FileNotFoundError):
-            cfg.status_socket.unlink()
-        self.status_server = await asyncio.start_unix_server(self._on_status, path=str(cfg.status_socket))
-        os.chmod(cfg.status_socket, 0o600)
+            self._firewall = self.host.firewall(f"veilgate_{tun.name}")
+            self._firewall.apply(body)
+        if self.epoch_sync is not None:
+            await self.epoch_sync.start()
+        await self.serve_status(cfg.status_socket)
         log.info(
             "gateway up: udp %d, tcp %d, tun %s, pools %s%s",
             cfg.udp_port,
             cfg.tcp_port,
-            self.tun.name,
+            tun.name,
             cfg.pool_v4,
             f" {cfg.pool_v6}" if cfg.pool_v6 else "",
         )
 
-    async def _refresh_epochs(self) -> bool:
-        """Load the issuer's epoch keys from the provider document; False if the provider is unreachable."""
-        assert self.provider is not None
-        try:
-            fetched = await self.provider.fetch_document(time.time())
-        except ProviderInconsistent:
-            # Logged as an error by the provider client; the keys seen before stay in force.
-            self.counters["provider-inconsistent"] += 1
-            return False
-        except ProviderUnavailable as exc:
-            self.counters["provider-unreachable"] += 1
-            log.warning("provider document not refreshed: %s", exc)
-            return False
-        doc = fetched.document
-        before = self.epochs.epoch_keys()
-        self.epochs.epoch_length = doc.epoch_length
-        self.epochs.update(doc.epochs)
-        log.info("issuer epoch keys loaded: epochs %s", ", ".join(str(e.epoch) for e in doc.epochs))
-        if self.epochs.epoch_keys() != before:
-            self._push_epoch_keys()
-        return True
+    async def stop(self) -> None:
+        if self.epoch_sync is not None:
+            self.epoch_sync.stop()
+        for udp in self.listeners.udp:
+            self.unwatch(udp.sock.fileno())
+        self.listeners.close()
+        if self.tun is not None:
+            self.unwatch(self.tun.fd)
+            self.tun.close()
+            self.tun = None
+        if self._firewall is not None:
+            self._firewall.delete()
+            self._firewall = None
+        for session_id in list(self.core.sessions):
+            self.core.end_session(session_id, "gateway stopping")
+        self._process_events()
+        self.finish()
+        log.info("gateway stopped")
 
     def _push_epoch_keys(self) -> None:
         """Send live sessions the epoch keys now accepted (same addresses, a new CONFIG)."""
@@ -284,135 +163,51 @@ class Gateway:
                 self.core.assign(session_id, dataclasses.replace(session.config, epoch_keys=keys), now)
                 pushed += 1
         if pushed:
-            self._after_io(now)
+            self.after_io(now)
 
-    async def _provider_loop(self, ok: bool) -> None:
-        """Refresh after each epoch starts (new keys) and at least every 5 minutes; retry with backoff."""
-        retry = 1.0
-        while True:
-            if ok:
-                length = self.epochs.epoch_length
-                now = time.time()
-                await asyncio.sleep(min(300.0, (int(now // length) + 1) * length - now + 1.0))
-            ok = await self._refresh_epochs()
-            if not ok:
-                await asyncio.sleep(retry)
-                retry = min(retry * 2, 60.0)
-            else:
-                retry = 1.0
+    # ------------------------------------------------------------ input
 
-    async def run(self) -> None:
-        await self.start()
-        loop = asyncio.get_running_loop()
-        assert self._stopping is not None
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._stopping.set)
-        try:
-            await self._stopping.wait()
-        finally:
-            await self.stop()
-
-    def request_stop(self) -> None:
-        if self._stopping is not None:
-            self._stopping.set()
-
-    async def stop(self) -> None:
-        loop = asyncio.get_running_loop()
-        if self._timer is not None:
-            self._timer.cancel()
-        if self._provider_task is not None:
-            self._provider_task.cancel()
-        for sock in self.udp_socks:
-            remove_data_reader(loop, sock.fileno())
-            sock.close()
-        self.udp_socks.clear()
-        self.udp_tx.clear()
-        self._gro.clear()
-        self._udp_memo = None
-        for server in self.tcp_servers:
-            server.close()
-        for conn in list(self.tcp_conns):
-            conn.close()
-        self.tcp_servers.clear()
-        if self.status_server is not None:
-            self.status_server.close()
-            with contextlib.suppress(FileNotFoundError):
-                self.config.status_socket.unlink()
-        if self.tun is not None:
-            remove_data_reader(loop, self.tun.fd)
-            self.tun.close()
-            self.tun = None
-        if self.nft is not None:
-            self.nft.delete()
-        for session_id in list(self.core.sessions):
-            self.core.end_session(session_id, "gateway stopping")
-        self._process_events()
-        log.info("gateway stopped")
-
-    # ------------------------------------------------------------ I/O callbacks
-
-    def _on_udp_readable(self, sock: socket.socket, tx: UdpSender, gro: bool) -> None:
+    def _on_udp_readable(self, udp: UdpSocket) -> None:
         now = self.clock()
-        core = self.core
-        tun_write = os.write
-        tun_fd = self.tun.fd if self.tun is not None else -1
-        # After a quiet spell, one lone datagram is all there is: skip the receive that would
-        # find the socket empty (epoll is level-triggered, so anything more wakes us again).
-        quiet = now - self._udp_wake >= QUIET_GAP
-        self._udp_wake = now
-        segment = 0
-        addr: Any
-        for _ in range(UDP_BATCH):
-            try:
-                if gro:
-                    data, segment, addr = recv_coalesced(sock)
-                else:
-                    data, addr = sock.recvfrom(65535)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError as exc:  # e.g. ICMP errors reported on the socket
-                self.counters["udp-recv-error"] += 1
-                log.debug("udp receive error: %s", exc.strerror)
-                continue
-            endpoint = self._udp_endpoint(addr, tx)
-            parts = split(data, segment) if segment else (data,)
-            for part in parts:
-                packet = core.receive_datagram(part, endpoint, now)
-                if packet is not None:
-                    self._deliver(packet, tun_write, tun_fd)
-            if quiet and len(parts) == 1:
-                break
-            quiet = False
-        self._after_io(now)
+        endpoint = self.listeners.udp_endpoint
+        receive = self.core.receive_datagram
+        deliver = self.deliver
+
+        def one(data: bytes, addr: Any) -> None:
+            packet = receive(data, endpoint(addr, udp), now)
+            if packet is not None:
+                deliver(packet)
+
+        read_udp(udp.sock, udp.gro, self._udp_wake.quiet(now), one, self.counters)
+        self.after_io(now)
 
     def _on_tcp_datagrams(self, datagrams: list[bytes], conn: FramedConnection) -> None:
         now = self.clock()
-        endpoint = self.tcp_conns.get(conn)
+        endpoint = self.listeners.tcp_endpoint(conn)
         if endpoint is None:
-            if len(self.tcp_conns) >= self.config.max_tcp_connections:
-                self.counters["tcp-too-many"] += 1
-                conn.close()
-                return
-            endpoint = self.tcp_conns[conn] = TcpEndpoint(conn, self._tcp_to_flush)
+            self.counters["tcp-too-many"] += 1
+            return
         receive = self.core.receive_datagram
-        tun_fd = self.tun.fd if self.tun is not None else -1
         for data in datagrams:
             if conn.closed:  # e.g. the session on it ended
                 break
             packet = receive(data, endpoint, now)
-            if packet is not None and tun_fd >= 0:
-                self._deliver(packet, os.write, tun_fd)
-        self._after_io(now)
+            if packet is not None:
+                self.deliver(packet)
+        self.after_io(now)
 
     def _on_tcp_close(self, conn: FramedConnection) -> None:
-        self.tcp_conns.pop(conn, None)
+        """A connection closed; its session stays until it expires or the client moves."""
 
-    def _deliver(self, packet: bytes, tun_write: Callable[[int, bytes], int], tun_fd: int) -> None:
-        if not self.config.client_to_client and ip.destination(packet) in self.routes:
+    def deliver(self, packet: bytes) -> None:
+        """Write a packet from a client to the TUN (not to another client unless allowed)."""
+        if not self.config.client_to_client and ip.destination(packet) in self.table.routes:
             self.counters["client-to-client-dropped"] += 1
             return
+        if self.tun is None:
+            return
         try:
-            tun_write(tun_fd, packet)
+            os.write(self.tun.fd, packet)
         except OSError as exc:
             self.counters["tun-write-error"] += 1
             log.debug("tun write failed: %s", exc.strerror)
@@ -421,172 +216,58 @@ class Gateway:
         if self.tun is None:
             return
         now = self.clock()
-        # After a quiet spell the first packet leaves at once, before the read that finds the
-        # device empty; under load the packets of one wake-up leave together (GSO runs).
-        quiet = now - self._tun_wake >= QUIET_GAP
-        self._tun_wake = now
-        fd = self.tun.fd
-        read = os.read
-        route = self._route
-        for _ in range(TUN_BATCH):
-            try:
-                packet = read(fd, 65535)
-            except (BlockingIOError, InterruptedError):
-                break
-            if not packet:
-                break
-            if route(packet, now, quiet):
-                quiet = False
-        self._flush()
-        self._after_io(now)
+        read_tun(
+            self.tun.fd, self._tun_wake.quiet(now), lambda packet, at_once: self.route(packet, now, at_once)
+        )
+        self.listeners.flush()
+        self.after_io(now)
 
-    def _route(self, packet: bytes, now: float, at_once: bool) -> bool:
+    def route(self, packet: bytes, now: float, at_once: bool) -> bool:
         """Seal a packet from the TUN for the session its destination belongs to; True if it left.
 
-        ``at_once``: send it now; otherwise it waits in its endpoint's queue for ``_flush``."""
-        session = self.routes.get(ip.destination(packet))
+        ``at_once``: send it now; otherwise it waits in its endpoint's queue for the next flush."""
+        session = self.table.session_to(ip.destination(packet))
         if session is None:
             self.counters["tun-no-route"] += 1
             return False
         out = self.core.send_packet(session, packet, now)
         if out is None:
             return False
-        endpoint = out[1]
-        assert isinstance(endpoint, UdpEndpoint | TcpEndpoint)
+        endpoint: Endpoint = out[1]  # type: ignore[assignment]
         if at_once:
             endpoint.send(out[0])
         else:
             endpoint.queue(out[0])
         return True
 
-    def _flush(self) -> None:
-        for tx in self.udp_tx.values():
-            tx.flush()
-        if self._tcp_to_flush:
-            for conn in self._tcp_to_flush:
-                conn.flush()
-            self._tcp_to_flush.clear()
+    def after_compiled(self) -> None:
+        if self.fast is not None:
+            now = self.clock()
+            self.fast.take(self, now)
+            self.after_io(now)
 
-    def _after_io(self, now: float) -> None:
-        for data, endpoint in self.core.datagrams_to_send():
-            assert isinstance(endpoint, UdpEndpoint | TcpEndpoint)
-            endpoint.send(data)
+    # ------------------------------------------------------------ the core's output
+
+    def pump(self, now: float) -> None:
+        self._send_queued()
         if self._process_events():
-            for data, endpoint in self.core.datagrams_to_send():
-                assert isinstance(endpoint, UdpEndpoint | TcpEndpoint)
-                endpoint.send(data)
+            self._send_queued()
         changed = self.core.changed
         if changed:
+            sessions = self.core.sessions
             for session in changed:
-                self._update_peer(session)
+                self.table.follow(session, session.id in sessions)
             changed.clear()
-        self._arm_timer()
 
-    # ------------------------------------------------------------ the compiled data path
+    def _send_queued(self) -> None:
+        for data, endpoint in self.core.datagrams_to_send():
+            endpoint.send(data)  # type: ignore[attr-defined]
 
-    def _update_peer(self, session: Session) -> None:
-        """Tell the compiled data path what the core decided for a session (or that it ended)."""
-        peer = self._peers.get(session.id)
-        old_routes, old_indices = self._peer_keys.pop(session.id, ([], []))
-        for key in old_routes:  # unless another session took the address or index over meanwhile
-            if self._fast_routes.get(key) is peer:
-                del self._fast_routes[key]
-        for index in old_indices:
-            if self._fast_indices.get(index) is peer:
-                del self._fast_indices[index]
-        if session.id not in self.core.sessions:
-            if peer is not None:
-                del self._peers[session.id]
-                peer.owner = None
-            return
-        if peer is None:
-            peer = self._peers[session.id] = fastpath.Peer(session)
-        keypairs = [kp for kp in (session.current, session.previous) if isinstance(kp, CompiledKeypair)]
-        send = session.current.keys if isinstance(session.current, CompiledKeypair) else None
-        number, sockaddr = fastpath.ROUTE_NONE, None
-        endpoint = session.endpoint
-        if isinstance(endpoint, UdpEndpoint):
-            for n, tx in self._fast_socks.items():
-                if tx is endpoint.tx:
-                    sockaddr = _sockaddr(endpoint.addr)
-                    number = n if sockaddr is not None else fastpath.ROUTE_NONE
-                    break
-        config = session.config
-        v4 = config.ipv4.ip.packed if config is not None and config.ipv4 is not None else None
-        v6 = config.ipv6.ip.packed if config is not None and config.ipv6 is not None else None
-        peer.update(send, tuple(kp.keys for kp in keypairs), number, sockaddr, v4, v6)
-        routes = [key for key in (v4, v6) if key is not None]
-        indices = [kp.local_index for kp in keypairs]
-        for key in routes:
-            self._fast_routes[key] = peer
-        for index in indices:
-            self._fast_indices[index] = peer
-        self._peer_keys[session.id] = (routes, indices)
+    def next_deadline(self) -> float | None:
+        return self.core.get_timer()
 
-    def _after_fast(self) -> None:
-        """After the compiled loops ran: account for what they did, handle what they passed on."""
-        fast = self.fast
-        if fast is None:
-            return
-        pending, touched = fast.take()
-        now = self.clock()
-        core = self.core
-        for peer in touched:
-            activity = peer.take()
-            session = peer.owner
-            if isinstance(session, Session) and session.id in core.sessions:
-                core.account(session, *activity)
-        if pending:
-            tun_fd = self.tun.fd if self.tun is not None else -1
-            for kind, data, number, addr, index in pending:
-                if kind == fastpath.PENDING_TUN:
-                    self._route(data, now, False)
-                    continue
-                tx = self._fast_socks.get(number)
-                if tx is None or addr is None:
-                    continue
-                endpoint = self._udp_endpoint(addr, tx)
-                if kind == fastpath.PENDING_DATAGRAM:
-                    packet = core.receive_datagram(data, endpoint, now)
-                    if packet is not None and tun_fd >= 0:
-                        self._deliver(packet, os.write, tun_fd)
-                else:
-                    core.receive_opened(index, data, endpoint, now)
-            self._flush()
-        self._after_io(now)
-
-    def _udp_endpoint(self, addr: Any, tx: UdpSender) -> UdpEndpoint:
-        """The endpoint for a datagram's sender.
-
-        Datagrams in a row from one address share one endpoint object, so that the core's check
-        for a roamed client is an identity test. Only the last sender is remembered (and forgotten
-        when a session ends): no list of client addresses builds up here."""
-        memo = self._udp_memo
-        if memo is not None and memo[0] == addr and memo[1].tx is tx:
-            return memo[1]
-        endpoint = UdpEndpoint(addr, tx)
-        self._udp_memo = (addr, endpoint)
-        return endpoint
-
-    def _arm_timer(self) -> None:
-        at = self.core.get_timer()
-        if at == self._timer_at:
-            return
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self._timer_at = at
-        if at is not None and self._loop is not None:
-            self._timer = self._loop.call_at(at, self._on_timer)
-
-    def _on_timer(self) -> None:
-        self._timer = None
-        self._timer_at = None
-        now = self.clock()
+    def on_timer(self, now: float) -> None:
         self.core.handle_timer(now)
-        self._after_io(now)
-
-    # ------------------------------------------------------------ sessions
 
     def _process_events(self) -> bool:
         """Handle the core's events; True if there were any."""
@@ -598,7 +279,8 @@ class Gateway:
             if isinstance(event, SessionEstablished):
                 self._assign(event.session_id, now)
             elif isinstance(event, SessionEnded):
-                self._release(event.session_id)
+                self.table.close(event.session_id)
+                self.listeners.forget()  # no client address outlives its session here
                 self.counters["sessions-ended"] += 1
                 log.info("session ended (%s); %d active", event.reason, len(self.core.sessions))
             elif isinstance(event, SessionRekeyed):
@@ -616,8 +298,7 @@ class Gateway:
         cfg = self.config
         session = self.core.sessions[session_id]
         try:
-            v4 = self.pool4.allocate()
-            v6 = self.pool6.allocate() if self.pool6 is not None else None
+            v4, v6 = self.table.open(session)
         except PoolExhausted:
             log.error("address pool exhausted; refusing a session")
             self.counters["pool-exhausted"] += 1
@@ -633,24 +314,10 @@ class Gateway:
             keepalive=10,
             epoch_keys=self.epochs.epoch_keys(),
         )
-        session.extra["addresses"] = (v4, v6)
-        self.routes[v4.packed] = session
-        if v6 is not None:
-            self.routes[v6.packed] = session
         self.core.assign(session_id, tunnel, now)
         self.counters["sessions-established"] += 1
         log.info("session established; %d active", len(self.core.sessions))
         log.debug("session %d assigned its addresses", session_id)
-
-    def _release(self, session_id: int) -> None:
-        self._udp_memo = None  # no client address outlives its session here
-        for key, session in list(self.routes.items()):
-            if session.id == session_id:
-                del self.routes[key]
-                address = ipaddress.ip_address(key)
-                pool = self.pool4 if address.version == 4 else self.pool6
-                if pool is not None:
-                    pool.release(address)
 
     # ------------------------------------------------------------ status
 
@@ -658,11 +325,10 @@ class Gateway:
         """Aggregate figures only: no keys, no client addresses, no tunnel addresses."""
         now = self.clock()
         sessions = list(self.core.sessions.values())
-        fast = self.fast.counters() if self.fast is not None else {}
-        udp = {
-            k: fast.pop(k, 0)
-            for k in ("udp-datagrams-out", "udp-sends", "udp-send-dropped", "udp-gso-refused")
-        }
+        fast = self.fast.path.counters() if self.fast is not None else {}
+        udp = self.listeners.udp_figures(fast)
+        for key in ("udp-datagrams-out", "udp-sends", "udp-send-dropped", "udp-gso-refused"):
+            fast.pop(key, None)
         by_transport = Counter(getattr(s.endpoint, "transport", "?") for s in sessions)
         return {
             "role": "gateway",
@@ -682,44 +348,11 @@ class Gateway:
             "rx_bytes": sum(s.rx_bytes for s in sessions),
             "tx_bytes": sum(s.tx_bytes for s in sessions),
             "pool_v4_in_use": self.pool4.in_use,
-            "tcp_connections": len(self.tcp_conns),
-            "counters": dict(self.core.counters + self.counters + Counter(fast)),
+            "tcp_connections": len(self.listeners.tcp),
+            "counters": total(self.core.counters, self.counters, fast),
             "data_path": "compiled" if self.fast is not None else "python",
-            "udp": {
-                "gso": all(tx.gso for tx in self.udp_tx.values()) and not udp["udp-gso-refused"],
-                "gro": len(self._gro) == len(self.udp_tx),
-                "datagrams_out": sum(tx.datagrams for tx in self.udp_tx.values()) + udp["udp-datagrams-out"],
-                "sends": sum(tx.syscalls for tx in self.udp_tx.values()) + udp["udp-sends"],
-                "dropped": sum(tx.dropped for tx in self.udp_tx.values()) + udp["udp-send-dropped"],
-            },
+            "udp": udp,
         }
-
-    async def _on_status(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            writer.write(json.dumps(self.status()).encode() + b"\n")
-            await writer.drain()
-        finally:
-            writer.close()
-
-
-def _sockaddr(addr: tuple[Any, ...]) -> bytes | None:
-    """The ``struct sockaddr_in``/``sockaddr_in6`` of a (host, port) as Python's socket module gives it."""
-    host, port = str(addr[0]), int(addr[1])
-    try:
-        if ":" not in host:
-            return struct.pack("=H", socket.AF_INET) + struct.pack("!H4s8x", port, socket.inet_aton(host))
-        name, _, scope = host.partition("%")
-        scope_id = 0
-        if scope:
-            scope_id = int(scope) if scope.isdigit() else socket.if_nametoindex(scope)
-        packed = socket.inet_pton(socket.AF_INET6, name)
-        return (
-            struct.pack("=H", socket.AF_INET6)
-            + struct.pack("!HI16s", port, 0, packed)
-            + struct.pack("=I", scope_id)
-        )
-    except (OSError, ValueError):
-        return None  # the compiled path leaves this client to Python
 
 
 class _WallClockCheck:
@@ -737,8 +370,7 @@ class _WallClockCheck:
 
 def run_gateway(config: GatewayConfig) -> int:
     logging.getLogger("veilgate").setLevel(config.log_level.upper())
-    gateway = Gateway(config)
-    event_loop.run(gateway.run())
+    event_loop.run(Gateway(config).run())
     return 0
 
 

@@ -1,0 +1,84 @@
+"""The gateway's side of the compiled data path: its peers follow the session table, and what it
+passes on goes to the core.
+
+``fastpath.GatewayPath`` reads the session table's ``routes`` and ``indices`` directly and serves,
+without Python, every packet of a session reached over UDP whose keypair it may use. This module
+tells each session's ``fastpath.Peer`` what the core decided (keys, socket, address, tunnel
+addresses) and, after the compiled loops ran, hands the core their activity (``account``) and
+what they left to it: packets no keypair could send, handshakes, control messages.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from veilgate import fastpath
+from veilgate.gateway.listeners import Listeners
+from veilgate.gateway.sessions import RoutedPeer, SessionTable
+from veilgate.protocol.gateway import GatewayProtocol, Session
+from veilgate.protocol.keypair import CompiledKeypair
+
+if TYPE_CHECKING:
+    from veilgate.gateway.daemon import Gateway
+
+log = logging.getLogger("veilgate.gateway")
+
+
+class CompiledGateway:
+    """A ``fastpath.GatewayPath`` on the session table, and the bookkeeping after it runs."""
+
+    def __init__(
+        self,
+        tun_fd: int,
+        table: SessionTable,
+        listeners: Listeners,
+        core: GatewayProtocol,
+        client_to_client: bool,
+    ) -> None:
+        self.path = fastpath.GatewayPath(tun_fd, table.routes, table.indices, client_to_client)
+        self.listeners = listeners
+        self.core = core
+        table.attach(fastpath.Peer, self.update_peer)
+
+    def update_peer(self, peer: RoutedPeer, session: Session, addresses: tuple[bytes, ...]) -> None:
+        """Tell the compiled path what the core decided for a live session."""
+        assert isinstance(peer, fastpath.Peer)
+        current = session.current
+        send = current.keys if isinstance(current, CompiledKeypair) else None
+        recv = tuple(kp.keys for kp in (current, session.previous) if isinstance(kp, CompiledKeypair))
+        number, sockaddr = self.listeners.locate(session.endpoint)
+        v4 = next((a for a in addresses if len(a) == 4), None)
+        v6 = next((a for a in addresses if len(a) == 16), None)
+        peer.update(send, recv, number, sockaddr, v4, v6)
+
+    def take(self, gateway: Gateway, now: float) -> None:
+        """After the compiled loops ran: account for what they did, handle what they passed on."""
+        pending, touched = self.path.take()
+        core = self.core
+        for peer in touched:
+            activity = peer.take()
+            session = peer.owner
+            if isinstance(session, Session) and session.id in core.sessions:
+                core.account(session, activity)
+        if not pending:
+            return
+        sockets = {udp.number: udp for udp in self.listeners.udp}
+        for item in pending:
+            if item.kind == fastpath.PENDING_TUN:
+                gateway.route(item.data, now, False)
+                continue
+            udp = sockets.get(item.sock)
+            if udp is None or item.addr is None:
+                continue
+            endpoint = self.listeners.udp_endpoint(item.addr, udp)
+            if item.kind == fastpath.PENDING_DATAGRAM:
+                packet = core.receive_datagram(item.data, endpoint, now)
+                if packet is not None:
+                    gateway.deliver(packet)
+            else:
+                core.receive_opened(item.index, item.data, endpoint, now)
+        self.listeners.flush()
+
+
+__all__ = ["CompiledGateway"]

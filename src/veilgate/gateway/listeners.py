@@ -1,0 +1,234 @@
+"""The gateway's sockets: UDP sockets and TCP listeners, and the endpoints clients are reached at.
+
+An endpoint is the driver's object for where a datagram came from, handed to the protocol core
+with each datagram and handed back with each datagram to send: a ``UdpEndpoint`` (a client's
+address and the socket that reaches it) or a ``TcpEndpoint`` (a connection). The core sees only
+``cookie_bytes()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import socket
+import struct
+from typing import Any
+
+from veilgate import fastpath
+from veilgate.gateway.config import GatewayConfig
+from veilgate.transport.tcp import FramedConnection, OnClose, OnDatagrams, serve_tcp
+from veilgate.transport.udp import UdpSender, enable_gro
+
+log = logging.getLogger("veilgate.gateway")
+
+UDP_BUFFER = 4 * 1024 * 1024
+
+
+class UdpSocket:
+    """One listening UDP socket, its sender, and its number in the compiled data path."""
+
+    __slots__ = ("gro", "number", "sock", "tx")
+
+    def __init__(self, sock: socket.socket, offload: bool) -> None:
+        self.sock = sock
+        self.tx = UdpSender(sock, gso=offload)
+        self.gro = offload and enable_gro(sock)
+        self.number = fastpath.ROUTE_NONE
+        """The compiled data path's number for this socket, once it serves it."""
+
+
+class UdpEndpoint:
+    """A client's UDP address (and the socket that reaches it); equal when host and port are equal."""
+
+    __slots__ = ("addr", "udp")
+    transport = "udp"
+
+    def __init__(self, addr: tuple[Any, ...], udp: UdpSocket) -> None:
+        self.addr = addr[:2]
+        self.udp = udp
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, UdpEndpoint) and other.addr == self.addr
+
+    def __hash__(self) -> int:
+        return hash(self.addr)
+
+    def cookie_bytes(self) -> bytes:
+        return address_bytes(self.addr)
+
+    def send(self, data: bytes) -> None:
+        self.udp.tx.send(data, self.addr)
+
+    def queue(self, data: bytes) -> None:
+        """Send with the next flush of the socket's sender, where runs to one client share a GSO send."""
+        self.udp.tx.queue(data, self.addr)
+
+
+class TcpEndpoint:
+    """A client's TCP connection; equal only to itself."""
+
+    __slots__ = ("conn", "flush_list")
+    transport = "tcp"
+
+    def __init__(self, conn: FramedConnection, flush_list: list[FramedConnection]) -> None:
+        self.conn = conn
+        self.flush_list = flush_list
+
+    def cookie_bytes(self) -> bytes:
+        return address_bytes(self.conn.peer)
+
+    def send(self, data: bytes) -> None:
+        self.conn.send(data)
+
+    def queue(self, data: bytes) -> None:
+        """Send with the gateway's next flush, in one write with the frames queued before it."""
+        if self.conn.queue(data):
+            self.flush_list.append(self.conn)
+
+
+Endpoint = UdpEndpoint | TcpEndpoint
+
+
+class Listeners:
+    """The UDP sockets and TCP listeners on the configured addresses, and the TCP connections."""
+
+    def __init__(self, config: GatewayConfig, on_tcp: OnDatagrams, on_tcp_close: OnClose) -> None:
+        self.config = config
+        self.udp: list[UdpSocket] = []
+        self.tcp_servers: list[asyncio.AbstractServer] = []
+        self.tcp: dict[FramedConnection, TcpEndpoint] = {}
+        self._on_tcp = on_tcp
+        self._on_tcp_close = on_tcp_close
+        self._to_flush: list[FramedConnection] = []
+        self._memo: tuple[Any, UdpEndpoint] | None = None
+
+    async def open(self) -> None:
+        """Bind UDP and listen on TCP on ``listen`` and ``listen6`` (IPv6 skipped where unavailable)."""
+        cfg = self.config
+        for host in [cfg.listen, cfg.listen6]:
+            if host is None:
+                continue
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            sock = socket.socket(family, socket.SOCK_DGRAM)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_BUFFER)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, UDP_BUFFER)
+            try:
+                sock.bind((host, cfg.udp_port))
+            except OSError as exc:
+                sock.close()
+                if family == socket.AF_INET6 and exc.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
+                    log.warning("IPv6 listening unavailable (%s); UDP on IPv4 only", exc.strerror)
+                    continue
+                raise
+            sock.setblocking(False)
+            self.udp.append(UdpSocket(sock, cfg.udp_offload))
+            server = await serve_tcp(host, cfg.tcp_port, self._on_tcp, self._tcp_closed)
+            self.tcp_servers.append(server)
+
+    def close(self) -> None:
+        for udp in self.udp:
+            udp.sock.close()
+        self.udp.clear()
+        self._memo = None
+        for server in self.tcp_servers:
+            server.close()
+        self.tcp_servers.clear()
+        for conn in list(self.tcp):
+            conn.close()
+
+    def udp_endpoint(self, addr: Any, udp: UdpSocket) -> UdpEndpoint:
+        """The endpoint for a datagram's sender.
+
+        Datagrams in a row from one address share one endpoint object, so that the core's check
+        for a roamed client is an identity test. Only the last sender is remembered (and forgotten
+        when a session ends): no list of client addresses builds up here."""
+        memo = self._memo
+        if memo is not None and memo[0] == addr and memo[1].udp is udp:
+            return memo[1]
+        endpoint = UdpEndpoint(addr, udp)
+        self._memo = (addr, endpoint)
+        return endpoint
+
+    def forget(self) -> None:
+        """Forget the last sender (a session ended: no client address outlives it here)."""
+        self._memo = None
+
+    def tcp_endpoint(self, conn: FramedConnection) -> TcpEndpoint | None:
+        """The endpoint of a connection; None (and the connection closed) beyond the configured most."""
+        endpoint = self.tcp.get(conn)
+        if endpoint is None:
+            if len(self.tcp) >= self.config.max_tcp_connections:
+                conn.close()
+                return None
+            endpoint = self.tcp[conn] = TcpEndpoint(conn, self._to_flush)
+        return endpoint
+
+    def _tcp_closed(self, conn: FramedConnection) -> None:
+        self.tcp.pop(conn, None)
+        self._on_tcp_close(conn)
+
+    def flush(self) -> None:
+        """Send everything queued on every socket and connection."""
+        for udp in self.udp:
+            udp.tx.flush()
+        if self._to_flush:
+            for conn in self._to_flush:
+                conn.flush()
+            self._to_flush.clear()
+
+    def locate(self, endpoint: object) -> tuple[int, bytes | None]:
+        """Where the compiled data path reaches an endpoint: (socket number, packed sockaddr)."""
+        if isinstance(endpoint, UdpEndpoint) and endpoint.udp.number != fastpath.ROUTE_NONE:
+            sockaddr = sockaddr_bytes(endpoint.addr)
+            if sockaddr is not None:
+                return endpoint.udp.number, sockaddr
+        return fastpath.ROUTE_NONE, None
+
+    def udp_figures(self, compiled: dict[str, int]) -> dict[str, object]:
+        """Aggregate UDP output figures (the Python senders' plus the compiled path's ``compiled``)."""
+        txs = [udp.tx for udp in self.udp]
+        return {
+            "gso": all(tx.gso for tx in txs) and not compiled.get("udp-gso-refused", 0),
+            "gro": all(udp.gro for udp in self.udp),
+            "datagrams_out": sum(tx.datagrams for tx in txs) + compiled.get("udp-datagrams-out", 0),
+            "sends": sum(tx.syscalls for tx in txs) + compiled.get("udp-sends", 0),
+            "dropped": sum(tx.dropped for tx in txs) + compiled.get("udp-send-dropped", 0),
+        }
+
+
+def address_bytes(addr: tuple[Any, ...]) -> bytes:
+    """The packed IP address and the port (big-endian) of a socket address: what cookies bind to.
+
+    On every handshake initiation, also under a flood, so ``inet_pton`` rather than ``ipaddress``.
+    """
+    host, port = str(addr[0]), int(addr[1])
+    if ":" in host:
+        return socket.inet_pton(socket.AF_INET6, host.partition("%")[0]) + port.to_bytes(2, "big")
+    return socket.inet_pton(socket.AF_INET, host) + port.to_bytes(2, "big")
+
+
+def sockaddr_bytes(addr: tuple[Any, ...]) -> bytes | None:
+    """The ``struct sockaddr_in``/``sockaddr_in6`` of a (host, port) as Python's socket module gives it;
+    None for one the compiled path cannot use (it leaves that client to Python)."""
+    host, port = str(addr[0]), int(addr[1])
+    try:
+        if ":" not in host:
+            return struct.pack("=H", socket.AF_INET) + struct.pack("!H4s8x", port, socket.inet_aton(host))
+        name, _, scope = host.partition("%")
+        scope_id = 0
+        if scope:
+            scope_id = int(scope) if scope.isdigit() else socket.if_nametoindex(scope)
+        packed = socket.inet_pton(socket.AF_INET6, name)
+        return (
+            struct.pack("=H", socket.AF_INET6)
+            + struct.pack("!HI16s", port, 0, packed)
+            + struct.pack("=I", scope_id)
+        )
+    except (OSError, ValueError):
+        return None
+
+
+__all__ = ["Endpoint", "Listeners", "TcpEndpoint", "UdpEndpoint", "UdpSocket", "address_bytes"]
