@@ -76,6 +76,8 @@ class PathManager:
         self.active: str | None = None
         self.switches: list[Switch] = []
         self.tcp_open = False
+        self._last = TCP if mode == TCP else UDP
+        self._probes: dict[int, str] = {}
         self._race_at = _INF
         self._probe_at = _INF
         self._close_tcp_at = _INF
@@ -94,18 +96,29 @@ class PathManager:
         return []  # the first handshake message goes out on UDP with the core's other datagrams
 
     def handshake_started(self, now: float) -> list[Action]:
-        """The core began a new handshake (rekey or after a stall): where to send it."""
-        if self.active is not None:
-            return [Action(Act.SEND_HANDSHAKE, self.active)] if self.active != TCP or self.tcp_open else []
+        """The core began a new handshake (first, retry, rekey or after a stall): where to send it.
+
+        On TCP it goes on TCP. Otherwise it races on every open path: on UDP (unless TCP is forced)
+        and on TCP once open, as before a path is chosen, and on UDP after a rekey stalled there
+        (the stall opened TCP, see ``stalled``; a flood can drop full-size datagrams while small
+        ones pass)."""
+        if self.active == TCP:
+            return [Action(Act.SEND_HANDSHAKE, TCP)] if self.tcp_open else []
         actions = [] if self.mode == TCP else [Action(Act.SEND_HANDSHAKE, UDP)]
-        if self.mode != UDP and self.tcp_open:
+        if self.tcp_open:
             actions.append(Action(Act.SEND_HANDSHAKE, TCP))
         return actions
 
+    @property
+    def current(self) -> str:
+        """The path other datagrams go on: the active one, else the last that carried a response."""
+        return self.active or self._last
+
     def response_on(self, path: str, now: float) -> None:
-        """A handshake response or an authenticated packet arrived on ``path`` while no path was chosen."""
+        """A handshake response or an authenticated packet arrived on ``path``."""
         if self.active is None:
             self._set_active(path, now)
+        self._last = self.active or path
 
     def stalled(self, now: float, silent_for: float = 0.0) -> list[Action]:
         """The active path stalled; it has been silent for ``silent_for`` seconds (counted in the switch)."""
@@ -147,6 +160,17 @@ class PathManager:
             self._tcp_retry = min(self._tcp_retry * 2, self.tcp_retry_max)
             return [] if self.mode == TCP else [Action(Act.SEND_HANDSHAKE, UDP)]
         return []
+
+    def probe_sent(self, probe_id: int, path: str) -> None:
+        """An authenticated probe went out on ``path`` (the driver sends it for ``PROBE_UDP``)."""
+        self._probes[probe_id] = path
+        if len(self._probes) > 64:
+            del self._probes[next(iter(self._probes))]
+
+    def probe_reply(self, probe_id: int, now: float) -> list[Action]:
+        """The core reported a probe answered: where it went decides what follows."""
+        path = self._probes.pop(probe_id, None)
+        return [] if path is None else self.probe_answered(path, now)
 
     def probe_answered(self, path: str, now: float) -> list[Action]:
         if path != UDP or self.active != TCP or self.mode != "auto":

@@ -27,8 +27,9 @@ import time
 import urllib.parse
 
 from veilgate.client.config import ClientConfig
-from veilgate.client.daemon import Client, SystemState
+from veilgate.client.daemon import Client
 from veilgate.client.prefetch import Identity, IdentityStash, fetch_time, quiet_margin, rotation_time
+from veilgate.client.system import SystemState
 from veilgate.credentials.epochs import BlindCredential, epoch_of
 from veilgate.netfilter import NftTable, kill_switch_rules_for
 from veilgate.protocol.cookie import CookieGenerator

@@ -10,7 +10,7 @@ end-to-end tests both ways. docs/performance.md has the measurement that justifi
 
 from __future__ import annotations
 
-import os
+from collections.abc import Mapping
 from typing import TypeAlias
 
 try:
@@ -24,8 +24,13 @@ DataPath: TypeAlias = "ClientPath | GatewayPath"
 """A side's compiled loops."""
 
 ENV = "VEILGATE_FASTPATH"
-ENABLED = BUILT and os.environ.get(ENV, "1") != "0"
-"""The compiled data path is built and not turned off."""
+"""Set to 0 in a daemon's environment to run the pure-Python data path although this one is built."""
+
+
+def wanted(environ: Mapping[str, str]) -> bool:
+    """The compiled data path is built and not turned off in ``environ`` (the daemons ask at start)."""
+    return BUILT and environ.get(ENV, "1") != "0"
+
 
 KIND_TUN = 0
 KIND_UDP = 1
@@ -42,7 +47,6 @@ ROUTE_NONE = -1
 
 __all__ = [
     "BUILT",
-    "ENABLED",
     "ENV",
     "KIND_TUN",
     "KIND_UDP",
@@ -56,4 +60,5 @@ __all__ = [
     "Keys",
     "Peer",
     "Poller",
+    "wanted",
 ]

@@ -43,7 +43,7 @@ from veilgate.protocol.events import (
     ProbeAnswered,
 )
 from veilgate.protocol.handshake import FinalPayload, InitiatorHandshake
-from veilgate.protocol.keypair import Keypair, new_keypair
+from veilgate.protocol.keypair import Keypair, KeypairFactory
 
 _INF = float("inf")
 
@@ -59,6 +59,7 @@ class ClientProtocol:
         stall_timeout: float = STALL_TIMEOUT,
         handshake_retry: float = HANDSHAKE_RETRY_INITIAL,
         rekey_after: float = REKEY_AFTER_TIME,
+        new_keypair: KeypairFactory = Keypair,
     ) -> None:
         if len(gateway_public) != 32:
             raise LocalProtocolError("the gateway's public key is 32 bytes")
@@ -69,6 +70,7 @@ class ClientProtocol:
         self.stall_timeout = stall_timeout
         self.handshake_retry = handshake_retry
         self.rekey_after = rekey_after
+        self._new_keypair = new_keypair
         self.cookies = CookieGenerator(gateway_public)
         self.config: control.TunnelConfig | None = None
         self.counters: collections.Counter[str] = collections.Counter()
@@ -380,7 +382,7 @@ class ClientProtocol:
         final, result = hs.write_final(FinalPayload(self.credential, resume))
         self._handshake = None
         self._retry_at = _INF
-        kp = new_keypair(result.send_key, result.recv_key, hs.local_index, hs.remote_index, now, True)
+        kp = self._new_keypair(result.send_key, result.recv_key, hs.local_index, hs.remote_index, now, True)
         self._keypairs[kp.local_index] = kp
         self._resume_token = result.resume_token
         self._rotate = False

@@ -51,7 +51,7 @@ from veilgate.protocol.events import (
     SessionRekeyed,
 )
 from veilgate.protocol.handshake import ResponderHandshake
-from veilgate.protocol.keypair import Keypair, new_keypair
+from veilgate.protocol.keypair import Keypair, KeypairFactory
 from veilgate.protocol.pending import PendingHandshakes
 
 _INF = float("inf")
@@ -117,6 +117,7 @@ class GatewayProtocol:
         passive_keepalive: float = PASSIVE_KEEPALIVE,
         max_sessions_per_credential: int = 1,
         random_index: Callable[[], int] = lambda: secrets.randbits(32),
+        new_keypair: KeypairFactory = Keypair,
     ) -> None:
         if max_sessions_per_credential < 1:
             raise LocalProtocolError("max_sessions_per_credential must be at least 1")
@@ -131,6 +132,7 @@ class GatewayProtocol:
         self.counters: collections.Counter[str] = collections.Counter()
         self.sessions: dict[int, Session] = {}
         self._random_index = random_index
+        self._new_keypair = new_keypair
         self._cookies = CookieChecker(self.public)
         self._ratelimit = RateLimiter()
         self._pending = PendingHandshakes(max_pending)
@@ -377,7 +379,7 @@ class GatewayProtocol:
         if session is None:
             session = Session(next(self._session_ids), key, endpoint, now)
             self.sessions[session.id] = session
-        kp = new_keypair(result.send_key, result.recv_key, hs.local_index, hs.remote_index, now, False)
+        kp = self._new_keypair(result.send_key, result.recv_key, hs.local_index, hs.remote_index, now, False)
         kp.final_digest = _digest(data)
         kp.owner = session
         self._keypairs[kp.local_index] = kp

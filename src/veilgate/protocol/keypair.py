@@ -9,6 +9,7 @@ The plaintext is padded with zeros to a multiple of 16 bytes.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from typing import Any, Final
 
 from cryptography.exceptions import InvalidTag
@@ -33,7 +34,8 @@ _ZEROS: Final = bytes(PADDING_MULTIPLE)
 class Keypair:
     """Transport keys from one handshake, with their counters and replay window (pure Python).
 
-    ``new_keypair`` makes a ``CompiledKeypair`` instead where the compiled data path is enabled.
+    A driver that runs the compiled data path makes ``CompiledKeypair`` instead (the cores take the
+    class as ``new_keypair``).
     """
 
     __slots__ = (
@@ -154,9 +156,6 @@ class CompiledKeypair(Keypair):
 _REPLAYED: Final = 1
 
 
-def new_keypair(
-    send_key: bytes, recv_key: bytes, local_index: int, remote_index: int, created: float, initiator: bool
-) -> Keypair:
-    """A keypair on the compiled data path where it is enabled, else the pure-Python one."""
-    cls = CompiledKeypair if fastpath.ENABLED else Keypair
-    return cls(send_key, recv_key, local_index, remote_index, created, initiator)
+KeypairFactory = Callable[[bytes, bytes, int, int, float, bool], Keypair]
+"""Makes a keypair from ``(send_key, recv_key, local_index, remote_index, created, initiator)``:
+``Keypair``, or the driver's choice of data path (``CompiledKeypair``)."""
