@@ -25,7 +25,7 @@ from veilgate.client.config import ClientConfig
 from veilgate.client.paths import TCP, UDP, Act, Action, PathManager
 from veilgate.client.system import SystemState, TunnelSetup
 from veilgate.driver import Driver, Wake, read_tun, read_udp, total
-from veilgate.driver.host import Host, Tun
+from veilgate.driver.host import Host, LinuxHost, Tun
 from veilgate.netfilter import kill_switch_rules
 from veilgate.protocol import messages
 from veilgate.protocol.client import ClientProtocol
@@ -60,7 +60,7 @@ class Client(Driver):
     ) -> None:
         super().__init__(clock, environ)
         self.config = config
-        self.host = host or Host()
+        self.host: Host = host or LinuxHost()
         self.core = ClientProtocol(
             KeyPair.from_private_bytes(config.private_key),
             config.gateway_public_key,

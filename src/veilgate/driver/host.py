@@ -29,7 +29,19 @@ class Firewall(Protocol):
     def delete(self) -> None: ...
 
 
-class Host:
+class Host(Protocol):
+    """What a daemon may change on the machine."""
+
+    def open_tun(self, name: str, mtu: int) -> Tun: ...
+
+    def add_address(self, device: str, interface: str) -> None: ...
+
+    def set_up(self, device: str, mtu: int) -> None: ...
+
+    def firewall(self, name: str) -> Firewall: ...
+
+
+class LinuxHost:
     """The real machine: /dev/net/tun, netlink (pyroute2) and nftables."""
 
     def open_tun(self, name: str, mtu: int) -> Tun:
@@ -48,4 +60,4 @@ class Host:
         return NftTable(name)
 
 
-__all__ = ["Firewall", "Host", "Tun"]
+__all__ = ["Firewall", "Host", "LinuxHost", "Tun"]

@@ -25,7 +25,7 @@ from veilgate import fastpath
 from veilgate.credentials import CredentialVerifier, IssuerPublicKey
 from veilgate.credentials.epochs import DEFAULT_EPOCH_LENGTH, AnyCredentialVerifier, EpochVerifier
 from veilgate.driver import Driver, Wake, read_tun, read_udp, total
-from veilgate.driver.host import Firewall, Host, Tun
+from veilgate.driver.host import Firewall, Host, LinuxHost, Tun
 from veilgate.gateway.compiled import CompiledGateway
 from veilgate.gateway.config import GatewayConfig
 from veilgate.gateway.epochs import EpochSync
@@ -57,7 +57,7 @@ class Gateway(Driver):
     ) -> None:
         super().__init__(clock, environ)
         self.config = config
-        self.host = host or Host()
+        self.host: Host = host or LinuxHost()
         ed25519 = CredentialVerifier(
             [IssuerPublicKey.from_bytes(k) for k in config.issuer_public_keys], max_skew=config.max_skew
         )
@@ -82,6 +82,7 @@ class Gateway(Driver):
         self.pool4 = AddressPool(config.pool_v4)
         self.pool6 = AddressPool(config.pool_v6) if config.pool_v6 is not None else None
         self.table = SessionTable(self.pool4, self.pool6)
+        self.core.changed = set()  # the table follows every change of keys, endpoint or addresses
         self.listeners = Listeners(config, self._on_tcp_datagrams, self._on_tcp_close)
         self.tun: Tun | None = None
         self.fast: CompiledGateway | None = None
@@ -104,7 +105,6 @@ class Gateway(Driver):
             fast = CompiledGateway(tun.fd, self.table, self.listeners, self.core, cfg.client_to_client)
             if self.watch_compiled(tun.fd, fast.path, fastpath.KIND_TUN):
                 self.fast = fast
-                self.core.changed = set()
                 log.debug("compiled data path on")
         if self.fast is None:
             self.watch(tun.fd, self._on_tun_readable)

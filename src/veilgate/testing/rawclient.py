@@ -26,6 +26,8 @@ class RawClient:
         self.sock.connect(gateway)
         self.core = ClientProtocol(key, gateway_public, credential)
         self.events: list[Event] = []
+        self.packets: list[bytes] = []
+        """IP packets the gateway sent through the tunnel, in order."""
 
     def close(self) -> None:
         self.sock.close()
@@ -62,10 +64,26 @@ class RawClient:
                 data = b""
             now = time.monotonic()
             if data:
-                self.core.receive_datagram(data, now)
+                packet = self.core.receive_datagram(data, now)
+                if packet is not None:
+                    self.packets.append(packet)
             timer = self.core.get_timer()
             if timer is not None and timer <= now:
                 self.core.handle_timer(now)
+
+    def send_packet(self, packet: bytes) -> None:
+        """Seal an IP packet into the tunnel (sent with the next ``pump``)."""
+        data = self.core.send_packet(packet, time.monotonic())
+        if data is not None:
+            with contextlib.suppress(OSError):
+                self.sock.send(data)
+
+    def close_session(self) -> None:
+        """Tell the gateway to end the session now (as a client does on exit)."""
+        bye = self.core.close(time.monotonic())
+        if bye is not None:
+            with contextlib.suppress(OSError):
+                self.sock.send(bye)
 
     def _flush(self) -> None:
         for data in self.core.datagrams_to_send():

@@ -1,0 +1,93 @@
+"""Fakes for running a whole daemon without root, after wireguard-go's tun/tuntest and conn/bindtest.
+
+``FakeHost`` stands in for ``veilgate.driver.host.Host``: its TUN device is one end of a
+SOCK_SEQPACKET socketpair (a real descriptor that keeps packet boundaries, so the daemon's readers,
+epoll and the compiled data path work on it unchanged) and the test holds the other end as "the
+system"; addresses, links and firewall rules are recorded instead of applied. The daemon's UDP and
+TCP sockets stay real, on loopback.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, field
+
+
+class FakeTun:
+    """A TUN device on a socketpair: the daemon gets ``fd``, the test reads and writes ``system``."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.system, daemon = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self._daemon = daemon
+        self.fd = daemon.fileno()
+        os.set_blocking(self.fd, False)
+        self.system.settimeout(5.0)
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
+        self._daemon.close()
+
+    def inject(self, packet: bytes) -> None:
+        """A packet the system routes into the tunnel (the daemon reads it from its TUN)."""
+        self.system.send(packet)
+
+    def receive(self, timeout: float = 5.0) -> bytes:
+        """The next packet the daemon wrote to its TUN (raises TimeoutError after ``timeout``)."""
+        self.system.settimeout(timeout)
+        return self.system.recv(65535)
+
+
+@dataclass
+class FakeFirewall:
+    name: str
+    bodies: list[str] = field(default_factory=list)
+    deleted: bool = False
+
+    def apply(self, body: str) -> None:
+        self.bodies.append(body)
+
+    def delete(self) -> None:
+        self.deleted = True
+
+
+@dataclass
+class FakeHost:
+    """Records what a daemon does to the machine; hands out ``FakeTun`` devices."""
+
+    tuns: list[FakeTun] = field(default_factory=list)
+    addresses: list[tuple[str, str]] = field(default_factory=list)
+    links: list[tuple[str, int]] = field(default_factory=list)
+    firewalls: list[FakeFirewall] = field(default_factory=list)
+
+    def open_tun(self, name: str, mtu: int) -> FakeTun:
+        tun = FakeTun(name)
+        self.tuns.append(tun)
+        return tun
+
+    def add_address(self, device: str, interface: str) -> None:
+        self.addresses.append((device, interface))
+
+    def set_up(self, device: str, mtu: int) -> None:
+        self.links.append((device, mtu))
+
+    def firewall(self, name: str) -> FakeFirewall:
+        table = FakeFirewall(name)
+        self.firewalls.append(table)
+        return table
+
+
+def free_port() -> int:
+    """A loopback port free for both UDP and TCP right now."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            udp.bind(("127.0.0.1", 0))
+            port: int = udp.getsockname()[1]
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+                try:
+                    tcp.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return port
