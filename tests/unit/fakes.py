@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import socket
 from dataclasses import dataclass, field
+from pathlib import Path
 
 
 class FakeTun:
@@ -61,6 +62,10 @@ class FakeHost:
     addresses: list[tuple[str, str]] = field(default_factory=list)
     links: list[tuple[str, int]] = field(default_factory=list)
     firewalls: list[FakeFirewall] = field(default_factory=list)
+    routes: list[tuple[str, str | None, str | None]] = field(default_factory=list)
+    dns: list[str] = field(default_factory=list)
+    uplink: tuple[str | None, str] | None = (None, "lo")
+    """What ``route_to`` answers for any address (the client pins its route to the gateway on it)."""
 
     def open_tun(self, name: str, mtu: int) -> FakeTun:
         tun = FakeTun(name)
@@ -77,6 +82,26 @@ class FakeHost:
         table = FakeFirewall(name)
         self.firewalls.append(table)
         return table
+
+    def delete_address(self, device: str, interface: str) -> None:
+        self.addresses.remove((device, interface))
+
+    def route_to(self, address: str) -> tuple[str | None, str] | None:
+        return self.uplink
+
+    def add_route(self, dst: str, gateway: str | None, device: str | None) -> None:
+        self.routes.append((dst, gateway, device))
+
+    def delete_route(self, dst: str, gateway: str | None, device: str | None) -> None:
+        self.routes.remove((dst, gateway, device))
+
+    def apply_dns(self, servers: list[str], saved: Path) -> None:
+        saved.write_text("saved")
+        self.dns = list(servers)
+
+    def restore_dns(self, saved: Path) -> None:
+        saved.unlink()
+        self.dns = []
 
 
 def free_port() -> int:

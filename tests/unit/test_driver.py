@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from veilgate.driver import Driver, Wake, read_tun, read_udp, total
+from veilgate.driver import Driver, Runtime, Wake, read_tun, read_udp, total
 from veilgate.driver.readers import TUN_BATCH
 from veilgate.transport import loop as event_loop
 from veilgate.transport.loop import QUIET_GAP
@@ -22,7 +22,7 @@ class Toy(Driver):
     """A driver around a core that wants the timer at ``deadline`` and counts what happens."""
 
     def __init__(self, status: Path | None = None) -> None:
-        super().__init__(time.monotonic, {})
+        super().__init__(Runtime(environ={}))
         self.deadline: float | None = None
         self.fired: list[float] = []
         self.pumped = 0

@@ -19,6 +19,7 @@ from tests.unit.fakes import FakeHost, free_port
 from tests.unit.harness import ipv4_packet
 from veilgate import fastpath
 from veilgate.credentials import IssuerKey, issue
+from veilgate.driver import Runtime
 from veilgate.gateway.config import GatewayConfig
 from veilgate.gateway.daemon import Gateway
 from veilgate.protocol.crypto import KeyPair
@@ -56,7 +57,7 @@ def run_gateway(tmp_path: Path, data_path: str, scenario: Scenario, **options: o
     )
     host = FakeHost()
     environ = {fastpath.ENV: "1" if data_path == "compiled" else "0"}
-    gateway = Gateway(config, host=host, environ=environ)
+    gateway = Gateway(config, Runtime(host=host, environ=environ))
     clients: list[RawClient] = []
 
     def new_client() -> RawClient:

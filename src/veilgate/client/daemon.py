@@ -15,17 +15,15 @@ import logging
 import operator
 import os
 import socket
-import time
 from collections import Counter
-from collections.abc import Callable, Mapping
 from typing import Any
 
 from veilgate import fastpath
 from veilgate.client.config import ClientConfig
 from veilgate.client.paths import TCP, UDP, Act, Action, PathManager
 from veilgate.client.system import SystemState, TunnelSetup
-from veilgate.driver import Driver, Wake, read_tun, read_udp, total
-from veilgate.driver.host import Host, LinuxHost, Tun
+from veilgate.driver import Driver, Runtime, Wake, read_tun, read_udp, total
+from veilgate.driver.host import Tun
 from veilgate.netfilter import kill_switch_rules
 from veilgate.protocol import messages
 from veilgate.protocol.client import ClientProtocol
@@ -50,17 +48,9 @@ UDP_BUFFER = 4 * 1024 * 1024
 
 
 class Client(Driver):
-    def __init__(
-        self,
-        config: ClientConfig,
-        *,
-        clock: Callable[[], float] = time.monotonic,
-        host: Host | None = None,
-        environ: Mapping[str, str] | None = None,
-    ) -> None:
-        super().__init__(clock, environ)
+    def __init__(self, config: ClientConfig, runtime: Runtime | None = None) -> None:
+        super().__init__(runtime)
         self.config = config
-        self.host: Host = host or LinuxHost()
         self.core = ClientProtocol(
             KeyPair.from_private_bytes(config.private_key),
             config.gateway_public_key,
@@ -77,7 +67,7 @@ class Client(Driver):
         self.family = (
             socket.AF_INET6 if ipaddress.ip_address(config.gateway_host).version == 6 else socket.AF_INET
         )
-        self.state = SystemState(config.state_dir / f"client-{config.tun_name}.json")
+        self.state = SystemState(config.state_dir / f"client-{config.tun_name}.json", self.host)
         self.dns_state = config.state_dir / f"client-{config.tun_name}.dns"
         self.setup = TunnelSetup(self.state, self.dns_state, config.gateway_host, config.apply_dns)
         self.tun: Tun | None = None
@@ -106,7 +96,7 @@ class Client(Driver):
     async def start(self) -> None:
         cfg = self.config
         self.begin()
-        if SystemState.recover(self.state.path, self.dns_state):
+        if SystemState.recover(self.state.path, self.dns_state, self.host):
             log.warning("restored routes, DNS and firewall left behind by a previous run")
         if cfg.kill_switch:
             table = f"veilgate_ks_{cfg.tun_name}"

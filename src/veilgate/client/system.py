@@ -15,9 +15,8 @@ import logging
 import os
 from pathlib import Path
 
-from veilgate.netfilter import NftTable
+from veilgate.driver.host import Host, LinuxHost
 from veilgate.protocol.control import TunnelConfig
-from veilgate.tun import dns, netlink
 
 log = logging.getLogger("veilgate.client")
 
@@ -25,8 +24,9 @@ log = logging.getLogger("veilgate.client")
 class SystemState:
     """What the client changed on the system, recorded in a state file so a crash can be undone."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, host: Host | None = None) -> None:
         self.path = path
+        self.host: Host = host or LinuxHost()
         self.routes: list[tuple[str, str | None, str | None]] = []  # (dst, gateway, device)
         self.dns_applied = False
         self.nft_table: str | None = None
@@ -42,29 +42,30 @@ class SystemState:
     def undo(self, dns_state: Path) -> None:
         for dst, gateway, device in reversed(self.routes):
             with contextlib.suppress(Exception):
-                netlink.delete_route(dst, gateway=gateway, device=device)
+                self.host.delete_route(dst, gateway, device)
         self.routes.clear()
         if self.dns_applied:
             with contextlib.suppress(Exception):
-                dns.restore_dns(dns_state)
+                self.host.restore_dns(dns_state)
             self.dns_applied = False
         if self.nft_table:
             with contextlib.suppress(Exception):
-                NftTable(self.nft_table).delete()
+                self.host.firewall(self.nft_table).delete()
             self.nft_table = None
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
 
     @classmethod
-    def recover(cls, path: Path, dns_state: Path) -> bool:
+    def recover(cls, path: Path, dns_state: Path, host: Host | None = None) -> bool:
         """Undo what a crashed client left behind; True if there was something."""
+        host = host or LinuxHost()
         if not path.exists():
             if dns_state.exists():
                 with contextlib.suppress(Exception):
-                    dns.restore_dns(dns_state)
+                    host.restore_dns(dns_state)
                 return True
             return False
-        state = cls(path)
+        state = cls(path, host)
         try:
             data = json.loads(path.read_text())
             state.routes = [tuple(r) for r in data.get("routes", [])]
@@ -82,6 +83,7 @@ class TunnelSetup:
 
     def __init__(self, state: SystemState, dns_state: Path, gateway_host: str, apply_dns: bool) -> None:
         self.state = state
+        self.host = state.host
         self.dns_state = dns_state
         self.gateway_host = gateway_host
         self.apply_dns = apply_dns
@@ -89,23 +91,23 @@ class TunnelSetup:
 
     def apply(self, tun: str, config: TunnelConfig) -> None:
         old = self.applied
-        netlink.set_link(tun, up=True, mtu=config.mtu)
+        self.host.set_up(tun, config.mtu)
         # New addresses first: removing a device's last address makes the kernel drop its routes.
         for iface in (config.ipv4, config.ipv6):
             if iface is not None:
-                netlink.add_address(tun, str(iface))
+                self.host.add_address(tun, str(iface))
         if old is not None:
             for iface in (old.ipv4, old.ipv6):
                 if iface is not None and iface not in (config.ipv4, config.ipv6):
                     with contextlib.suppress(Exception):
-                        netlink.delete_address(tun, str(iface))
+                        self.host.delete_address(tun, str(iface))
         if old is None:
             self._pin_gateway_route()
         for net in config.routes:
             for half in _halves(net):
                 self._add_route(half, None, tun)
         if self.apply_dns and config.dns and not self.state.dns_applied:
-            dns.apply_dns([str(a) for a in config.dns], self.dns_state)
+            self.host.apply_dns([str(a) for a in config.dns], self.dns_state)
             self.state.dns_applied = True
         self.state.save()
         self.applied = config
@@ -118,7 +120,7 @@ class TunnelSetup:
         )
 
     def _pin_gateway_route(self) -> None:
-        route = netlink.route_to(self.gateway_host)
+        route = self.host.route_to(self.gateway_host)
         if route is None:
             log.warning("no route to the gateway found; not pinning one")
             return
@@ -128,7 +130,7 @@ class TunnelSetup:
 
     def _add_route(self, dst: str, gateway: str | None, device: str | None) -> None:
         try:
-            netlink.add_route(dst, gateway=gateway, device=device)
+            self.host.add_route(dst, gateway, device)
         except Exception as exc:
             log.warning("could not add route %s: %s", dst, exc)
             return

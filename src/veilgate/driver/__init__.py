@@ -6,7 +6,7 @@ batches from a TUN device and a UDP socket the way both sides want them read. Th
 client subclass ``Driver`` and keep only what differs between them.
 """
 
-from veilgate.driver.base import Driver, total
+from veilgate.driver.base import Driver, Runtime, total
 from veilgate.driver.readers import Wake, read_tun, read_udp
 
-__all__ = ["Driver", "Wake", "read_tun", "read_udp", "total"]
+__all__ = ["Driver", "Runtime", "Wake", "read_tun", "read_udp", "total"]

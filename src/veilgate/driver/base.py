@@ -18,10 +18,12 @@ import os
 import signal
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from veilgate import fastpath
+from veilgate.driver.host import Host, LinuxHost
 from veilgate.transport.loop import add_compiled_reader, add_data_reader, remove_data_reader
 
 
@@ -34,15 +36,24 @@ def total(*parts: Mapping[str, int]) -> dict[str, int]:
     return out
 
 
+@dataclass(frozen=True)
+class Runtime:
+    """What a daemon runs on: its clock, the machine it changes, its environment. Tests pass fakes."""
+
+    clock: Callable[[], float] = time.monotonic
+    host: Host = field(default_factory=LinuxHost)
+    environ: Mapping[str, str] = field(default_factory=lambda: os.environ)
+
+
 class Driver(abc.ABC):
     """Lifecycle, timer, event pump and status socket of a daemon around a sans-IO core."""
 
-    def __init__(self, clock: Callable[[], float], environ: Mapping[str, str] | None = None) -> None:
-        self.clock = clock
+    def __init__(self, runtime: Runtime | None) -> None:
+        runtime = runtime or Runtime()
+        self.clock = clock = runtime.clock
+        self.host = runtime.host
         self.started = time.time()
-        self.compiled_wanted = clock is time.monotonic and fastpath.wanted(
-            os.environ if environ is None else environ
-        )
+        self.compiled_wanted = clock is time.monotonic and fastpath.wanted(runtime.environ)
         """Whether to run the compiled data path: built, not turned off in the environment, and on
         the clock it reads (CLOCK_MONOTONIC; a test's clock keeps the pure-Python path)."""
         self._loop: asyncio.AbstractEventLoop | None = None

@@ -1,4 +1,4 @@
-"""The machine a daemon changes: its TUN device, the device's addresses, its firewall table.
+"""The machine a daemon changes: its TUN device and addresses, routes, DNS, its firewall table.
 
 Daemons reach the machine only through a ``Host``, so the unit tests run a whole daemon with a
 fake one (a socketpair for the TUN device, a record of the addresses and rules) and no root.
@@ -6,10 +6,11 @@ fake one (a socketpair for the TUN device, a record of the addresses and rules) 
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Protocol
 
 from veilgate.netfilter import NftTable
-from veilgate.tun import TunDevice, netlink
+from veilgate.tun import TunDevice, dns, netlink
 
 
 class Tun(Protocol):
@@ -40,6 +41,22 @@ class Host(Protocol):
 
     def firewall(self, name: str) -> Firewall: ...
 
+    def delete_address(self, device: str, interface: str) -> None: ...
+
+    def route_to(self, address: str) -> tuple[str | None, str] | None:
+        """The next hop and device the main table uses for ``address`` now (None: no route)."""
+        ...
+
+    def add_route(self, dst: str, gateway: str | None, device: str | None) -> None: ...
+
+    def delete_route(self, dst: str, gateway: str | None, device: str | None) -> None: ...
+
+    def apply_dns(self, servers: list[str], saved: Path) -> None:
+        """Use ``servers`` for DNS, saving what was in force to ``saved``."""
+        ...
+
+    def restore_dns(self, saved: Path) -> None: ...
+
 
 class LinuxHost:
     """The real machine: /dev/net/tun, netlink (pyroute2) and nftables."""
@@ -58,6 +75,24 @@ class LinuxHost:
 
     def firewall(self, name: str) -> Firewall:
         return NftTable(name)
+
+    def delete_address(self, device: str, interface: str) -> None:
+        netlink.delete_address(device, interface)
+
+    def route_to(self, address: str) -> tuple[str | None, str] | None:
+        return netlink.route_to(address)
+
+    def add_route(self, dst: str, gateway: str | None, device: str | None) -> None:
+        netlink.add_route(dst, gateway=gateway, device=device)
+
+    def delete_route(self, dst: str, gateway: str | None, device: str | None) -> None:
+        netlink.delete_route(dst, gateway=gateway, device=device)
+
+    def apply_dns(self, servers: list[str], saved: Path) -> None:
+        dns.apply_dns(servers, saved)
+
+    def restore_dns(self, saved: Path) -> None:
+        dns.restore_dns(saved)
 
 
 __all__ = ["Firewall", "Host", "LinuxHost", "Tun"]

@@ -18,14 +18,13 @@ import logging
 import os
 import time
 from collections import Counter
-from collections.abc import Callable
 from typing import Any
 
 from veilgate import fastpath
 from veilgate.credentials import CredentialVerifier, IssuerPublicKey
 from veilgate.credentials.epochs import DEFAULT_EPOCH_LENGTH, AnyCredentialVerifier, EpochVerifier
-from veilgate.driver import Driver, Wake, read_tun, read_udp, total
-from veilgate.driver.host import Firewall, Host, LinuxHost, Tun
+from veilgate.driver import Driver, Runtime, Wake, read_tun, read_udp, total
+from veilgate.driver.host import Firewall, Tun
 from veilgate.gateway.compiled import CompiledGateway
 from veilgate.gateway.config import GatewayConfig
 from veilgate.gateway.epochs import EpochSync
@@ -47,17 +46,9 @@ log = logging.getLogger("veilgate.gateway")
 
 
 class Gateway(Driver):
-    def __init__(
-        self,
-        config: GatewayConfig,
-        *,
-        clock: Callable[[], float] = time.monotonic,
-        host: Host | None = None,
-        environ: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(clock, environ)
+    def __init__(self, config: GatewayConfig, runtime: Runtime | None = None) -> None:
+        super().__init__(runtime)
         self.config = config
-        self.host: Host = host or LinuxHost()
         ed25519 = CredentialVerifier(
             [IssuerPublicKey.from_bytes(k) for k in config.issuer_public_keys], max_skew=config.max_skew
         )
