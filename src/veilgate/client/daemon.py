@@ -23,7 +23,6 @@ from veilgate.client.config import ClientConfig
 from veilgate.client.paths import TCP, UDP, Act, Action, PathManager
 from veilgate.client.system import SystemState, TunnelSetup
 from veilgate.driver import Driver, Runtime, Wake, read_tun, read_udp, total
-from veilgate.driver.host import Tun
 from veilgate.netfilter import kill_switch_rules
 from veilgate.protocol import messages
 from veilgate.protocol.client import ClientProtocol
@@ -70,7 +69,6 @@ class Client(Driver):
         self.state = SystemState(config.state_dir / f"client-{config.tun_name}.json", self.host)
         self.dns_state = config.state_dir / f"client-{config.tun_name}.dns"
         self.setup = TunnelSetup(self.state, self.dns_state, config.gateway_host, config.apply_dns)
-        self.tun: Tun | None = None
         self.udp: socket.socket | None = None
         self.udp_tx: UdpSender | None = None
         self._gro = False
@@ -106,7 +104,7 @@ class Client(Driver):
                 kill_switch_rules(cfg.tun_name, cfg.gateway_host, cfg.udp_port, cfg.tcp_port)
             )
             log.info("kill switch on: only traffic to the gateway leaves while the tunnel is down")
-        self.tun = tun = self.host.open_tun(cfg.tun_name, 1420)
+        tun = self.open_tun(cfg.tun_name, 1420)
         if cfg.transport != TCP:
             self.udp = udp = socket.socket(self.family, socket.SOCK_DGRAM)
             udp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_BUFFER)
@@ -142,19 +140,14 @@ class Client(Driver):
         bye = self.core.close(self.clock())
         if bye is not None:
             self._send(self.paths.current, bye)
+        self.finish()
         if self._tcp_task is not None:
             self._tcp_task.cancel()
         if self.tcp is not None:
             self.tcp.close()
         if self.udp is not None:
-            self.unwatch(self.udp.fileno())
             self.udp.close()
-        if self.tun is not None:
-            self.unwatch(self.tun.fd)
-            self.tun.close()
-            self.tun = None
         self.state.undo(self.dns_state)
-        self.finish()
         log.info("disconnected; routes and DNS restored")
 
     def rotate_identity(self, key: KeyPair, credential: bytes) -> None:

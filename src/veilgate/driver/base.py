@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from veilgate import fastpath
-from veilgate.driver.host import Host, LinuxHost
+from veilgate.driver.host import Host, LinuxHost, Tun
 from veilgate.transport.loop import add_compiled_reader, add_data_reader, remove_data_reader
 
 
@@ -63,6 +63,7 @@ class Driver(abc.ABC):
         self._status_server: asyncio.AbstractServer | None = None
         self._status_path: Path | None = None
         self._watched: list[int] = []
+        self.tun: Tun | None = None
 
     # ------------------------------------------------------------ what a side supplies
 
@@ -72,7 +73,7 @@ class Driver(abc.ABC):
 
     @abc.abstractmethod
     async def stop(self) -> None:
-        """Undo ``start`` (call ``finish`` at the end)."""
+        """Undo ``start`` (call ``finish`` once nothing more is to be sent)."""
 
     @abc.abstractmethod
     def pump(self, now: float) -> None:
@@ -115,14 +116,23 @@ class Driver(abc.ABC):
         if self._stopping is not None:
             self._stopping.set()
 
+    def open_tun(self, name: str, mtu: int) -> Tun:
+        """Create the daemon's TUN device (``finish`` closes it)."""
+        self.tun = self.host.open_tun(name, mtu)
+        return self.tun
+
     def finish(self) -> None:
-        """The last step of ``stop``: the timer, the readers and the status socket go."""
+        """The first step of ``stop`` once nothing more is sent: the timer, the readers, the TUN
+        device and the status socket go (the daemon's sockets may close after)."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         self._timer_at = None
         for fd in list(self._watched):
             self.unwatch(fd)
+        if self.tun is not None:
+            self.tun.close()
+            self.tun = None
         self.close_status()
 
     # ------------------------------------------------------------ readers

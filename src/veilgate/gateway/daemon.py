@@ -24,7 +24,7 @@ from veilgate import fastpath
 from veilgate.credentials import CredentialVerifier, IssuerPublicKey
 from veilgate.credentials.epochs import DEFAULT_EPOCH_LENGTH, AnyCredentialVerifier, EpochVerifier
 from veilgate.driver import Driver, Runtime, Wake, read_tun, read_udp, total
-from veilgate.driver.host import Firewall, Tun
+from veilgate.driver.host import Firewall
 from veilgate.gateway.compiled import CompiledGateway
 from veilgate.gateway.config import GatewayConfig
 from veilgate.gateway.epochs import EpochSync
@@ -75,7 +75,6 @@ class Gateway(Driver):
         self.table = SessionTable(self.pool4, self.pool6)
         self.core.changed = set()  # the table follows every change of keys, endpoint or addresses
         self.listeners = Listeners(config, self._on_tcp_datagrams, self._on_tcp_close)
-        self.tun: Tun | None = None
         self.fast: CompiledGateway | None = None
         """The compiled data path, when it runs: it serves the sessions reached over UDP."""
         self._firewall: Firewall | None = None
@@ -87,7 +86,7 @@ class Gateway(Driver):
     async def start(self) -> None:
         cfg = self.config
         self.begin()
-        self.tun = tun = self.host.open_tun(cfg.tun_name, cfg.mtu)
+        tun = self.open_tun(cfg.tun_name, cfg.mtu)
         self.host.add_address(tun.name, f"{self.pool4.gateway_address}/{cfg.pool_v4.prefixlen}")
         if self.pool6 is not None and cfg.pool_v6 is not None:
             self.host.add_address(tun.name, f"{self.pool6.gateway_address}/{cfg.pool_v6.prefixlen}")
@@ -128,20 +127,14 @@ class Gateway(Driver):
     async def stop(self) -> None:
         if self.epoch_sync is not None:
             self.epoch_sync.stop()
-        for udp in self.listeners.udp:
-            self.unwatch(udp.sock.fileno())
+        self.finish()
         self.listeners.close()
-        if self.tun is not None:
-            self.unwatch(self.tun.fd)
-            self.tun.close()
-            self.tun = None
         if self._firewall is not None:
             self._firewall.delete()
             self._firewall = None
         for session_id in list(self.core.sessions):
             self.core.end_session(session_id, "gateway stopping")
         self._process_events()
-        self.finish()
         log.info("gateway stopped")
 
     def _push_epoch_keys(self) -> None:
