@@ -31,10 +31,10 @@ from veilgate import fastpath
 from veilgate.protocol.constants import PENDING_HANDSHAKE_TIMEOUT
 from veilgate.testing import Topology, netns
 from veilgate.testing.deploy import Deployment
-from veilgate.testing.flood import (
+from veilgate.testing.flood import measure_capacity
+from veilgate.testing.floodrun import (
     FLOOD_SUBNET,
     FloodRun,
-    measure_capacity,
     pin_apart,
     process_cpu_seconds,
     process_rss_kib,

@@ -1,8 +1,8 @@
 """Ping RTT through each tunnel at two ping intervals, against two floors: ``make bench-latency``.
 
 The RTT a tunnel adds depends on how long its processes slept before the packet (see
-docs/performance.md, Ping RTT). This study pings through veilgate over UDP (on its compiled data
-path and on the pure-Python one) and wireguard-go at a
+docs/performance.md, "Why an idle gap costs more than the cipher"). This study pings through
+veilgate over UDP (on its compiled data path and on the pure-Python one) and wireguard-go at a
 1 ms interval (the processes stay busy) and a 20 ms one (each packet finds them asleep, as in
 ``make bench``), next to two relays that are not VPNs but floors: ``latency/relay.py``, the least
 a Python process can do per packet (read, one AEAD call, send) and, when a C compiler and the

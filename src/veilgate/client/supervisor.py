@@ -3,15 +3,16 @@
 It bootstraps from the signed provider document (cached, so a provider outage
 does not stop a client whose cached document and credential are still valid),
 picks the best gateway by measured handshake round-trip time and the
-document's load hints, obtains a blind credential for a fresh static key, and
-connects. That first credential is the only one fetched from the client's own
-address (besides a failover with nothing left in the stash): once the tunnel
-is up, identities for the coming epochs are fetched ahead, at random moments
-and through the tunnel (``veilgate.client.prefetch``). Early in each epoch the
-client takes a stashed identity and re-handshakes under it on the same session
-(the tunnel, its addresses and the TCP connections inside it stay up). When
-the gateway stops answering for ``failover_after`` seconds it moves to the
-next gateway, with another stashed identity.
+document's load hints (``veilgate.client.ranking``), obtains a blind
+credential for a fresh static key, and connects. That first credential is the
+only one fetched from the client's own address (besides a failover with
+nothing left in the stash): once the tunnel is up, identities for the coming
+epochs are fetched ahead, at random moments and through the tunnel
+(``veilgate.client.prefetch``). Early in each epoch the client takes a stashed
+identity and re-handshakes under it on the same session (the tunnel, its
+addresses and the TCP connections inside it stay up). When the gateway stops
+answering for ``failover_after`` seconds it moves to the next gateway, with
+another stashed identity.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import secrets
 import signal
 import socket
 import time
@@ -29,70 +29,16 @@ import urllib.parse
 from veilgate.client.config import ClientConfig
 from veilgate.client.daemon import Client
 from veilgate.client.prefetch import Identity, IdentityStash, fetch_time, quiet_margin, rotation_time
+from veilgate.client.ranking import rank_gateways
 from veilgate.client.system import SystemState
 from veilgate.credentials.epochs import BlindCredential, epoch_of
 from veilgate.netfilter import NftTable, kill_switch_rules_for
-from veilgate.protocol.cookie import CookieGenerator
 from veilgate.protocol.crypto import KeyPair
-from veilgate.protocol.handshake import InitiatorHandshake
-from veilgate.protocol.messages import TYPE_COOKIE_REPLY, TYPE_HANDSHAKE_RESP
 from veilgate.provider.client import FetchedDocument, ProviderClient, ProviderUnavailable
 from veilgate.provider.document import GatewayEntry
 from veilgate.transport import loop as event_loop
 
 log = logging.getLogger("veilgate.client")
-
-
-class _Probe(asyncio.DatagramProtocol):
-    def __init__(self, index: int) -> None:
-        self.index = index
-        self.answered: asyncio.Future[float] = asyncio.get_running_loop().create_future()
-
-    def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
-        if (
-            len(data) >= 12
-            and data[0] in (TYPE_HANDSHAKE_RESP, TYPE_COOKIE_REPLY)
-            and int.from_bytes(data[8 if data[0] == TYPE_HANDSHAKE_RESP else 4 :][:4], "little") == self.index
-            and not self.answered.done()
-        ):
-            self.answered.set_result(time.monotonic())
-
-
-async def handshake_rtt(gateway: GatewayEntry, timeout: float = 1.0) -> float | None:
-    """Time a handshake initiation to ``gateway`` over UDP until its answer (response or cookie reply)."""
-    loop = asyncio.get_running_loop()
-    index = secrets.randbits(32)
-    probe = _Probe(index)
-    try:
-        transport, _ = await loop.create_datagram_endpoint(
-            lambda: probe, remote_addr=(gateway.host, gateway.udp_port)
-        )
-    except OSError:
-        return None
-    try:
-        init = InitiatorHandshake(
-            KeyPair.generate(),
-            gateway.public_key,
-            index,
-            CookieGenerator(gateway.public_key),
-            time.monotonic(),
-        )
-        t0 = time.monotonic()
-        transport.sendto(init.init_message)
-        try:
-            return await asyncio.wait_for(probe.answered, timeout) - t0
-        except TimeoutError:
-            return None
-    finally:
-        transport.close()
-
-
-async def rank_gateways(gateways: tuple[GatewayEntry, ...]) -> list[tuple[GatewayEntry, float | None]]:
-    """Best first: measured RTT weighted by the load hint; unanswered gateways last, in document order."""
-    rtts = await asyncio.gather(*(handshake_rtt(g) for g in gateways))
-    ranked = list(zip(gateways, rtts, strict=True))
-    ranked.sort(key=lambda p: (p[1] is None, (p[1] or 0.0) * (1.0 + 2.0 * p[0].load)))
-    return ranked
 
 
 class ProviderModeClient:

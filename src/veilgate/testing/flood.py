@@ -6,11 +6,12 @@ valid mac1 and costs the gateway real work; it sends from many source addresses;
 answers a cookie reply nor completes a handshake. The messages are built by the real initiator
 (``InitiatorHandshake`` and ``CookieGenerator``) ahead of time, so sending costs a system call.
 
-It runs inside a namespace that ``Topology.add_host`` made (``FLOOD_SUBNET``), with every source
-address assigned there: the gateway's answers route back to it, and it counts them (cookie replies,
-handshake responses) without ever using them. One socket sends from all the addresses, choosing
-each datagram's source with ``IP_PKTINFO``. Sending is paced by a token bucket and stops by itself
-after ``--duration`` seconds (or on SIGTERM); it then prints one JSON line with what it achieved.
+It runs inside a namespace that ``Topology.add_host`` made, with every source address assigned
+there (``veilgate.testing.floodrun`` starts it so): the gateway's answers route back to it, and
+it counts them (cookie replies, handshake responses) without ever using them. One socket sends
+from all the addresses, choosing each datagram's source with ``IP_PKTINFO``. Sending is paced by
+a token bucket and stops by itself after ``--duration`` seconds (or on SIGTERM); it then prints
+one JSON line with what it achieved.
 
     python -m veilgate.testing.flood send --gateway 172.31.2.2:51820 --public-key KEY \\
         --source 172.31.20.2 --source 172.31.20.3 --rate 20000 --duration 15
@@ -26,30 +27,23 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import json
-import os
 import secrets
-import select
 import signal
 import socket
 import statistics
 import struct
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from types import FrameType
 
-from veilgate.config.keys import decode_key, encode_key
+from veilgate.config.keys import decode_key
 from veilgate.protocol import messages
 from veilgate.protocol.cookie import CookieGenerator
 from veilgate.protocol.crypto import KeyPair
 from veilgate.protocol.gateway import GatewayProtocol
 from veilgate.protocol.handshake import InitiatorHandshake
-from veilgate.testing.netns import Host, Topology
-
-FLOOD_SUBNET = 20
-"""The flooder's 172.31.20.0/24 in ``Topology.add_host``."""
 
 IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)  # Linux's value; Python defines the name from 3.13 on
 SOCKET_BUFFER = 4 * 1024 * 1024
@@ -265,96 +259,6 @@ def measure_capacity(per_round: int = 200, rounds: int = 3, cookie_replies: int 
         core.datagrams_to_send()
     per_cookie = (time.perf_counter() - t0) / cookie_replies
     return Capacity(round(1.0 / per_handshake, 1), round(per_handshake * 1e6, 1), round(per_cookie * 1e6, 2))
-
-
-# ---------------------------------------------------------------- in a topology
-
-
-class FloodRun:
-    """A flooder process on a ``Topology`` host (``add_host``), sending from all of its addresses."""
-
-    def __init__(
-        self,
-        topo: Topology,
-        host: Host,
-        gateway: tuple[str, int],
-        gateway_public: bytes,
-        rate: float,
-        duration: float,
-        *,
-        handshakes: int = 256,
-        indices: int = 16,
-        sources: Sequence[str] | None = None,
-    ) -> None:
-        """``sources``: the host's addresses to send from (default all of them)."""
-        cmd = [sys.executable, "-m", "veilgate.testing.flood", "send"]
-        cmd += ["--gateway", f"{gateway[0]}:{gateway[1]}", "--public-key", encode_key(gateway_public)]
-        cmd += ["--rate", repr(rate), "--duration", repr(duration)]
-        cmd += ["--handshakes", str(handshakes), "--indices", str(indices)]
-        for source in host.sources if sources is None else sources:
-            cmd += ["--source", source]
-        self.topo = topo
-        self.proc = topo.spawn(host.ns, *cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        self.started_at: float | None = None
-
-    def wait_started(self, timeout: float = 60) -> float:
-        """Wait until the pool is built and sending begins; returns that moment (``time.monotonic``)."""
-        assert self.proc.stderr is not None
-        ready, _, _ = select.select([self.proc.stderr], [], [], timeout)
-        line = self.proc.stderr.readline() if ready else ""
-        if "flooding" not in line:
-            self.proc.kill()
-            rest = self.proc.communicate(timeout=10)[1] if ready else ""
-            raise RuntimeError(f"the flooder did not start: {line}{rest}")
-        self.started_at = time.monotonic()
-        return self.started_at
-
-    def report(self, timeout: float = 30) -> FloodReport:
-        """Stop the flood if it still runs, and return what it achieved."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        out, err = self.proc.communicate(timeout=timeout)
-        try:
-            return FloodReport(**json.loads(out.strip().splitlines()[-1]))
-        except (ValueError, IndexError, TypeError):
-            raise RuntimeError(
-                f"the flooder printed no report (exit {self.proc.returncode}): {err}"
-            ) from None
-
-
-def pin_apart(flooder_pid: int, gateway_pid: int) -> bool:
-    """Keep the flooder and the gateway on different CPUs (the first and the last), as an attacker's
-    machine is not the gateway's; the kernel's work for the flood's datagrams stays on the
-    flooder's CPU, where it sends them. False (and nothing changed) on a machine with one CPU."""
-    cpus = sorted(os.sched_getaffinity(0))
-    if len(cpus) < 2:
-        return False
-    os.sched_setaffinity(flooder_pid, {cpus[0]})
-    os.sched_setaffinity(gateway_pid, {cpus[-1]})
-    return True
-
-
-def udp_stats(topo: Topology, ns: str) -> dict[str, int]:
-    """The kernel's UDP counters in a namespace (``RcvbufErrors``: datagrams dropped at a full socket)."""
-    lines = [line.split() for line in topo.ns_run(ns, "cat", "/proc/net/snmp").stdout.splitlines()]
-    names, values = (line[1:] for line in lines if line and line[0] == "Udp:")
-    return dict(zip(names, map(int, values), strict=True))
-
-
-def process_cpu_seconds(pid: int) -> float:
-    """User and system CPU time a process has used, from /proc/PID/stat."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def process_rss_kib(pid: int) -> int:
-    """A process's resident memory, from /proc/PID/status."""
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
 
 
 # ---------------------------------------------------------------- command line

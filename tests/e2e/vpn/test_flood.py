@@ -19,7 +19,8 @@ import pytest
 from veilgate.protocol.constants import PENDING_HANDSHAKE_TIMEOUT
 from veilgate.testing import netns
 from veilgate.testing.deploy import Deployment, wait_for
-from veilgate.testing.flood import FLOOD_SUBNET, FloodRun, measure_capacity, pin_apart, udp_stats
+from veilgate.testing.flood import measure_capacity
+from veilgate.testing.floodrun import FLOOD_SUBNET, FloodRun, pin_apart, udp_stats
 
 from .test_vpn import ping
 

@@ -1,0 +1,77 @@
+"""Gateway choice in provider mode: each gateway's handshake round-trip time, and the ranking.
+
+A probe sends one handshake initiation from a throwaway static key over UDP
+and times the gateway's answer, a handshake response or a cookie reply (a
+gateway under load answers with the latter, which still measures the path).
+The probe never completes the handshake, so it shows the gateway neither an
+identity nor a credential. The ranking weighs each round-trip time by the
+load hint of the signed provider document.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+
+from veilgate.protocol.cookie import CookieGenerator
+from veilgate.protocol.crypto import KeyPair
+from veilgate.protocol.errors import RemoteProtocolError
+from veilgate.protocol.handshake import InitiatorHandshake
+from veilgate.protocol.messages import CookieReply, HandshakeResp, decode
+from veilgate.provider.document import GatewayEntry
+
+
+class _Probe(asyncio.DatagramProtocol):
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.answered: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+
+    def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
+        try:
+            message = decode(data)
+        except RemoteProtocolError:
+            return  # not an answer: keep waiting
+        if (
+            isinstance(message, HandshakeResp | CookieReply)
+            and message.receiver == self.index
+            and not self.answered.done()
+        ):
+            self.answered.set_result(time.monotonic())
+
+
+async def handshake_rtt(gateway: GatewayEntry, timeout: float = 1.0) -> float | None:
+    """Time a handshake initiation to ``gateway`` over UDP until its answer (response or cookie reply)."""
+    loop = asyncio.get_running_loop()
+    index = secrets.randbits(32)
+    probe = _Probe(index)
+    try:
+        transport, _ = await loop.create_datagram_endpoint(
+            lambda: probe, remote_addr=(gateway.host, gateway.udp_port)
+        )
+    except OSError:
+        return None
+    try:
+        init = InitiatorHandshake(
+            KeyPair.generate(),
+            gateway.public_key,
+            index,
+            CookieGenerator(gateway.public_key),
+            time.monotonic(),
+        )
+        t0 = time.monotonic()
+        transport.sendto(init.init_message)
+        try:
+            return await asyncio.wait_for(probe.answered, timeout) - t0
+        except TimeoutError:
+            return None
+    finally:
+        transport.close()
+
+
+async def rank_gateways(gateways: tuple[GatewayEntry, ...]) -> list[tuple[GatewayEntry, float | None]]:
+    """Best first: measured RTT weighted by the load hint; unanswered gateways last, in document order."""
+    rtts = await asyncio.gather(*(handshake_rtt(g) for g in gateways))
+    ranked = list(zip(gateways, rtts, strict=True))
+    ranked.sort(key=lambda p: (p[1] is None, (p[1] or 0.0) * (1.0 + 2.0 * p[0].load)))
+    return ranked
