@@ -131,8 +131,8 @@ def test_wake_tells_a_lone_packet_from_a_stream() -> None:
     assert wake.quiet(100.0 + 3 * QUIET_GAP)
 
 
-def recorder(seen: list[tuple[bytes, bool]]) -> Callable[[bytes, bool], bool]:
-    def route(packet: bytes, at_once: bool) -> bool:
+def recorder(seen: list[tuple[bytes, bool]]) -> Callable[[bytes, float, bool], bool]:
+    def route(packet: bytes, now: float, at_once: bool) -> bool:
         seen.append((packet, at_once))
         return True
 
@@ -146,13 +146,13 @@ def test_read_tun_sends_the_first_packet_at_once_only_after_a_quiet_spell() -> N
         for n in range(5):
             system.send(bytes([n]) * 30)
         seen: list[tuple[bytes, bool]] = []
-        read_tun(daemon.fileno(), True, recorder(seen))
+        read_tun(daemon.fileno(), 0.0, True, recorder(seen))
         assert [p[0] for p, _ in seen] == [0, 1, 2, 3, 4]
         assert [at_once for _, at_once in seen] == [True, False, False, False, False]
         for _ in range(TUN_BATCH + 3):
             system.send(b"x")
         seen.clear()
-        read_tun(daemon.fileno(), False, recorder(seen))
+        read_tun(daemon.fileno(), 0.0, False, recorder(seen))
         assert len(seen) == TUN_BATCH and not any(at_once for _, at_once in seen)
     finally:
         system.close()

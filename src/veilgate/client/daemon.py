@@ -256,7 +256,7 @@ class Client(Driver):
         # The sealed packets of one wake-up leave together: on UDP as GSO runs, on TCP in one write.
         tx: UdpSender | FramedConnection | None = self.udp_tx if self.paths.current == UDP else self.tcp
 
-        def route(packet: bytes, at_once: bool) -> bool:
+        def route(packet: bytes, now: float, at_once: bool) -> bool:
             data = send_packet(packet, now)
             if data is None or tx is None:  # no carrier open on this path: lost, as _send would
                 return False
@@ -266,7 +266,7 @@ class Client(Driver):
                 tx.queue(data)
             return True
 
-        read_tun(self.tun.fd, self._tun_wake.quiet(now), route)
+        read_tun(self.tun.fd, now, self._tun_wake.quiet(now), route)
         if tx is not None:
             tx.flush()
         self.after_io(now)

@@ -38,8 +38,8 @@ class Wake:
         return quiet
 
 
-def read_tun(fd: int, quiet: bool, route: Callable[[bytes, bool], bool]) -> None:
-    """Read up to ``TUN_BATCH`` packets and hand each to ``route(packet, at_once)``.
+def read_tun(fd: int, now: float, quiet: bool, route: Callable[[bytes, float, bool], bool]) -> None:
+    """Read up to ``TUN_BATCH`` packets and hand each to ``route(packet, now, at_once)``.
 
     ``at_once`` is True for the first packet after a quiet spell (send it now rather than queue
     it); ``route`` returns True if the packet left, after which the rest are queued.
@@ -52,7 +52,7 @@ def read_tun(fd: int, quiet: bool, route: Callable[[bytes, bool], bool]) -> None
             break
         if not packet:
             break
-        if route(packet, quiet):
+        if route(packet, now, quiet):
             quiet = False
 
 

@@ -36,7 +36,7 @@ from veilgate.protocol import ip
 from veilgate.protocol.control import TunnelConfig
 from veilgate.protocol.crypto import KeyPair
 from veilgate.protocol.events import HandshakeRefused, SessionEnded, SessionEstablished, SessionRekeyed
-from veilgate.protocol.gateway import GatewayProtocol
+from veilgate.protocol.gateway import GatewayProtocol, Session
 from veilgate.protocol.keypair import CompiledKeypair, Keypair
 from veilgate.provider.client import ProviderClient
 from veilgate.transport import loop as event_loop
@@ -200,9 +200,7 @@ class Gateway(Driver):
         if self.tun is None:
             return
         now = self.clock()
-        read_tun(
-            self.tun.fd, self._tun_wake.quiet(now), lambda packet, at_once: self.route(packet, now, at_once)
-        )
+        read_tun(self.tun.fd, now, self._tun_wake.quiet(now), self.route)
         self.listeners.flush()
         self.after_io(now)
 
@@ -210,8 +208,9 @@ class Gateway(Driver):
         """Seal a packet from the TUN for the session its destination belongs to; True if it left.
 
         ``at_once``: send it now; otherwise it waits in its endpoint's queue for the next flush."""
-        session = self.table.session_to(ip.destination(packet))
-        if session is None:
+        peer = self.table.routes.get(ip.destination(packet))
+        session = peer.owner if peer is not None else None
+        if not isinstance(session, Session):
             self.counters["tun-no-route"] += 1
             return False
         out = self.core.send_packet(session, packet, now)
