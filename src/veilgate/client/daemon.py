@@ -27,7 +27,6 @@ from veilgate.client.paths import TCP, UDP, Act, Action, PathManager
 from veilgate.netfilter import NftTable, kill_switch_rules
 from veilgate.protocol import messages
 from veilgate.protocol.client import ClientProtocol
-from veilgate.protocol.constants import REJECT_AFTER_TIME, REKEY_AFTER_MESSAGES
 from veilgate.protocol.control import TunnelConfig
 from veilgate.protocol.crypto import KeyPair
 from veilgate.protocol.events import (
@@ -179,14 +178,7 @@ class Client:
             self.udp_tx = UdpSender(self.udp, gso=cfg.udp_offload)
             self._gro = cfg.udp_offload and enable_gro(self.udp)
             if fastpath.ENABLED and self.clock is time.monotonic:  # the compiled path reads CLOCK_MONOTONIC
-                self.fast = fastpath.ClientPath(
-                    self.tun.fd,
-                    self.udp.fileno(),
-                    cfg.udp_offload,
-                    self._gro,
-                    REJECT_AFTER_TIME,
-                    REKEY_AFTER_MESSAGES,
-                )
+                self.fast = fastpath.ClientPath(self.tun.fd, self.udp.fileno(), cfg.udp_offload, self._gro)
         fast = self.fast
         if fast is not None and (
             add_compiled_reader(loop, self.tun.fd, fast, fastpath.KIND_TUN, 0, self._after_fast)
@@ -450,14 +442,23 @@ class Client:
         pending, activity = fast.take()
         now = self.clock()
         if activity is not None:
-            self.core.account(*activity)
-        for kind, data in pending:
-            if kind == fastpath.PENDING_TUN:
-                self._send_packet(data, now)
-            elif kind == fastpath.PENDING_DATAGRAM:
-                self._receive(UDP, data, now)
+            a = activity  # the core counts authenticated datagrams where it says rx_packets
+            self.core.account(
+                a.tx_packets,
+                a.tx_bytes,
+                a.last_tx,
+                a.first_unanswered,
+                a.authenticated,
+                a.rx_bytes,
+                a.last_rx,
+            )
+        for p in pending:
+            if p.kind == fastpath.PENDING_TUN:
+                self._send_packet(p.data, now)
+            elif p.kind == fastpath.PENDING_DATAGRAM:
+                self._receive(UDP, p.data, now)
             else:
-                self.core.receive_opened(data)
+                self.core.receive_opened(p.data)
         self._after_io(now)
 
     def _send_packet(self, packet: bytes, now: float) -> None:

@@ -1,4 +1,4 @@
-"""The optional compiled data path (``_fastpath.c``) and whether this process uses it.
+"""The optional compiled data path (the ``_fastpath`` module) and whether this process uses it.
 
 Built by ``pip install`` where a C compiler and the Python and OpenSSL headers are present
 (setup.py marks it optional). When present, every keypair keeps its keys, send counter and replay
@@ -14,7 +14,32 @@ import os
 from typing import TypeAlias
 
 try:
-    from veilgate.fastpath._fastpath import ClientPath, GatewayPath, Keys, Peer, Poller
+    from veilgate.fastpath._fastpath import (
+        CONTROL_MARKER,
+        KIND_TUN,
+        KIND_UDP,
+        PADDING_MULTIPLE,
+        PENDING_DATAGRAM,
+        PENDING_OPENED,
+        PENDING_TUN,
+        PROTOCOL_VERSION,
+        REJECT_AFTER_MESSAGES,
+        REJECT_AFTER_TIME,
+        REKEY_AFTER_MESSAGES,
+        REPLAY_WINDOW,
+        ROUTE_NONE,
+        TAGLEN,
+        TRANSPORT_HEADER_LEN,
+        TRANSPORT_MIN_LEN,
+        TYPE_TRANSPORT,
+        Activity,
+        ClientPath,
+        GatewayPath,
+        Keys,
+        Peer,
+        Pending,
+        Poller,
+    )
 
     BUILT = True
 except ImportError:  # not built: the pure-Python data path serves
@@ -27,33 +52,33 @@ ENV = "VEILGATE_FASTPATH"
 ENABLED = BUILT and os.environ.get(ENV, "1") != "0"
 """The compiled data path is built and not turned off."""
 
-KIND_TUN = 0
-KIND_UDP = 1
-
-PENDING_TUN = 0
-"""A ``take()`` entry: an IP packet read from the TUN that no keypair could send."""
-PENDING_DATAGRAM = 1
-"""A datagram the compiled path did not handle (a handshake, an unknown or expired index, ...)."""
-PENDING_OPENED = 2
-"""An authenticated control message, already opened (counted as received)."""
-
-ROUTE_NONE = -1
-"""``Peer.update``'s socket number for a session not reached over UDP (its packets go to Python)."""
-
 __all__ = [
     "BUILT",
+    "CONTROL_MARKER",
     "ENABLED",
     "ENV",
     "KIND_TUN",
     "KIND_UDP",
+    "PADDING_MULTIPLE",
     "PENDING_DATAGRAM",
     "PENDING_OPENED",
     "PENDING_TUN",
+    "PROTOCOL_VERSION",
+    "REJECT_AFTER_MESSAGES",
+    "REJECT_AFTER_TIME",
+    "REKEY_AFTER_MESSAGES",
+    "REPLAY_WINDOW",
     "ROUTE_NONE",
+    "TAGLEN",
+    "TRANSPORT_HEADER_LEN",
+    "TRANSPORT_MIN_LEN",
+    "TYPE_TRANSPORT",
+    "Activity",
     "ClientPath",
     "DataPath",
     "GatewayPath",
     "Keys",
     "Peer",
+    "Pending",
     "Poller",
 ]

@@ -35,7 +35,6 @@ from veilgate.gateway.config import GatewayConfig
 from veilgate.gateway.pool import AddressPool, PoolExhausted
 from veilgate.netfilter import NftTable, gateway_isolation_rules, gateway_nat_rules
 from veilgate.protocol import ip
-from veilgate.protocol.constants import REJECT_AFTER_TIME
 from veilgate.protocol.control import TunnelConfig
 from veilgate.protocol.crypto import KeyPair
 from veilgate.protocol.events import HandshakeRefused, SessionEnded, SessionEstablished, SessionRekeyed
@@ -181,7 +180,7 @@ class Gateway:
         netlink.set_link(self.tun.name, up=True, mtu=cfg.mtu)
         if fastpath.ENABLED and self.clock is time.monotonic:  # the compiled path reads CLOCK_MONOTONIC
             self.fast = fastpath.GatewayPath(
-                self.tun.fd, self._fast_routes, self._fast_indices, cfg.client_to_client, REJECT_AFTER_TIME
+                self.tun.fd, self._fast_routes, self._fast_indices, cfg.client_to_client
             )
             if add_compiled_reader(loop, self.tun.fd, self.fast, fastpath.KIND_TUN, 0, self._after_fast):
                 self.core.changed = set()
@@ -532,26 +531,35 @@ class Gateway:
         now = self.clock()
         core = self.core
         for peer in touched:
-            activity = peer.take()
+            a = peer.take()
             session = peer.owner
             if isinstance(session, Session) and session.id in core.sessions:
-                core.account(session, *activity)
+                core.account(
+                    session,
+                    a.tx_packets,
+                    a.tx_bytes,
+                    a.last_tx,
+                    a.authenticated,
+                    a.rx_packets,
+                    a.rx_bytes,
+                    a.last_rx,
+                )
         if pending:
             tun_fd = self.tun.fd if self.tun is not None else -1
-            for kind, data, number, addr, index in pending:
-                if kind == fastpath.PENDING_TUN:
-                    self._route(data, now, False)
+            for p in pending:
+                if p.kind == fastpath.PENDING_TUN:
+                    self._route(p.data, now, False)
                     continue
-                tx = self._fast_socks.get(number)
-                if tx is None or addr is None:
+                tx = self._fast_socks.get(p.sock)
+                if tx is None or p.addr is None:
                     continue
-                endpoint = self._udp_endpoint(addr, tx)
-                if kind == fastpath.PENDING_DATAGRAM:
-                    packet = core.receive_datagram(data, endpoint, now)
+                endpoint = self._udp_endpoint(p.addr, tx)
+                if p.kind == fastpath.PENDING_DATAGRAM:
+                    packet = core.receive_datagram(p.data, endpoint, now)
                     if packet is not None and tun_fd >= 0:
                         self._deliver(packet, os.write, tun_fd)
                 else:
-                    core.receive_opened(index, data, endpoint, now)
+                    core.receive_opened(p.index, p.data, endpoint, now)
             self._flush()
         self._after_io(now)
 
