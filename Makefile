@@ -16,7 +16,10 @@ $(STAMP_DEB): Makefile
 	@bash scripts/install-debian-packages.sh $(DEB_PACKAGES)
 	@mkdir -p $(VENV) && touch $@
 
-$(STAMP_PY): pyproject.toml setup.py src/veilgate/fastpath/_fastpath.c
+# Every C source and the header of the compiled data path: an edit to any of them rebuilds it.
+FASTPATH_SOURCES := $(wildcard src/veilgate/fastpath/*.c src/veilgate/fastpath/*.h)
+
+$(STAMP_PY): pyproject.toml setup.py $(FASTPATH_SOURCES)
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'

@@ -1,4 +1,4 @@
-"""The compiled data path (src/veilgate/fastpath/_fastpath.c) through its Python entry points.
+"""The compiled data path (src/veilgate/fastpath/*.c) through its Python entry points.
 
 Built with AddressSanitizer and UndefinedBehaviorSanitizer by fuzz/build-sanitized.sh (fuzz/main.py
 loads that build in place of the normal one); without it, this target runs the normal build and
@@ -33,9 +33,6 @@ from common import check_ip_packet
 from veilgate import fastpath
 from veilgate.protocol.constants import (
     REJECT_AFTER_MESSAGES,
-    REJECT_AFTER_TIME,
-    REKEY_AFTER_MESSAGES,
-    REPLAY_WINDOW,
 )
 from veilgate.protocol.errors import DecryptError, RemoteProtocolError
 from veilgate.protocol.keypair import Keypair
@@ -116,14 +113,10 @@ class Rig:
         self.gudp, self.gremote = _udp_pair()  # the gateway's socket and "a client" sending to it
         for s in (self.cudp, self.gudp):
             s.setsockopt(SOL_UDP, UDP_GRO, 1)
-        self.client = fastpath.ClientPath(
-            self.ctun.fileno(), self.cudp.fileno(), True, True, REJECT_AFTER_TIME, REKEY_AFTER_MESSAGES
-        )
+        self.client = fastpath.ClientPath(self.ctun.fileno(), self.cudp.fileno(), True, True)
         self.routes: dict[bytes, fastpath.Peer] = {}
         self.indices: dict[int, fastpath.Peer] = {}
-        self.gateway = fastpath.GatewayPath(
-            self.gtun.fileno(), self.routes, self.indices, False, REJECT_AFTER_TIME
-        )
+        self.gateway = fastpath.GatewayPath(self.gtun.fileno(), self.routes, self.indices, False)
         self.sock = self.gateway.add_socket(self.gudp.fileno(), True, True)
         self.peer = fastpath.Peer(None)
         self.other = fastpath.Peer(None)  # another session, for the client-to-client rule
@@ -135,10 +128,10 @@ class Rig:
     def fresh_keys(self) -> None:
         """New keys on both paths (index 7 here, 9 at the peer) and the Python peers that match them."""
         now = time.monotonic()
-        self.ckeys = fastpath.Keys(K1, K2, 7, 9, now, REJECT_AFTER_MESSAGES, REPLAY_WINDOW)
-        self.gkeys = fastpath.Keys(K1, K2, 7, 9, now, REJECT_AFTER_MESSAGES, REPLAY_WINDOW)
+        self.ckeys = fastpath.Keys(K1, K2, 7, 9, now)
+        self.gkeys = fastpath.Keys(K1, K2, 7, 9, now)
         # Keys only Keys.open sees (the loops open with ckeys and gkeys), and their Python twin.
-        self.okeys = fastpath.Keys(K1, K2, 7, 9, now, REJECT_AFTER_MESSAGES, REPLAY_WINDOW)
+        self.okeys = fastpath.Keys(K1, K2, 7, 9, now)
         self.twin = Keypair(K1, K2, 7, 9, now, True)
         self.client.set_keys(self.ckeys, (self.ckeys,))
         self.peer.update(self.gkeys, (self.gkeys,), self.sock, _sockaddr(self.gremote), CLIENT_V4, CLIENT_V6)
@@ -196,9 +189,9 @@ def _check_tun(packets: list[bytes], where: str) -> None:
         check_ip_packet(p, where)
 
 
-def _check_pending(pending: list[tuple[object, ...]], sent: set[bytes], where: str) -> None:
+def _check_pending(pending: list[fastpath.Pending], sent: set[bytes], where: str) -> None:
     for entry in pending:
-        kind, data = entry[0], entry[1]
+        kind, data = entry.kind, entry.data
         assert isinstance(data, bytes)
         if kind == fastpath.PENDING_DATAGRAM and data not in sent:
             raise AssertionError(f"{where}: handed Python a datagram it was not sent")
@@ -304,13 +297,7 @@ def make() -> Callable[[bytes], None]:
         elif op == 6:  # Keys with arbitrary arguments
             with contextlib.suppress(*REFUSALS):
                 fastpath.Keys(
-                    r.take(r.byte() % 40),
-                    r.take(32),
-                    r.u64() >> (r.byte() % 64),
-                    r.u64() >> 32,
-                    0.0,
-                    r.u64(),
-                    r.u64() >> (r.byte() % 64),
+                    r.take(r.byte() % 40), r.take(32), r.u64() >> (r.byte() % 64), r.u64() >> 32, 0.0
                 )
         elif op == 7:  # Peer.update with truncated or odd addresses (always our own loopback socket)
             sa = _sockaddr(rig.gremote)

@@ -107,9 +107,13 @@ def test_compiled_keys_refuse_a_counter_going_back_and_out_of_range_arguments() 
     assert fast.send_counter == 1
     for index in (2**32 + 5, 2**64 + 5, -1):
         with pytest.raises((ValueError, OverflowError)):
-            fastpath.Keys(K1, K2, index, 9, 0.0, REJECT_AFTER_MESSAGES, REPLAY_WINDOW)
-    with pytest.raises((ValueError, OverflowError)):
-        fastpath.Keys(K1, K2, 1, 9, 0.0, REJECT_AFTER_MESSAGES, 2**32 + 64)
+            fastpath.Keys(K1, K2, index, 9, 0.0)
+    with pytest.raises(ValueError):
+        fastpath.Keys(K1[:31], K2, 1, 9, 0.0)
+    # The limits are the module's own (fastpath.h): no caller passes them any more.
+    too_many: Any = fastpath.Keys
+    with pytest.raises(TypeError):
+        too_many(K1, K2, 1, 9, 0.0, REJECT_AFTER_MESSAGES, REPLAY_WINDOW)
     for cls in (fastpath.ClientPath, fastpath.GatewayPath):
         blank: Any = cls.__new__(cls)
         with pytest.raises(ValueError):
@@ -154,9 +158,7 @@ class ClientRig:
         self.gw.connect(self.udp.getsockname())
         for s in (self.tun, self.udp, self.gw, self.host):
             s.setblocking(False)
-        self.path = fastpath.ClientPath(
-            self.tun.fileno(), self.udp.fileno(), gso, False, REJECT_AFTER_TIME, REKEY_AFTER_MESSAGES
-        )
+        self.path = fastpath.ClientPath(self.tun.fileno(), self.udp.fileno(), gso, False)
         now = time.monotonic()
         self.mine, self.gateway = pair(now)
 
@@ -191,7 +193,8 @@ def test_client_seals_tun_packets_and_passes_them_on_without_a_keypair(rig: Clie
     rig.host.send(packet)
     rig.path.tun_ready()
     pending, activity = rig.path.take()
-    assert pending == [(fastpath.PENDING_TUN, packet)] and activity is None
+    assert pending == [(fastpath.PENDING_TUN, packet, 0, None, 0)] and activity is None
+    assert isinstance(pending[0], fastpath.Pending) and pending[0].data == packet
     with pytest.raises(BlockingIOError):
         rig.gw.recv(2000)
 
@@ -206,10 +209,10 @@ def test_client_seals_tun_packets_and_passes_them_on_without_a_keypair(rig: Clie
         assert rig.gateway.open(d, counter)[: len(packet)] == packet
     pending, activity = rig.path.take()
     assert pending == []
-    assert activity is not None
-    tx_packets, tx_bytes, last_tx, first_unanswered, rx_packets, _, _ = activity
-    assert (tx_packets, tx_bytes, rx_packets) == (3, 3 * len(packet), 0)
-    assert before <= first_unanswered <= last_tx <= time.monotonic()
+    assert isinstance(activity, fastpath.Activity)
+    assert (activity.tx_packets, activity.tx_bytes) == (3, 3 * len(packet))
+    assert (activity.authenticated, activity.rx_packets, activity.rx_bytes) == (0, 0, 0)
+    assert before <= activity.first_unanswered <= activity.last_tx <= time.monotonic()
     assert rig.path.take()[1] is None  # handed over once
 
 
@@ -223,10 +226,15 @@ def test_client_opens_datagrams_and_writes_ip_packets(rig: ClientRig) -> None:
     serve(rig.path.udp_ready)
     assert rig.host.recv(2000) == packet  # padding stripped
     pending, activity = rig.path.take()
-    assert len(pending) == 1 and pending[0][0] == fastpath.PENDING_OPENED
-    assert control.decode_control(pending[0][1]).body == b"12345678"
-    assert activity is not None and activity[4] == 3 and activity[5] == len(packet)
-    assert activity[3] == 0.0  # nothing sent: nothing unanswered
+    assert len(pending) == 1
+    kind, data, sock, addr, index = pending[0]
+    assert (kind, sock, addr, index) == (fastpath.PENDING_OPENED, 0, None, 7)  # opened with index 7
+    assert control.decode_control(data).body == b"12345678"
+    assert activity is not None
+    # Three datagrams authenticated (the packet, the keepalive, the control message), one IP packet delivered.
+    assert (activity.authenticated, activity.rx_packets, activity.rx_bytes) == (3, 1, len(packet))
+    assert activity.first_unanswered == 0.0  # nothing sent: nothing unanswered
+    assert activity.last_rx <= time.monotonic()
 
 
 def test_client_drops_and_counts_forgeries_replays_and_non_ip(rig: ClientRig) -> None:
@@ -260,7 +268,7 @@ def test_client_passes_on_what_it_does_not_know(rig: ClientRig) -> None:
     settle()
     serve(rig.path.udp_ready)
     pending, _ = rig.path.take()
-    assert pending == [(fastpath.PENDING_DATAGRAM, d) for d in (unknown, handshake, short)]
+    assert pending == [(fastpath.PENDING_DATAGRAM, d, 0, None, 0) for d in (unknown, handshake, short)]
 
 
 def test_client_leaves_an_expired_keypair_to_python() -> None:
@@ -271,12 +279,12 @@ def test_client_leaves_an_expired_keypair_to_python() -> None:
         packet = ipv4("10.0.0.2", "10.9.9.9", b"late")
         rig.host.send(packet)
         rig.path.tun_ready()
-        assert rig.path.take()[0] == [(fastpath.PENDING_TUN, packet)]
+        assert rig.path.take()[0] == [(fastpath.PENDING_TUN, packet, 0, None, 0)]
         d = Keypair(K2, K1, 9, 7, 0.0, False).seal(packet)
         rig.gw.send(d)
         settle()
         serve(rig.path.udp_ready)
-        assert rig.path.take()[0] == [(fastpath.PENDING_DATAGRAM, d)]
+        assert rig.path.take()[0] == [(fastpath.PENDING_DATAGRAM, d, 0, None, 0)]
     finally:
         rig.close()
 
@@ -319,9 +327,7 @@ class GatewayRig:
             s.setblocking(False)
         self.routes: dict[bytes, fastpath.Peer] = {}
         self.indices: dict[int, fastpath.Peer] = {}
-        self.path = fastpath.GatewayPath(
-            self.tun.fileno(), self.routes, self.indices, client_to_client, REJECT_AFTER_TIME
-        )
+        self.path = fastpath.GatewayPath(self.tun.fileno(), self.routes, self.indices, client_to_client)
         self.sock = self.path.add_socket(self.udp.fileno(), False, False)
         self.mine, self.peer_kp = pair(time.monotonic())
         self.session = object()
@@ -356,8 +362,10 @@ def test_gateway_routes_tun_packets_to_the_session_of_their_destination(grig: Ga
     pending, touched = grig.path.take()
     assert pending == [(fastpath.PENDING_TUN, nowhere, -1, None, 0)]
     assert touched == [grig.peer]
-    tx_packets, tx_bytes, _, authenticated, *_ = grig.peer.take()
-    assert (tx_packets, tx_bytes, authenticated) == (1, len(to_client), 0)
+    activity = grig.peer.take()
+    assert isinstance(activity, fastpath.Activity)
+    assert (activity.tx_packets, activity.tx_bytes, activity.authenticated) == (1, len(to_client), 0)
+    assert activity.first_unanswered == 0.0  # a gateway's peer does not keep it
 
 
 def test_gateway_delivers_only_from_the_assigned_source_and_known_address(grig: GatewayRig) -> None:
@@ -373,8 +381,8 @@ def test_gateway_delivers_only_from_the_assigned_source_and_known_address(grig: 
     assert grig.path.counters()["drop-source"] == 1
     _, touched = grig.path.take()
     assert touched == [grig.peer]
-    _, _, _, authenticated, rx_packets, rx_bytes, _ = grig.peer.take()
-    assert (authenticated, rx_packets, rx_bytes) == (3, 1, len(good))
+    activity = grig.peer.take()
+    assert (activity.authenticated, activity.rx_packets, activity.rx_bytes) == (3, 1, len(good))
 
     # From another address (the client roamed): Python decides, with the address as recvfrom gives it.
     other = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -427,6 +435,58 @@ def test_a_session_without_a_udp_address_is_left_to_python(grig: GatewayRig) -> 
     settle()
     serve(grig.path.udp_ready, grig.sock)
     assert grig.path.take()[0] == [(fastpath.PENDING_DATAGRAM, d, grig.sock, grig.client.getsockname(), 0)]
+
+
+# ---------------------------------------------------------------------- the keypair rule
+
+
+@pytest.mark.parametrize(
+    ("send_counter", "client_sends", "gateway_sends", "opens"),
+    [
+        (REKEY_AFTER_MESSAGES - 1, True, True, True),
+        # Due for rekey: the client (the initiator) leaves the packet to its core, which rekeys;
+        # the gateway (the responder) goes on sending, and both go on receiving.
+        (REKEY_AFTER_MESSAGES, False, True, True),
+        (REJECT_AFTER_MESSAGES, False, False, False),  # out of counters: expired, the core drops
+    ],
+)
+def test_both_sides_apply_the_keypair_rule_by_counter(
+    send_counter: int, client_sends: bool, gateway_sends: bool, opens: bool
+) -> None:
+    rig, grig = ClientRig(), GatewayRig()
+    try:
+        rig.path.set_keys(rig.mine.keys, (rig.mine.keys,))
+        up = ipv4("10.0.0.2", "10.9.9.9", b"up")
+        down = ipv4("10.9.9.9", "10.0.0.2", b"down")
+        for r, path_sends, packet, out in (
+            (rig, client_sends, up, rig.gw),
+            (grig, gateway_sends, down, grig.client),
+        ):
+            r.mine.send_counter = send_counter
+            r.host.send(packet)
+            r.path.tun_ready()
+            settle()
+            pending = r.path.take()[0]
+            if path_sends:
+                assert pending == [] and len(out.recv(2000)) > len(packet)
+            else:
+                assert [(p.kind, p.data) for p in pending] == [(fastpath.PENDING_TUN, packet)]
+        d = rig.gateway.seal(down)
+        rig.gw.send(d)
+        settle()
+        serve(rig.path.udp_ready)
+        g = grig.peer_kp.seal(up)
+        grig.client.send(g)
+        settle()
+        serve(grig.path.udp_ready, grig.sock)
+        if opens:
+            assert rig.host.recv(2000) == down and grig.host.recv(2000) == up
+        else:
+            assert [(p.kind, p.data) for p in rig.path.take()[0]] == [(fastpath.PENDING_DATAGRAM, d)]
+            assert [(p.kind, p.data) for p in grig.path.take()[0]] == [(fastpath.PENDING_DATAGRAM, g)]
+    finally:
+        rig.close()
+        grig.close()
 
 
 # ---------------------------------------------------------------------- the poller

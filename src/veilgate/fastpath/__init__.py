@@ -1,11 +1,13 @@
-"""The optional compiled data path (``_fastpath.c``) and whether this process uses it.
+"""The optional compiled data path (the ``_fastpath`` module) and whether this process uses it.
 
 Built by ``pip install`` where a C compiler and the Python and OpenSSL headers are present
-(setup.py marks it optional). When present, every keypair keeps its keys, send counter and replay
-window in it (``protocol.keypair.CompiledKeypair``) and the client serves an established UDP
-session's packets from it without running Python per packet; everything else stays in the
-Python core. ``VEILGATE_FASTPATH=0`` in the environment turns it off: the test suite runs the
-end-to-end tests both ways. docs/performance.md has the measurement that justified it.
+(setup.py marks it optional). A daemon that runs it (``wanted``, asked once at start) makes every
+keypair keep its keys, send counter and replay window here (``CompiledKeypair``, the keypair
+factory it gives its core), and both the client and the gateway serve an established UDP session's
+packets from C without running Python per packet; handshakes, timers and everything else stay in
+the Python core. ``VEILGATE_FASTPATH=0`` in a daemon's environment turns it off: the test suite
+runs the end-to-end tests both ways. The module's own limits and wire constants are exported here
+and held equal to the protocol's by tests/unit/test_fastpath_constants.py.
 """
 
 from __future__ import annotations
@@ -14,7 +16,32 @@ from collections.abc import Mapping
 from typing import TypeAlias
 
 try:
-    from veilgate.fastpath._fastpath import ClientPath, GatewayPath, Keys, Peer, Poller
+    from veilgate.fastpath._fastpath import (
+        CONTROL_MARKER,
+        KIND_TUN,
+        KIND_UDP,
+        PADDING_MULTIPLE,
+        PENDING_DATAGRAM,
+        PENDING_OPENED,
+        PENDING_TUN,
+        PROTOCOL_VERSION,
+        REJECT_AFTER_MESSAGES,
+        REJECT_AFTER_TIME,
+        REKEY_AFTER_MESSAGES,
+        REPLAY_WINDOW,
+        ROUTE_NONE,
+        TAGLEN,
+        TRANSPORT_HEADER_LEN,
+        TRANSPORT_MIN_LEN,
+        TYPE_TRANSPORT,
+        Activity,
+        ClientPath,
+        GatewayPath,
+        Keys,
+        Peer,
+        Pending,
+        Poller,
+    )
 
     BUILT = True
 except ImportError:  # not built: the pure-Python data path serves
@@ -32,33 +59,33 @@ def wanted(environ: Mapping[str, str]) -> bool:
     return BUILT and environ.get(ENV, "1") != "0"
 
 
-KIND_TUN = 0
-KIND_UDP = 1
-
-PENDING_TUN = 0
-"""A ``take()`` entry: an IP packet read from the TUN that no keypair could send."""
-PENDING_DATAGRAM = 1
-"""A datagram the compiled path did not handle (a handshake, an unknown or expired index, ...)."""
-PENDING_OPENED = 2
-"""An authenticated control message, already opened (counted as received)."""
-
-ROUTE_NONE = -1
-"""``Peer.update``'s socket number for a session not reached over UDP (its packets go to Python)."""
-
 __all__ = [
     "BUILT",
+    "CONTROL_MARKER",
     "ENV",
     "KIND_TUN",
     "KIND_UDP",
+    "PADDING_MULTIPLE",
     "PENDING_DATAGRAM",
     "PENDING_OPENED",
     "PENDING_TUN",
+    "PROTOCOL_VERSION",
+    "REJECT_AFTER_MESSAGES",
+    "REJECT_AFTER_TIME",
+    "REKEY_AFTER_MESSAGES",
+    "REPLAY_WINDOW",
     "ROUTE_NONE",
+    "TAGLEN",
+    "TRANSPORT_HEADER_LEN",
+    "TRANSPORT_MIN_LEN",
+    "TYPE_TRANSPORT",
+    "Activity",
     "ClientPath",
     "DataPath",
     "GatewayPath",
     "Keys",
     "Peer",
+    "Pending",
     "Poller",
     "wanted",
 ]

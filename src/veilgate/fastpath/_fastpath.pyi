@@ -1,6 +1,70 @@
-from typing import Any
+from typing import Any, Final, final
+
+from _typeshed import structseq
 
 Buffer = bytes | bytearray | memoryview
+
+# fastpath.h's constants (tests/unit/test_fastpath_constants.py holds each equal to its Python twin).
+TYPE_TRANSPORT: int
+PROTOCOL_VERSION: int
+TRANSPORT_HEADER_LEN: int
+TAGLEN: int
+TRANSPORT_MIN_LEN: int
+PADDING_MULTIPLE: int
+CONTROL_MARKER: int
+REJECT_AFTER_TIME: float
+REKEY_AFTER_MESSAGES: int
+REJECT_AFTER_MESSAGES: int
+REPLAY_WINDOW: int
+PENDING_TUN: int
+PENDING_DATAGRAM: int
+PENDING_OPENED: int
+KIND_TUN: int
+KIND_UDP: int
+ROUTE_NONE: int
+
+@final
+class Activity(structseq[int | float], tuple[int, int, float, float, int, int, int, float]):
+    __match_args__: Final = (
+        "tx_packets",
+        "tx_bytes",
+        "last_tx",
+        "first_unanswered",
+        "authenticated",
+        "rx_packets",
+        "rx_bytes",
+        "last_rx",
+    )
+    @property
+    def tx_packets(self) -> int: ...
+    @property
+    def tx_bytes(self) -> int: ...
+    @property
+    def last_tx(self) -> float: ...
+    @property
+    def first_unanswered(self) -> float: ...
+    @property
+    def authenticated(self) -> int: ...
+    @property
+    def rx_packets(self) -> int: ...
+    @property
+    def rx_bytes(self) -> int: ...
+    @property
+    def last_rx(self) -> float: ...
+
+@final
+class Pending(structseq[Any], tuple[int, bytes, int, tuple[Any, ...] | None, int]):
+    __match_args__: Final = ("kind", "data", "sock", "addr", "index")
+    @property
+    def kind(self) -> int: ...
+    @property
+    def data(self) -> bytes: ...
+    @property
+    def sock(self) -> int: ...
+    @property
+    def addr(self) -> tuple[Any, ...] | None: ...
+    @property
+    def index(self) -> int: ...  # type: ignore[override]  # the field hides tuple.index
 
 class Keys:
     send_counter: int
@@ -9,14 +73,7 @@ class Keys:
     @property
     def top(self) -> int: ...
     def __init__(
-        self,
-        send_key: bytes,
-        recv_key: bytes,
-        local_index: int,
-        remote_index: int,
-        created: float,
-        reject_after_messages: int,
-        window: int,
+        self, send_key: bytes, recv_key: bytes, local_index: int, remote_index: int, created: float
     ) -> None: ...
     def seal(self, payload: Buffer, /) -> bytes: ...
     def open(self, datagram: Buffer, /) -> bytes | int: ...
@@ -24,19 +81,9 @@ class Keys:
 class ClientPath:
     @property
     def gso(self) -> bool: ...
-    def __init__(
-        self,
-        tun_fd: int,
-        udp_fd: int,
-        gso: bool,
-        gro: bool,
-        reject_after_time: float,
-        rekey_after_messages: int,
-    ) -> None: ...
+    def __init__(self, tun_fd: int, udp_fd: int, gso: bool, gro: bool) -> None: ...
     def set_keys(self, send: Keys | None, recv: tuple[Keys, ...], /) -> None: ...
-    def take(
-        self,
-    ) -> tuple[list[tuple[int, bytes]], tuple[int, int, float, float, int, int, float] | None]: ...
+    def take(self) -> tuple[list[Pending], Activity | None]: ...
     def counters(self) -> dict[str, int]: ...
     def tun_ready(self) -> None: ...
     def udp_ready(self) -> None: ...
@@ -54,21 +101,14 @@ class Peer:
         v6: bytes | None,
         /,
     ) -> None: ...
-    def take(self) -> tuple[int, int, float, int, int, int, float]: ...
+    def take(self) -> Activity: ...
 
 class GatewayPath:
     def __init__(
-        self,
-        tun_fd: int,
-        routes: dict[bytes, Peer],
-        indices: dict[int, Peer],
-        client_to_client: bool,
-        reject_after_time: float,
+        self, tun_fd: int, routes: dict[bytes, Peer], indices: dict[int, Peer], client_to_client: bool
     ) -> None: ...
     def add_socket(self, fd: int, gso: bool, gro: bool, /) -> int: ...
-    def take(
-        self,
-    ) -> tuple[list[tuple[int, bytes, int, tuple[Any, ...] | None, int]], list[Peer]]: ...
+    def take(self) -> tuple[list[Pending], list[Peer]]: ...
     def counters(self) -> dict[str, int]: ...
     def tun_ready(self) -> None: ...
     def udp_ready(self, sock: int, /) -> None: ...
@@ -77,3 +117,6 @@ class Poller:
     def add(self, fd: int, path: ClientPath | GatewayPath, kind: int, sock: int = 0, /) -> None: ...
     def remove(self, fd: int, /) -> bool: ...
     def poll(self, epfd: int, timeout_ms: int, maxevents: int, /) -> list[tuple[int, int]]: ...
+
+def _ip_packet_length(data: Buffer, /) -> int: ...
+def _ip_addresses(data: Buffer, /) -> tuple[bytes, bytes] | None: ...

@@ -11,10 +11,12 @@ what they left to it: packets no keypair could send, handshakes, control message
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+import socket
+import struct
+from typing import TYPE_CHECKING, Any, cast
 
 from veilgate import fastpath
-from veilgate.gateway.listeners import Listeners
+from veilgate.gateway.listeners import Listeners, UdpEndpoint
 from veilgate.gateway.sessions import RoutedPeer, SessionTable
 from veilgate.protocol.gateway import GatewayProtocol, Session
 from veilgate.protocol.keypair import CompiledKeypair
@@ -36,7 +38,10 @@ class CompiledGateway:
         core: GatewayProtocol,
         client_to_client: bool,
     ) -> None:
-        self.path = fastpath.GatewayPath(tun_fd, table.routes, table.indices, client_to_client)
+        # The table's peers are all fastpath.Peer from attach() on (the C path skips any other value).
+        routes = cast(dict[bytes, fastpath.Peer], table.routes)
+        indices = cast(dict[int, fastpath.Peer], table.indices)
+        self.path = fastpath.GatewayPath(tun_fd, routes, indices, client_to_client)
         self.listeners = listeners
         self.core = core
         table.attach(fastpath.Peer, self.update_peer)
@@ -47,7 +52,12 @@ class CompiledGateway:
         current = session.current
         send = current.keys if isinstance(current, CompiledKeypair) else None
         recv = tuple(kp.keys for kp in (current, session.previous) if isinstance(kp, CompiledKeypair))
-        number, sockaddr = self.listeners.locate(session.endpoint)
+        number, sockaddr = fastpath.ROUTE_NONE, None
+        endpoint = session.endpoint
+        if isinstance(endpoint, UdpEndpoint) and endpoint.udp.number is not None:
+            sockaddr = sockaddr_bytes(endpoint.addr)
+            if sockaddr is not None:
+                number = endpoint.udp.number
         v4 = next((a for a in addresses if len(a) == 4), None)
         v6 = next((a for a in addresses if len(a) == 16), None)
         peer.update(send, recv, number, sockaddr, v4, v6)
@@ -79,6 +89,27 @@ class CompiledGateway:
             else:
                 core.receive_opened(item.index, item.data, endpoint, now)
         self.listeners.flush()
+
+
+def sockaddr_bytes(addr: tuple[Any, ...]) -> bytes | None:
+    """The ``struct sockaddr_in``/``sockaddr_in6`` of a (host, port) as Python's socket module gives it;
+    None for one the compiled path cannot use (it leaves that client to Python)."""
+    host, port = str(addr[0]), int(addr[1])
+    try:
+        if ":" not in host:
+            return struct.pack("=H", socket.AF_INET) + struct.pack("!H4s8x", port, socket.inet_aton(host))
+        name, _, scope = host.partition("%")
+        scope_id = 0
+        if scope:
+            scope_id = int(scope) if scope.isdigit() else socket.if_nametoindex(scope)
+        packed = socket.inet_pton(socket.AF_INET6, name)
+        return (
+            struct.pack("=H", socket.AF_INET6)
+            + struct.pack("!HI16s", port, 0, packed)
+            + struct.pack("=I", scope_id)
+        )
+    except (OSError, ValueError):
+        return None
 
 
 __all__ = ["CompiledGateway"]

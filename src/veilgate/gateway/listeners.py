@@ -12,10 +12,8 @@ import asyncio
 import errno
 import logging
 import socket
-import struct
 from typing import Any
 
-from veilgate import fastpath
 from veilgate.gateway.config import GatewayConfig
 from veilgate.transport.tcp import FramedConnection, OnClose, OnDatagrams, serve_tcp
 from veilgate.transport.udp import UdpSender, enable_gro
@@ -34,7 +32,7 @@ class UdpSocket:
         self.sock = sock
         self.tx = UdpSender(sock, gso=offload)
         self.gro = offload and enable_gro(sock)
-        self.number = fastpath.ROUTE_NONE
+        self.number: int | None = None
         """The compiled data path's number for this socket, once it serves it."""
 
 
@@ -179,14 +177,6 @@ class Listeners:
                 conn.flush()
             self._to_flush.clear()
 
-    def locate(self, endpoint: object) -> tuple[int, bytes | None]:
-        """Where the compiled data path reaches an endpoint: (socket number, packed sockaddr)."""
-        if isinstance(endpoint, UdpEndpoint) and endpoint.udp.number != fastpath.ROUTE_NONE:
-            sockaddr = sockaddr_bytes(endpoint.addr)
-            if sockaddr is not None:
-                return endpoint.udp.number, sockaddr
-        return fastpath.ROUTE_NONE, None
-
     def udp_figures(self, compiled: dict[str, int]) -> dict[str, object]:
         """Aggregate UDP output figures (the Python senders' plus the compiled path's ``compiled``)."""
         txs = [udp.tx for udp in self.udp]
@@ -208,27 +198,6 @@ def address_bytes(addr: tuple[Any, ...]) -> bytes:
     if ":" in host:
         return socket.inet_pton(socket.AF_INET6, host.partition("%")[0]) + port.to_bytes(2, "big")
     return socket.inet_pton(socket.AF_INET, host) + port.to_bytes(2, "big")
-
-
-def sockaddr_bytes(addr: tuple[Any, ...]) -> bytes | None:
-    """The ``struct sockaddr_in``/``sockaddr_in6`` of a (host, port) as Python's socket module gives it;
-    None for one the compiled path cannot use (it leaves that client to Python)."""
-    host, port = str(addr[0]), int(addr[1])
-    try:
-        if ":" not in host:
-            return struct.pack("=H", socket.AF_INET) + struct.pack("!H4s8x", port, socket.inet_aton(host))
-        name, _, scope = host.partition("%")
-        scope_id = 0
-        if scope:
-            scope_id = int(scope) if scope.isdigit() else socket.if_nametoindex(scope)
-        packed = socket.inet_pton(socket.AF_INET6, name)
-        return (
-            struct.pack("=H", socket.AF_INET6)
-            + struct.pack("!HI16s", port, 0, packed)
-            + struct.pack("=I", scope_id)
-        )
-    except (OSError, ValueError):
-        return None
 
 
 __all__ = ["Endpoint", "Listeners", "TcpEndpoint", "UdpEndpoint", "UdpSocket", "address_bytes"]

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 from veilgate.gateway.pool import AddressPool, IPAddress
 from veilgate.protocol.gateway import Session
@@ -33,11 +33,6 @@ class PythonPeer:
 
     def __init__(self, owner: object = None) -> None:
         self.owner = owner
-
-
-Locate = Callable[[Any], tuple[int, bytes | None]]
-"""An endpoint -> (the compiled path's socket number, the client's packed sockaddr), or
-(``fastpath.ROUTE_NONE``, None) for an endpoint the compiled path cannot reach (TCP)."""
 
 
 @dataclass(eq=False, slots=True)

@@ -20,7 +20,6 @@ from veilgate.protocol.constants import (
     PADDING_MULTIPLE,
     REJECT_AFTER_MESSAGES,
     REJECT_AFTER_TIME,
-    REPLAY_WINDOW,
 )
 from veilgate.protocol.errors import DecryptError, LocalProtocolError, RemoteProtocolError
 from veilgate.protocol.messages import TRANSPORT_HEADER_LEN, TYPE_TRANSPORT
@@ -121,15 +120,7 @@ class CompiledKeypair(Keypair):
     __slots__ = ("keys",)
 
     def _init_keys(self, send_key: bytes, recv_key: bytes) -> None:
-        self.keys = fastpath.Keys(
-            send_key,
-            recv_key,
-            self.local_index,
-            self.remote_index,
-            self.created,
-            REJECT_AFTER_MESSAGES,
-            REPLAY_WINDOW,
-        )
+        self.keys = fastpath.Keys(send_key, recv_key, self.local_index, self.remote_index, self.created)
 
     @property
     def send_counter(self) -> int:
