@@ -24,8 +24,10 @@ from pathlib import Path
 from veilgate import fastpath
 from veilgate.client.config import ClientConfig
 from veilgate.client.paths import TCP, UDP, Act, Action, PathManager
+from veilgate.fastpath.keypair import CompiledKeypair
 from veilgate.netfilter import NftTable, kill_switch_rules
 from veilgate.protocol import messages
+from veilgate.protocol.activity import ActivityRecord
 from veilgate.protocol.client import ClientProtocol
 from veilgate.protocol.constants import REJECT_AFTER_TIME, REKEY_AFTER_MESSAGES
 from veilgate.protocol.control import TunnelConfig
@@ -38,7 +40,7 @@ from veilgate.protocol.events import (
     PathStalled,
     ProbeAnswered,
 )
-from veilgate.protocol.keypair import CompiledKeypair, Keypair
+from veilgate.protocol.keypair import Keypair
 from veilgate.transport import loop as event_loop
 from veilgate.transport.loop import QUIET_GAP, add_compiled_reader, add_data_reader, remove_data_reader
 from veilgate.transport.tcp import FramedConnection, connect_tcp
@@ -110,6 +112,8 @@ class Client:
     def __init__(self, config: ClientConfig, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config
         self.clock = clock
+        # The compiled data path, if wanted, runs only with the clock it reads (CLOCK_MONOTONIC).
+        self.fast_wanted = fastpath.wanted(os.environ) and clock is time.monotonic
         self.core = ClientProtocol(
             KeyPair.from_private_bytes(config.private_key),
             config.gateway_public_key,
@@ -117,6 +121,7 @@ class Client:
             keepalive_interval=config.keepalive,
             stall_timeout=config.stall_timeout,
             rekey_after=config.rekey_after,
+            new_keypair=CompiledKeypair if self.fast_wanted else Keypair,
         )
         self.paths = PathManager(
             mode=config.transport, udp_grace=config.udp_grace, reprobe_interval=config.reprobe_interval
@@ -178,7 +183,7 @@ class Client:
             self.udp.connect(self.gateway_addr)
             self.udp_tx = UdpSender(self.udp, gso=cfg.udp_offload)
             self._gro = cfg.udp_offload and enable_gro(self.udp)
-            if fastpath.ENABLED and self.clock is time.monotonic:  # the compiled path reads CLOCK_MONOTONIC
+            if self.fast_wanted:
                 self.fast = fastpath.ClientPath(
                     self.tun.fd,
                     self.udp.fileno(),
@@ -450,7 +455,14 @@ class Client:
         pending, activity = fast.take()
         now = self.clock()
         if activity is not None:
-            self.core.account(*activity)
+            # The module's activity is still a tuple without a count of IP packets delivered (the
+            # client's core keeps none): an ActivityRecord until it returns an Activity itself.
+            tx_packets, tx_bytes, last_tx, first_unanswered, authenticated, rx_bytes, last_rx = activity
+            self.core.account(
+                ActivityRecord(
+                    tx_packets, tx_bytes, last_tx, first_unanswered, authenticated, 0, rx_bytes, last_rx
+                )
+            )
         for kind, data in pending:
             if kind == fastpath.PENDING_TUN:
                 self._send_packet(data, now)

@@ -1,16 +1,17 @@
 """The optional compiled data path (``_fastpath.c``) and whether this process uses it.
 
 Built by ``pip install`` where a C compiler and the Python and OpenSSL headers are present
-(setup.py marks it optional). When present, every keypair keeps its keys, send counter and replay
-window in it (``protocol.keypair.CompiledKeypair``) and the client serves an established UDP
-session's packets from it without running Python per packet; everything else stays in the
-Python core. ``VEILGATE_FASTPATH=0`` in the environment turns it off: the test suite runs the
+(setup.py marks it optional). A daemon that wants it (``wanted``) gives its core
+``fastpath.keypair.CompiledKeypair`` to make keypairs with, so that every keypair keeps its keys,
+send counter and replay window here, and serves established UDP sessions' packets from the
+compiled loops without running Python per packet; everything else stays in the Python core.
+``VEILGATE_FASTPATH=0`` in a daemon's environment turns it off: the test suite runs the
 end-to-end tests both ways. docs/performance.md has the measurement that justified it.
 """
 
 from __future__ import annotations
 
-import os
+from collections.abc import Mapping
 from typing import TypeAlias
 
 try:
@@ -24,8 +25,12 @@ DataPath: TypeAlias = "ClientPath | GatewayPath"
 """A side's compiled loops."""
 
 ENV = "VEILGATE_FASTPATH"
-ENABLED = BUILT and os.environ.get(ENV, "1") != "0"
-"""The compiled data path is built and not turned off."""
+
+
+def wanted(environ: Mapping[str, str]) -> bool:
+    """The compiled data path is built and ``environ`` (a daemon's, as it starts) does not turn it off."""
+    return BUILT and environ.get(ENV, "1") != "0"
+
 
 KIND_TUN = 0
 KIND_UDP = 1
@@ -42,7 +47,6 @@ ROUTE_NONE = -1
 
 __all__ = [
     "BUILT",
-    "ENABLED",
     "ENV",
     "KIND_TUN",
     "KIND_UDP",
@@ -56,4 +60,5 @@ __all__ = [
     "Keys",
     "Peer",
     "Poller",
+    "wanted",
 ]

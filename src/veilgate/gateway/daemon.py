@@ -31,16 +31,18 @@ from typing import Any
 from veilgate import fastpath
 from veilgate.credentials import CredentialVerifier, IssuerPublicKey
 from veilgate.credentials.epochs import DEFAULT_EPOCH_LENGTH, AnyCredentialVerifier, EpochVerifier
+from veilgate.fastpath.keypair import CompiledKeypair
 from veilgate.gateway.config import GatewayConfig
 from veilgate.gateway.pool import AddressPool, PoolExhausted
 from veilgate.netfilter import NftTable, gateway_isolation_rules, gateway_nat_rules
 from veilgate.protocol import ip
+from veilgate.protocol.activity import ActivityRecord
 from veilgate.protocol.constants import REJECT_AFTER_TIME
 from veilgate.protocol.control import TunnelConfig
 from veilgate.protocol.crypto import KeyPair
 from veilgate.protocol.events import HandshakeRefused, SessionEnded, SessionEstablished, SessionRekeyed
 from veilgate.protocol.gateway import GatewayProtocol, Session
-from veilgate.protocol.keypair import CompiledKeypair
+from veilgate.protocol.keypair import Keypair
 from veilgate.provider.client import ProviderClient, ProviderInconsistent, ProviderUnavailable
 from veilgate.transport import loop as event_loop
 from veilgate.transport.loop import QUIET_GAP, add_compiled_reader, add_data_reader, remove_data_reader
@@ -127,10 +129,13 @@ class Gateway:
         )
         self.epochs = EpochVerifier([], DEFAULT_EPOCH_LENGTH, max_skew=config.max_skew)
         verifier = AnyCredentialVerifier(ed25519, self.epochs)
+        # The compiled data path, if wanted, runs only with the clock it reads (CLOCK_MONOTONIC).
+        self.fast_wanted = fastpath.wanted(os.environ) and clock is time.monotonic
         self.core = GatewayProtocol(
             KeyPair.from_private_bytes(config.private_key),
             _WallClockCheck(verifier),
             max_sessions_per_credential=config.max_sessions_per_credential,
+            new_keypair=CompiledKeypair if self.fast_wanted else Keypair,
         )
         self.provider = (
             ProviderClient(config.provider_url, config.provider_fingerprint or "")
@@ -179,7 +184,7 @@ class Gateway:
         if self.pool6 is not None and cfg.pool_v6 is not None:
             netlink.add_address(self.tun.name, f"{self.pool6.gateway_address}/{cfg.pool_v6.prefixlen}")
         netlink.set_link(self.tun.name, up=True, mtu=cfg.mtu)
-        if fastpath.ENABLED and self.clock is time.monotonic:  # the compiled path reads CLOCK_MONOTONIC
+        if self.fast_wanted:
             self.fast = fastpath.GatewayPath(
                 self.tun.fd, self._fast_routes, self._fast_indices, cfg.client_to_client, REJECT_AFTER_TIME
             )
@@ -532,10 +537,14 @@ class Gateway:
         now = self.clock()
         core = self.core
         for peer in touched:
-            activity = peer.take()
+            # The module's activity is still a tuple: an ActivityRecord until it returns an Activity.
+            tx_packets, tx_bytes, last_tx, authenticated, rx_packets, rx_bytes, last_rx = peer.take()
+            activity = ActivityRecord(
+                tx_packets, tx_bytes, last_tx, 0.0, authenticated, rx_packets, rx_bytes, last_rx
+            )
             session = peer.owner
             if isinstance(session, Session) and session.id in core.sessions:
-                core.account(session, *activity)
+                core.account(session, activity)
         if pending:
             tun_fd = self.tun.fd if self.tun is not None else -1
             for kind, data, number, addr, index in pending:

@@ -286,9 +286,10 @@ def add_compiled_reader(
     *args: Any,
 ) -> bool:
     """Serve a data-path descriptor with a compiled loop, then ``callback``; False where the loop
-    cannot (not from ``new_event_loop``) or the compiled data path is off: use add_data_reader."""
+    cannot (not from ``new_event_loop``): use add_data_reader. Whether to run the compiled data
+    path at all is the daemon's choice (``fastpath.wanted``)."""
     selector = _selectors.get(loop)
-    if selector is None or not fastpath.ENABLED:
+    if selector is None:
         return False
     selector.add_compiled_reader(fd, path, kind, sock, callback, *args)
     return True
