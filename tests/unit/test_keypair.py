@@ -52,18 +52,32 @@ def test_the_client_rekeys_on_the_packet_that_reaches_the_rekey_counter() -> Non
     assert net.client.handshake_message() is not None
 
 
-def test_a_keypair_expired_by_its_counter_sends_and_receives_nothing() -> None:
+def test_a_keypair_expired_by_its_counter_sends_nothing_and_the_client_receives_nothing() -> None:
     net = connected()
     client_kp, session = net.client.current, next(iter(net.gateway.sessions.values()))
     gateway_kp = session.current
     assert client_kp is not None and gateway_kp is not None
-    to_gateway = client_kp.seal(ipv4_packet(net.client_ip, "198.51.100.1", b"up"))
+    up = ipv4_packet(net.client_ip, "198.51.100.1", b"up")
+    to_gateway = client_kp.seal(up)
     to_client = gateway_kp.seal(ipv4_packet("198.51.100.1", net.client_ip, b"down"))
     gateway_kp.send_counter = REJECT_AFTER_MESSAGES
-    assert net.gateway.send_packet(session, b"\x45" + bytes(19), net.now) is None
-    assert net.gateway.receive_datagram(to_gateway, net.addr, net.now) is None
-    assert net.gateway.counters["drop-expired"] == 1
+    assert net.gateway.send_packet(session, up, net.now) is None
+    assert net.gateway.counters["tx-no-keypair"] == 1
+    # The gateway's data path refuses by age only (its inlined copy of the rule).
+    assert net.gateway.receive_datagram(to_gateway, net.addr, net.now) == up
     client_kp.send_counter = REJECT_AFTER_MESSAGES
     assert net.client.send_keepalive(net.now) is None
     assert net.client.receive_datagram(to_client, net.now) is None
     assert net.client.counters["drop-expired"] == 1
+
+
+def test_the_gateways_data_path_refuses_a_keypair_by_age() -> None:
+    net = connected()
+    client_kp, session = net.client.current, next(iter(net.gateway.sessions.values()))
+    gateway_kp = session.current
+    assert client_kp is not None and gateway_kp is not None
+    first, second = (client_kp.seal(ipv4_packet(net.client_ip, "198.51.100.1", b"x")) for _ in range(2))
+    expiry = gateway_kp.created + REJECT_AFTER_TIME
+    assert net.gateway.receive_datagram(first, net.addr, expiry - 0.001) is not None
+    assert net.gateway.receive_datagram(second, net.addr, expiry + 0.001) is None
+    assert net.gateway.counters["drop-expired"] == 1
