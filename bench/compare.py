@@ -454,7 +454,7 @@ def idle_sessions_memory_mb(n: int = 10_000) -> float:
     code = f"""
 import ipaddress, time, sys
 sys.path.insert(0, {str(ROOT / "bench")!r})
-from core import Addr
+from core import KEYPAIR, Addr
 from veilgate.credentials import CredentialVerifier, IssuerKey, issue
 from veilgate.protocol.cookie import CookieGenerator
 from veilgate.protocol.crypto import KeyPair
@@ -466,7 +466,7 @@ def rss():
         if line.startswith('VmRSS'):
             return int(line.split()[1]) / 1024
 issuer = IssuerKey.generate(); gk = KeyPair.generate()
-g = GatewayProtocol(gk, CredentialVerifier([issuer.public_key()]), under_load_rate=10**9)
+g = GatewayProtocol(gk, CredentialVerifier([issuer.public_key()]), under_load_rate=10**9, new_keypair=KEYPAIR)
 cookies = CookieGenerator(gk.public); now = time.time()
 base = rss()
 for i in range({n}):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -17,7 +18,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
+from veilgate import fastpath
 from veilgate.credentials import CredentialVerifier, IssuerKey, issue
+from veilgate.fastpath.keypair import CompiledKeypair
 from veilgate.protocol.client import ClientProtocol
 from veilgate.protocol.control import TunnelConfig
 from veilgate.protocol.cookie import CookieGenerator
@@ -25,10 +28,13 @@ from veilgate.protocol.crypto import KeyPair
 from veilgate.protocol.events import SessionEstablished
 from veilgate.protocol.gateway import GatewayProtocol
 from veilgate.protocol.handshake import FinalPayload, InitiatorHandshake
-from veilgate.protocol.keypair import Keypair
+from veilgate.protocol.keypair import Keypair, KeypairFactory
 from veilgate.protocol.messages import HandshakeResp
 
 SIZE = 1420
+
+KEYPAIR: KeypairFactory = CompiledKeypair if fastpath.wanted(os.environ) else Keypair
+"""The keypairs the cores make, as a daemon's would: the compiled path's unless ``VEILGATE_FASTPATH=0``."""
 
 
 class Addr(tuple[str, int]):
@@ -64,7 +70,7 @@ def handshake_rates(n: int) -> tuple[float, float]:
     issuer = IssuerKey.generate()
     gateway_key = KeyPair.generate()
     verifier = CredentialVerifier([issuer.public_key()])
-    gateway = GatewayProtocol(gateway_key, verifier)
+    gateway = GatewayProtocol(gateway_key, verifier, new_keypair=KEYPAIR)
     clients = []
     now = time.time()
     for i in range(n):
@@ -97,8 +103,9 @@ def connected_pair() -> tuple[ClientProtocol, GatewayProtocol, Addr, float]:
     issuer = IssuerKey.generate()
     gateway_key, client_key = KeyPair.generate(), KeyPair.generate()
     now = time.time()
-    gateway = GatewayProtocol(gateway_key, CredentialVerifier([issuer.public_key()]))
-    client = ClientProtocol(client_key, gateway_key.public, issue(issuer, client_key.public, now).encode())
+    gateway = GatewayProtocol(gateway_key, CredentialVerifier([issuer.public_key()]), new_keypair=KEYPAIR)
+    credential = issue(issuer, client_key.public, now).encode()
+    client = ClientProtocol(client_key, gateway_key.public, credential, new_keypair=KEYPAIR)
     addr = Addr(("192.0.2.1", 5000))
     client.connect(now)
     for _ in range(3):

@@ -12,9 +12,12 @@ import copyreg
 import hashlib
 import ipaddress
 import itertools
+import os
 from dataclasses import dataclass
 from typing import TypeVar
 
+from veilgate import fastpath
+from veilgate.fastpath.keypair import CompiledKeypair
 from veilgate.protocol import control, messages
 from veilgate.protocol.client import ClientProtocol
 from veilgate.protocol.control import TunnelConfig
@@ -22,6 +25,7 @@ from veilgate.protocol.crypto import KeyPair
 from veilgate.protocol.errors import CredentialError
 from veilgate.protocol.events import SessionEstablished
 from veilgate.protocol.gateway import GatewayProtocol, Session
+from veilgate.protocol.keypair import Keypair, KeypairFactory
 from veilgate.protocol.noise import CipherState
 
 NOW = 1_000_000.0
@@ -72,17 +76,23 @@ class CredentialIsKey:
 CREDENTIAL = b"ok:" + CLIENT_KEY.public
 
 
+KEYPAIR: KeypairFactory = CompiledKeypair if fastpath.wanted(os.environ) else Keypair
+"""The keypairs the cores make: as a daemon would (``VEILGATE_FASTPATH=0`` fuzzes the pure-Python ones)."""
+
+
 FIRST_INDEX = 0x1000
 """The gateway's receiver indices count up from here (instead of random) so seeds can name them."""
 
 
 def new_gateway() -> GatewayProtocol:
     indices = itertools.count(FIRST_INDEX)
-    return GatewayProtocol(GATEWAY_KEY, CredentialIsKey(), random_index=lambda: next(indices))
+    return GatewayProtocol(
+        GATEWAY_KEY, CredentialIsKey(), random_index=lambda: next(indices), new_keypair=KEYPAIR
+    )
 
 
 def new_client() -> ClientProtocol:
-    return ClientProtocol(CLIENT_KEY, GATEWAY_KEY.public, CREDENTIAL)
+    return ClientProtocol(CLIENT_KEY, GATEWAY_KEY.public, CREDENTIAL, new_keypair=KEYPAIR)
 
 
 def establish() -> tuple[ClientProtocol, GatewayProtocol, Session]:

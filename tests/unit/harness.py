@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 import random
 from dataclasses import dataclass, field
 
+from veilgate import fastpath
+from veilgate.fastpath.keypair import CompiledKeypair
 from veilgate.protocol.client import ClientProtocol
 from veilgate.protocol.control import TunnelConfig
 from veilgate.protocol.crypto import KeyPair
 from veilgate.protocol.errors import CredentialError
 from veilgate.protocol.events import Event, SessionEstablished
 from veilgate.protocol.gateway import GatewayProtocol
+from veilgate.protocol.keypair import Keypair, KeypairFactory
+
+KEYPAIR: KeypairFactory = CompiledKeypair if fastpath.wanted(os.environ) else Keypair
+"""The keypairs ``Net``'s cores make, as a daemon's would (``VEILGATE_FASTPATH=0``: the pure-Python ones)."""
 
 
 @dataclass(frozen=True)
@@ -97,12 +104,13 @@ class Net:
     ) -> None:
         self.now = 1000.0
         self.gateway_key = gateway_key or KeyPair.generate()
-        self.gateway = gateway or GatewayProtocol(self.gateway_key, AcceptAll())
+        self.gateway = gateway or GatewayProtocol(self.gateway_key, AcceptAll(), new_keypair=KEYPAIR)
         self.client_key = client_key or KeyPair.generate()
         self.client = ClientProtocol(
             self.client_key,
             pinned_gateway_key or self.gateway_key.public,
             credential if credential is not None else b"ok:" + self.client_key.public,
+            new_keypair=KEYPAIR,
         )
         self.up = up or Link()
         self.down = down or Link()

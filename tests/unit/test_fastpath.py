@@ -21,6 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from veilgate import fastpath
+from veilgate.fastpath.keypair import CompiledKeypair
 from veilgate.protocol import control
 from veilgate.protocol.constants import (
     REJECT_AFTER_MESSAGES,
@@ -29,7 +30,7 @@ from veilgate.protocol.constants import (
     REPLAY_WINDOW,
 )
 from veilgate.protocol.errors import DecryptError, LocalProtocolError, RemoteProtocolError
-from veilgate.protocol.keypair import CompiledKeypair, Keypair
+from veilgate.protocol.keypair import EXPIRED, Keypair
 from veilgate.protocol.messages import HDR_INIT
 from veilgate.protocol.replay import ReplayWindow
 from veilgate.transport.loop import DispatchSelector
@@ -94,7 +95,7 @@ def test_compiled_keypair_refuses_replays_forgeries_and_exhaustion() -> None:
     with pytest.raises(DecryptError):
         fast.open(b"\x05\x01\x00\x00" + bytes(8), 0)  # shorter than a tag
     fast.send_counter = REJECT_AFTER_MESSAGES
-    assert fast.expired(0.0)
+    assert fast.state(0.0) is EXPIRED
     with pytest.raises(LocalProtocolError):
         fast.seal(b"")
 
@@ -518,7 +519,7 @@ def test_compiled_reader_runs_before_its_python_callback(rig: ClientRig) -> None
 
 
 def test_switch_off_by_environment() -> None:
-    code = "from veilgate import fastpath; print(fastpath.ENABLED)"
+    code = "import os; from veilgate import fastpath; print(fastpath.wanted(os.environ))"
     for value, expected in (("0", "False"), ("1", str(fastpath.BUILT))):
         out = subprocess.run(
             [sys.executable, "-c", code],
@@ -528,3 +529,5 @@ def test_switch_off_by_environment() -> None:
             check=True,
         )
         assert out.stdout.strip() == expected
+    assert fastpath.wanted({}) is fastpath.BUILT
+    assert fastpath.wanted({fastpath.ENV: "0"}) is False

@@ -23,6 +23,7 @@ from veilgate.client.config import ClientConfig
 from veilgate.client.paths import TCP, UDP, Act, Action, PathManager
 from veilgate.client.system import SystemState, TunnelSetup
 from veilgate.driver import Driver, Runtime, Wake, read_tun, read_udp, total
+from veilgate.fastpath.keypair import CompiledKeypair
 from veilgate.netfilter import kill_switch_rules
 from veilgate.protocol import messages
 from veilgate.protocol.client import ClientProtocol
@@ -36,7 +37,7 @@ from veilgate.protocol.events import (
     PathStalled,
     ProbeAnswered,
 )
-from veilgate.protocol.keypair import CompiledKeypair, Keypair
+from veilgate.protocol.keypair import Keypair
 from veilgate.transport import loop as event_loop
 from veilgate.transport.tcp import FramedConnection, connect_tcp
 from veilgate.transport.udp import UdpSender, enable_gro

@@ -2,8 +2,8 @@
 
 Built by ``pip install`` where a C compiler and the Python and OpenSSL headers are present
 (setup.py marks it optional). A daemon that runs it (``wanted``, asked once at start) makes every
-keypair keep its keys, send counter and replay window here (``CompiledKeypair``, the keypair
-factory it gives its core), and both the client and the gateway serve an established UDP session's
+keypair keep its keys, send counter and replay window here (``fastpath.keypair.CompiledKeypair``,
+the keypair factory it gives its core), and both the client and the gateway serve an established UDP session's
 packets from C without running Python per packet; handshakes, timers and everything else stay in
 the Python core. ``VEILGATE_FASTPATH=0`` in a daemon's environment turns it off: the test suite
 runs the end-to-end tests both ways. The module's own limits and wire constants are exported here

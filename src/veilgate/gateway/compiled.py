@@ -16,10 +16,10 @@ import struct
 from typing import TYPE_CHECKING, Any, cast
 
 from veilgate import fastpath
+from veilgate.fastpath.keypair import CompiledKeypair
 from veilgate.gateway.listeners import Listeners, UdpEndpoint
 from veilgate.gateway.sessions import RoutedPeer, SessionTable
 from veilgate.protocol.gateway import GatewayProtocol, Session
-from veilgate.protocol.keypair import CompiledKeypair
 
 if TYPE_CHECKING:
     from veilgate.gateway.daemon import Gateway

@@ -25,6 +25,7 @@ from veilgate.credentials import CredentialVerifier, IssuerPublicKey
 from veilgate.credentials.epochs import DEFAULT_EPOCH_LENGTH, AnyCredentialVerifier, EpochVerifier
 from veilgate.driver import Driver, Runtime, Wake, read_tun, read_udp, total
 from veilgate.driver.host import Firewall
+from veilgate.fastpath.keypair import CompiledKeypair
 from veilgate.gateway.compiled import CompiledGateway
 from veilgate.gateway.config import GatewayConfig
 from veilgate.gateway.epochs import EpochSync
@@ -37,7 +38,7 @@ from veilgate.protocol.control import TunnelConfig
 from veilgate.protocol.crypto import KeyPair
 from veilgate.protocol.events import HandshakeRefused, SessionEnded, SessionEstablished, SessionRekeyed
 from veilgate.protocol.gateway import GatewayProtocol, Session
-from veilgate.protocol.keypair import CompiledKeypair, Keypair
+from veilgate.protocol.keypair import Keypair
 from veilgate.provider.client import ProviderClient
 from veilgate.transport import loop as event_loop
 from veilgate.transport.tcp import FramedConnection

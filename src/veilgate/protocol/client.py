@@ -10,6 +10,9 @@ depend on the path.
 Keypairs: ``current`` sends and receives; ``previous`` only receives, until
 it expires; ``next`` holds a rekey's keypair until the gateway confirms it
 (an authenticated packet on it), so a rekey loses no packet.
+
+Timers and traffic figures live in ``self.timers`` (``veilgate.protocol.timers.ClientTimers``),
+set only by its hooks; ``get_timer`` and ``handle_timer`` here read them.
 """
 
 from __future__ import annotations
@@ -18,14 +21,11 @@ import collections
 import secrets
 
 from veilgate.protocol import control, ip, messages
+from veilgate.protocol.activity import Activity
 from veilgate.protocol.constants import (
-    CONFIRM_RETRY,
     HANDSHAKE_RETRY_INITIAL,
-    HANDSHAKE_RETRY_MAX,
     KEEPALIVE_INTERVAL,
     MAX_QUEUED_PACKETS,
-    REJECT_AFTER_TIME,
-    REKEY_AFTER_MESSAGES,
     REKEY_AFTER_TIME,
     REKEY_ATTEMPT_TIME,
     STALL_TIMEOUT,
@@ -43,7 +43,8 @@ from veilgate.protocol.events import (
     ProbeAnswered,
 )
 from veilgate.protocol.handshake import FinalPayload, InitiatorHandshake
-from veilgate.protocol.keypair import Keypair, KeypairFactory
+from veilgate.protocol.keypair import EXPIRED, USABLE, Keypair, KeypairFactory
+from veilgate.protocol.timers import ClientTimers
 
 _INF = float("inf")
 
@@ -68,17 +69,12 @@ class ClientProtocol:
         self.credential = credential
         self.keepalive_interval = keepalive_interval
         self.stall_timeout = stall_timeout
-        self.handshake_retry = handshake_retry
         self.rekey_after = rekey_after
-        self._new_keypair = new_keypair
+        self.new_keypair = new_keypair
         self.cookies = CookieGenerator(gateway_public)
         self.config: control.TunnelConfig | None = None
         self.counters: collections.Counter[str] = collections.Counter()
-        self.rx_bytes = 0
-        self.tx_bytes = 0
-        self.authenticated_rx = 0
-        """Datagrams from the gateway that authenticated (responses and transport): a path works."""
-        self.last_handshake: float | None = None
+        self.timers = ClientTimers(handshake_retry)
 
         self.current: Keypair | None = None
         self.previous: Keypair | None = None
@@ -86,23 +82,11 @@ class ClientProtocol:
         self._confirmed = False
         self._keypairs: dict[int, Keypair] = {}
         self._handshake: InitiatorHandshake | None = None
-        self._attempt_started: float | None = None
-        self._retry_at = _INF
-        self._retry_interval = handshake_retry
         self._final: bytes | None = None
-        self._final_retry_at = _INF
         self._resume_token: bytes | None = None
         self._rotate = False
 
         self._started = False
-        self._last_sent = _INF
-        self._last_received = -_INF
-        self._awaiting_since: float | None = None
-        self._stall_reported = False
-        self._rekey_since: float | None = None
-        """When the rekey in flight began, until its response: unanswered for ``stall_timeout``, the
-        path is stalled for handshakes (a flood can drop full-size datagrams while small ones pass)."""
-        self._timeout_reported = False
         self._lost_reported = False
         self._queue: collections.deque[bytes] = collections.deque()
         self._out: list[bytes] = []
@@ -116,15 +100,34 @@ class ClientProtocol:
         """A keypair the gateway confirmed is in use."""
         return self.current is not None and self._confirmed
 
+    @property
+    def tx_bytes(self) -> int:
+        return self.timers.tx_bytes
+
+    @property
+    def rx_bytes(self) -> int:
+        return self.timers.rx_bytes
+
+    @property
+    def authenticated_rx(self) -> int:
+        """Datagrams from the gateway that authenticated (responses and transport): a path works."""
+        return self.timers.authenticated_rx
+
+    @property
+    def last_handshake(self) -> float | None:
+        """When the gateway last confirmed a keypair."""
+        return self.timers.last_handshake
+
     def unanswered_for(self, now: float) -> float:
         """How long the client has been sending with nothing authenticated coming back (0 if answered)."""
-        return 0.0 if self._awaiting_since is None else now - self._awaiting_since
+        since = self.timers.awaiting_since
+        return 0.0 if since is None else now - since
 
     def connect(self, now: float) -> None:
         if self._started:
             raise LocalProtocolError("connect() called twice")
         self._started = True
-        self._last_sent = now
+        self.timers.started(now)
         self._begin_handshake(now)
 
     def rotate_identity(self, static: KeyPair, credential: bytes, now: float) -> None:
@@ -155,7 +158,7 @@ class ClientProtocol:
     def send_packet(self, packet: bytes, now: float) -> bytes | None:
         """Encrypt one IP packet; returns the datagram, or None if it waits for a handshake."""
         kp = self.current
-        if kp is None or kp.expired(now):
+        if kp is None or kp.state(now) is EXPIRED:
             if len(self._queue) < MAX_QUEUED_PACKETS:
                 self._queue.append(packet)
             else:
@@ -164,15 +167,15 @@ class ClientProtocol:
                 self._begin_handshake(now)
             return None
         data = kp.seal(packet)
-        self._sent(now, len(packet))
-        if kp.send_counter >= REKEY_AFTER_MESSAGES and self._handshake is None:
+        self.timers.data_sent(now, len(packet))
+        if self._handshake is None and kp.state(now) is not USABLE:  # due for a rekey by its counter
             self._begin_handshake(now)
         return data
 
     def send_probe(self, now: float) -> tuple[int, bytes] | None:
         """An authenticated probe; the gateway answers it on the path it came from, without roaming."""
         kp = self.current
-        if kp is None or kp.expired(now):
+        if kp is None or kp.state(now) is EXPIRED:
             return None
         probe_id = secrets.randbits(64)
         self._probe_ids.add(probe_id)
@@ -183,16 +186,16 @@ class ClientProtocol:
     def send_keepalive(self, now: float) -> bytes | None:
         """An authenticated empty packet, e.g. to move the gateway to a new path at once."""
         kp = self.current
-        if kp is None or kp.expired(now):
+        if kp is None or kp.state(now) is EXPIRED:
             return None
         data = kp.seal(b"")
-        self._sent(now, 0)
+        self.timers.keepalive_sent(now)
         return data
 
     def close(self, now: float) -> bytes | None:
         """A CLOSE control message telling the gateway to end the session now."""
         kp = self.current
-        if kp is None or kp.expired(now):
+        if kp is None or kp.state(now) is EXPIRED:
             return None
         return kp.seal(control.close_message())
 
@@ -228,32 +231,22 @@ class ClientProtocol:
             return None, ()
         return kp, (kp,) if self.previous is None else (kp, self.previous)
 
-    def account(
-        self,
-        tx_packets: int,
-        tx_bytes: int,
-        last_tx: float,
-        first_unanswered: float,
-        rx_packets: int,
-        rx_bytes: int,
-        last_rx: float,
-    ) -> None:
+    def account(self, activity: Activity) -> None:
         """Take note of what a data path outside the core sent and received since the last call.
 
-        ``first_unanswered``: when it first sent after its last authenticated receive (0.0 if it
-        received after everything it sent), which starts the stall timer as ``_sent`` would.
+        Replayed through the timer hooks the Python path calls, in the order it happened: sends
+        its last authenticated receive answered (``first_unanswered`` is 0.0), that receive, then
+        sends after it, the first of them at ``first_unanswered`` (which starts the stall clock).
         """
-        if rx_packets:
-            self.authenticated_rx += rx_packets
-            self.rx_bytes += rx_bytes
-            self._last_received = max(self._last_received, last_rx)
-            self._awaiting_since = None
-            self._stall_reported = False
-        if tx_packets:
-            self.tx_bytes += tx_bytes
-            self._last_sent = max(self._last_sent, last_tx)
-            if first_unanswered and self._awaiting_since is None:
-                self._awaiting_since = first_unanswered
+        timers = self.timers
+        unanswered = activity.first_unanswered
+        if activity.tx_packets and not unanswered:
+            timers.data_sent(activity.last_tx, activity.tx_bytes)
+        if activity.authenticated:
+            timers.authenticated_received(activity.last_rx, activity.authenticated)
+            timers.data_received(activity.rx_bytes)
+        if activity.tx_packets and unanswered:
+            timers.data_sent(activity.last_tx, activity.tx_bytes, unanswered)
 
     def receive_opened(self, plaintext: bytes) -> None:
         """A control message a data path outside the core authenticated, opened and accounted for."""
@@ -265,43 +258,44 @@ class ClientProtocol:
     def get_timer(self) -> float | None:
         if not self._started:
             return None
-        t = min(self._retry_at, self._final_retry_at)
+        timers = self.timers
+        t = min(timers.retry_at, timers.final_retry_at)
         kp = self.current
         if kp is not None:
-            t = min(t, kp.created + REJECT_AFTER_TIME)
+            t = min(t, kp.expires_at)
             if self._handshake is None and self._final is None:
                 t = min(t, kp.created + self.rekey_after)
             if self._confirmed:
-                t = min(t, self._last_sent + self.keepalive_interval)
+                t = min(t, timers.last_sent + self.keepalive_interval)
         if self.previous is not None:
-            t = min(t, self.previous.created + REJECT_AFTER_TIME)
-        if self._awaiting_since is not None and not self._stall_reported:
-            t = min(t, self._awaiting_since + self.stall_timeout)
-        if self._rekey_since is not None:
-            t = min(t, self._rekey_since + self.stall_timeout)
-        if self._attempt_started is not None and not self._timeout_reported:
-            t = min(t, self._attempt_started + REKEY_ATTEMPT_TIME)
+            t = min(t, self.previous.expires_at)
+        if timers.awaiting_since is not None and not timers.stall_reported:
+            t = min(t, timers.awaiting_since + self.stall_timeout)
+        if timers.rekey_since is not None:
+            t = min(t, timers.rekey_since + self.stall_timeout)
+        if timers.attempt_started is not None and not timers.timeout_reported:
+            t = min(t, timers.attempt_started + REKEY_ATTEMPT_TIME)
         return None if t == _INF else t
 
     def handle_timer(self, now: float) -> None:
         if not self._started:
             return
-        if self._handshake is not None and now >= self._retry_at:
-            self._retry_interval = min(self._retry_interval * 2, HANDSHAKE_RETRY_MAX)
+        timers = self.timers
+        if self._handshake is not None and now >= timers.retry_at:
             self._begin_handshake(now, retry=True)
-        if self._final is not None and now >= self._final_retry_at:
+        if self._final is not None and now >= timers.final_retry_at:
             self._out.append(self._final)
-            self._final_retry_at = now + CONFIRM_RETRY
+            timers.final_sent(now)
         if (
-            self._attempt_started is not None
-            and not self._timeout_reported
-            and now >= self._attempt_started + REKEY_ATTEMPT_TIME
+            timers.attempt_started is not None
+            and not timers.timeout_reported
+            and now >= timers.attempt_started + REKEY_ATTEMPT_TIME
         ):
-            self._timeout_reported = True
+            timers.attempt_timed_out()
             self._events.append(HandshakeTimeout())
         kp = self.current
         if kp is not None:
-            if kp.expired(now):
+            if kp.state(now) is EXPIRED:
                 self._drop_keypair(kp)
                 self.current = None
                 self._confirmed = False
@@ -312,47 +306,32 @@ class ClientProtocol:
                     self._begin_handshake(now)
             elif now >= kp.created + self.rekey_after and self._handshake is None and self._final is None:
                 self._begin_handshake(now)
-            elif self._confirmed and now >= self._last_sent + self.keepalive_interval:
+            elif self._confirmed and now >= timers.last_sent + self.keepalive_interval:
                 self._out.append(kp.seal(b""))
-                self._sent(now, 0)
-        if self.previous is not None and self.previous.expired(now):
+                timers.keepalive_sent(now)
+        if self.previous is not None and self.previous.state(now) is EXPIRED:
             self._drop_keypair(self.previous)
             self.previous = None
-        if (
-            self._awaiting_since is not None
-            and not self._stall_reported
-            and now >= self._awaiting_since + self.stall_timeout
-        ):
-            self._stall_reported = True
-            self._events.append(PathStalled(now - self._awaiting_since))
+        since = timers.awaiting_since
+        if since is not None and not timers.stall_reported and now >= since + self.stall_timeout:
+            timers.path_stalled()
+            self._events.append(PathStalled(now - since))
             if self._handshake is None:
                 self._begin_handshake(now)
-        if self._rekey_since is not None and now >= self._rekey_since + self.stall_timeout:
+        since = timers.rekey_since
+        if since is not None and now >= since + self.stall_timeout:
             # Once per rekey: the driver moves the handshake (and the session) to another path.
-            self._events.append(PathStalled(now - self._rekey_since))
-            self._rekey_since = None
+            timers.rekey_stalled()
+            self._events.append(PathStalled(now - since))
 
     # ------------------------------------------------------------ internals
 
-    def _sent(self, now: float, nbytes: int) -> None:
-        self._last_sent = now
-        self.tx_bytes += nbytes
-        if self._awaiting_since is None:
-            self._awaiting_since = now
-
     def _begin_handshake(self, now: float, retry: bool = False) -> None:
-        if not retry:
-            self._retry_interval = self.handshake_retry
-            if self._attempt_started is None:
-                self._attempt_started = now
-            if self.connected:
-                self._rekey_since = now
         self._final = None  # a newer handshake supersedes an unconfirmed message 3
-        self._final_retry_at = _INF
         index = self._new_index()
         self._handshake = InitiatorHandshake(self.static, self.gateway_public, index, self.cookies, now)
         self._out.append(self._handshake.init_message)
-        self._retry_at = now + self._retry_interval
+        self.timers.handshake_initiated(now, retry=retry, rekey=self.connected)
 
     def _new_index(self) -> int:
         while True:
@@ -368,28 +347,24 @@ class ClientProtocol:
             raise RemoteProtocolError("cookie reply for no handshake in flight", "unknown-index")
         self.cookies.consume_reply(reply, now)
         self.counters["cookie-replies"] += 1
-        # Resend at once with mac2, but no faster than the retry timer allows.
-        self._retry_at = min(self._retry_at, now + 0.05)
+        self.timers.cookie_received(now)
 
     def _receive_response(self, resp: messages.HandshakeResp, now: float) -> None:
         hs = self._handshake
         if hs is None or resp.receiver != hs.local_index:
             raise RemoteProtocolError("response for no handshake in flight", "unknown-index")
         hs.read_response(resp)
-        self.authenticated_rx += 1
-        self._rekey_since = None
         resume = self._resume_token if (self._rotate or self.current is not None) else None
         final, result = hs.write_final(FinalPayload(self.credential, resume))
         self._handshake = None
-        self._retry_at = _INF
-        kp = self._new_keypair(result.send_key, result.recv_key, hs.local_index, hs.remote_index, now, True)
+        kp = self.new_keypair(result.send_key, result.recv_key, hs.local_index, hs.remote_index, now, True)
         self._keypairs[kp.local_index] = kp
         self._resume_token = result.resume_token
         self._rotate = False
         self._final = final
-        self._final_retry_at = now + CONFIRM_RETRY
         self._out.append(final)
-        if self.current is None or self.current.expired(now):
+        self.timers.session_derived(now)
+        if self.current is None or self.current.state(now) is EXPIRED:
             # Nothing to keep sending on: use the new keypair at once (data may follow message 3).
             if self.current is not None:
                 self._drop_keypair(self.current)
@@ -408,7 +383,7 @@ class ClientProtocol:
         while self._queue:
             packet = self._queue.popleft()
             self._out.append(kp.seal(packet))
-            self._sent(now, len(packet))
+            self.timers.data_sent(now, len(packet))
 
     def _drop_keypair(self, kp: Keypair) -> None:
         self._keypairs.pop(kp.local_index, None)
@@ -423,11 +398,8 @@ class ClientProtocol:
             self.next = None
         self._confirmed = True
         self._final = None
-        self._final_retry_at = _INF
-        self._attempt_started = None
-        self._timeout_reported = False
         self._lost_reported = False
-        self.last_handshake = now
+        self.timers.handshake_complete(now)
         self._events.append(HandshakeCompleted(rekey))
         self._flush_queue(now)
 
@@ -436,13 +408,10 @@ class ClientProtocol:
         kp = self._keypairs.get(receiver)
         if kp is None:
             raise RemoteProtocolError("unknown receiver index", "unknown-index")
-        if kp.expired(now):
+        if kp.state(now) is EXPIRED:
             raise RemoteProtocolError("keypair expired", "expired")
         plaintext = kp.open(data, counter)
-        self.authenticated_rx += 1
-        self._last_received = now
-        self._awaiting_since = None
-        self._stall_reported = False
+        self.timers.authenticated_received(now)
         if kp is self.next or (kp is self.current and not self._confirmed):
             self._confirm(kp, now)
         if not plaintext:
@@ -453,7 +422,7 @@ class ClientProtocol:
         length = ip.packet_length(plaintext)
         if length < 0:
             raise RemoteProtocolError("payload is not an IP packet", "not-ip")
-        self.rx_bytes += length
+        self.timers.data_received(length)
         return plaintext[:length] if length != len(plaintext) else plaintext
 
     def _receive_control(self, msg: control.ControlMessage) -> None:

@@ -1,4 +1,5 @@
-"""The data channel: one keypair's sealing and opening of transport messages.
+"""The data channel: one keypair's sealing and opening of transport messages, and the rule for
+when a keypair may be used (``Keypair.state``).
 
 A transport message is ``header(4) | receiver index (4) | counter (8) | AEAD``.
 The AEAD nonce is four zero bytes followed by the little-endian counter, which
@@ -8,18 +9,19 @@ The plaintext is padded with zeros to a multiple of 16 bytes.
 
 from __future__ import annotations
 
+import enum
 import struct
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Any, Final, TypeAlias
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
-from veilgate import fastpath
 from veilgate.protocol.constants import (
     PADDING_MULTIPLE,
     REJECT_AFTER_MESSAGES,
     REJECT_AFTER_TIME,
+    REKEY_AFTER_MESSAGES,
 )
 from veilgate.protocol.errors import DecryptError, LocalProtocolError, RemoteProtocolError
 from veilgate.protocol.messages import TRANSPORT_HEADER_LEN, TYPE_TRANSPORT
@@ -30,11 +32,26 @@ _NONCE_PREFIX: Final = b"\x00\x00\x00\x00"
 _ZEROS: Final = bytes(PADDING_MULTIPLE)
 
 
+class KeypairState(enum.Enum):
+    """What ``Keypair.state`` says a keypair may do now."""
+
+    USABLE = "usable"
+    REKEY = "rekey"
+    """Still usable, but its send counter asks for a new handshake."""
+    EXPIRED = "expired"
+    """Refused both ways: too old, or its send counter is exhausted."""
+
+
+USABLE: Final = KeypairState.USABLE
+REKEY: Final = KeypairState.REKEY
+EXPIRED: Final = KeypairState.EXPIRED
+
+
 class Keypair:
     """Transport keys from one handshake, with their counters and replay window (pure Python).
 
-    A driver that runs the compiled data path makes ``CompiledKeypair`` instead (the cores take the
-    class as ``new_keypair``).
+    The cores make keypairs with the ``KeypairFactory`` their driver gives them: this class, or
+    ``veilgate.fastpath.keypair.CompiledKeypair``, whose keys live in the compiled data path.
     """
 
     __slots__ = (
@@ -75,8 +92,22 @@ class Keypair:
         self.send_counter = 0
         self.replay = ReplayWindow()
 
-    def expired(self, now: float) -> bool:
-        return now - self.created >= REJECT_AFTER_TIME or self.send_counter >= REJECT_AFTER_MESSAGES
+    def state(self, now: float) -> KeypairState:
+        """The keypair rule: usable, due for a rekey by its send counter, or expired by age or counter.
+
+        The one place the Python side writes it; the compiled data path has its C twin.
+        """
+        counter = self.send_counter
+        if now - self.created >= REJECT_AFTER_TIME or counter >= REJECT_AFTER_MESSAGES:
+            return EXPIRED
+        if counter >= REKEY_AFTER_MESSAGES:
+            return REKEY
+        return USABLE
+
+    @property
+    def expires_at(self) -> float:
+        """When ``state`` turns ``EXPIRED`` by age: the deadline the cores' timers wait for."""
+        return self.created + REJECT_AFTER_TIME
 
     def seal(self, plaintext: bytes) -> bytes:
         """Encrypt one payload (IP packet, control message or empty keepalive) into a datagram."""
@@ -110,43 +141,7 @@ class Keypair:
         return plaintext
 
 
-class CompiledKeypair(Keypair):
-    """A keypair whose keys, send counter and replay window live in the compiled module.
+KeypairFactory: TypeAlias = Callable[[bytes, bytes, int, int, float, bool], Keypair]
+"""Makes a core's keypairs: ``(send_key, recv_key, local_index, remote_index, created, initiator)``.
 
-    The compiled data path (veilgate.fastpath) seals and opens with the same ``keys`` object, so
-    packets the Python core handles and packets it never sees share one counter and one window.
-    """
-
-    __slots__ = ("keys",)
-
-    def _init_keys(self, send_key: bytes, recv_key: bytes) -> None:
-        self.keys = fastpath.Keys(send_key, recv_key, self.local_index, self.remote_index, self.created)
-
-    @property
-    def send_counter(self) -> int:
-        return self.keys.send_counter
-
-    @send_counter.setter
-    def send_counter(self, value: int) -> None:
-        self.keys.send_counter = value
-
-    def seal(self, plaintext: bytes) -> bytes:
-        if self.keys.send_counter >= REJECT_AFTER_MESSAGES:
-            raise LocalProtocolError("keypair exhausted: rekey first")
-        return self.keys.seal(plaintext)
-
-    def open(self, data: bytes, counter: int) -> bytes:
-        result = self.keys.open(data)
-        if isinstance(result, bytes):
-            return result
-        if result == _REPLAYED:
-            raise RemoteProtocolError("replayed or too old counter", "replay")
-        raise DecryptError()
-
-
-_REPLAYED: Final = 1
-
-
-KeypairFactory = Callable[[bytes, bytes, int, int, float, bool], Keypair]
-"""Makes a keypair from ``(send_key, recv_key, local_index, remote_index, created, initiator)``:
-``Keypair``, or the driver's choice of data path (``CompiledKeypair``)."""
+The driver chooses it (``Keypair``, or the compiled path's ``CompiledKeypair``); the core does not."""
