@@ -372,7 +372,7 @@ def test_gateway_due_skips_a_sessions_superseded_entries() -> None:
 
 @dataclass
 class Take:
-    """What the compiled data path counts between two take() calls (fastpath/_fastpath.c)."""
+    """What the compiled data path counts between two take() calls (veilgate.fastpath)."""
 
     tx_packets: int = 0
     tx_bytes: int = 0

@@ -1,7 +1,8 @@
 """The few facts veilgate reads from an IP header: one parser for the whole Python side.
 
-The compiled data path has its C twin (``fastpath/ip.h``); ``tests/unit/test_ip.py`` holds both to
-the same answers. Nothing here raises: an authenticated peer can still send any bytes.
+The compiled data path has its C twin (``fastpath/receive.c``);
+``tests/unit/test_fastpath_constants.py`` holds both to the same answers. Nothing here raises:
+an authenticated peer can still send any bytes.
 """
 
 from __future__ import annotations

@@ -54,7 +54,6 @@ class Session:
     tx_packets: int = 0
     credential_keys: list[bytes] = field(default_factory=list)
     """The static keys (each certified by a credential) this session authenticated with, oldest first."""
-    extra: dict[str, object] = field(default_factory=dict)
 
 
 class CredentialBindings:
