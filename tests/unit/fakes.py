@@ -9,10 +9,16 @@ TCP sockets stay real, on loopback.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+from veilgate.credentials import IssuerKey
+from veilgate.gateway.config import GatewayConfig
+from veilgate.protocol.crypto import KeyPair
 
 
 class FakeTun:
@@ -102,6 +108,25 @@ class FakeHost:
     def restore_dns(self, saved: Path) -> None:
         saved.unlink()
         self.dns = []
+
+
+def loopback_gateway(
+    status_dir: Path, issuer: IssuerKey, tun_name: str, pool: ipaddress.IPv4Network, **options: Any
+) -> GatewayConfig:
+    """A gateway on free loopback ports, IPv4 only, accepting credentials from ``issuer``."""
+    return GatewayConfig(
+        private_key=KeyPair.generate().private_bytes(),
+        issuer_public_keys=[issuer.public_key().to_bytes()],
+        listen="127.0.0.1",
+        listen6=None,
+        udp_port=free_port(),
+        tcp_port=free_port(),
+        tun_name=tun_name,
+        pool_v4=pool,
+        pool_v6=None,
+        status_socket=status_dir / "gw.sock",
+        **options,
+    )
 
 
 def free_port() -> int:

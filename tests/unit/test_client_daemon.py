@@ -15,14 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.unit.fakes import FakeHost, FakeTun, free_port
+from tests.unit.fakes import FakeHost, FakeTun, free_port, loopback_gateway
 from tests.unit.harness import ipv4_packet
 from veilgate import fastpath
 from veilgate.client.config import ClientConfig
 from veilgate.client.daemon import Client
 from veilgate.credentials import IssuerKey, issue
 from veilgate.driver import Runtime
-from veilgate.gateway.config import GatewayConfig
 from veilgate.gateway.daemon import Gateway
 from veilgate.protocol.crypto import KeyPair
 from veilgate.transport import loop as event_loop
@@ -42,18 +41,12 @@ def run_pair(
     tmp_path: Path, environ: dict[str, str], scenario: Scenario, **client_options: object
 ) -> FakeHost:
     issuer = IssuerKey.generate()
-    gw_config = GatewayConfig(
-        private_key=KeyPair.generate().private_bytes(),
-        issuer_public_keys=[issuer.public_key().to_bytes()],
-        listen="127.0.0.1",
-        listen6=None,
-        udp_port=free_port(),
-        tcp_port=free_port(),
-        tun_name="vgfgw0",
-        pool_v4=ipaddress.IPv4Network("10.78.0.0/24"),
-        pool_v6=None,
+    gw_config = loopback_gateway(
+        tmp_path,
+        issuer,
+        "vgfgw0",
+        ipaddress.IPv4Network("10.78.0.0/24"),
         dns=[ipaddress.IPv4Address("10.78.0.1")],
-        status_socket=tmp_path / "gw.sock",
     )
     gateway_host, client_host = FakeHost(), FakeHost()
     gateway = Gateway(gw_config, Runtime(host=gateway_host, environ=environ))

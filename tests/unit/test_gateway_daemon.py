@@ -15,12 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.unit.fakes import FakeHost, free_port
+from tests.unit.fakes import FakeHost, loopback_gateway
 from tests.unit.harness import ipv4_packet
 from veilgate import fastpath
 from veilgate.credentials import IssuerKey, issue
 from veilgate.driver import Runtime
-from veilgate.gateway.config import GatewayConfig
 from veilgate.gateway.daemon import Gateway
 from veilgate.protocol.crypto import KeyPair
 from veilgate.testing.rawclient import RawClient
@@ -42,19 +41,7 @@ Scenario = Callable[[Gateway, FakeHost, Callable[[], RawClient]], Awaitable[None
 
 def run_gateway(tmp_path: Path, data_path: str, scenario: Scenario, **options: object) -> Gateway:
     issuer = IssuerKey.generate()
-    config = GatewayConfig(
-        private_key=KeyPair.generate().private_bytes(),
-        issuer_public_keys=[issuer.public_key().to_bytes()],
-        listen="127.0.0.1",
-        listen6=None,
-        udp_port=free_port(),
-        tcp_port=free_port(),
-        tun_name="vgfake0",
-        pool_v4=POOL,
-        pool_v6=None,
-        status_socket=tmp_path / "gw.sock",
-        **options,  # type: ignore[arg-type]
-    )
+    config = loopback_gateway(tmp_path, issuer, "vgfake0", POOL, **options)
     host = FakeHost()
     environ = {fastpath.ENV: "1" if data_path == "compiled" else "0"}
     gateway = Gateway(config, Runtime(host=host, environ=environ))
