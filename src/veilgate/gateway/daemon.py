@@ -75,7 +75,7 @@ class Gateway(Driver):
         self.pool6 = AddressPool(config.pool_v6) if config.pool_v6 is not None else None
         self.table = SessionTable(self.pool4, self.pool6)
         self.core.changed = set()  # the table follows every change of keys, endpoint or addresses
-        self.listeners = Listeners(config, self._on_tcp_datagrams, self._on_tcp_close)
+        self.listeners = Listeners(config, self._on_tcp_datagrams)
         self.fast: CompiledGateway | None = None
         """The compiled data path, when it runs: it serves the sessions reached over UDP."""
         self._firewall: Firewall | None = None
@@ -180,9 +180,6 @@ class Gateway(Driver):
             if packet is not None:
                 self.deliver(packet)
         self.after_io(now)
-
-    def _on_tcp_close(self, conn: FramedConnection) -> None:
-        """A connection closed; its session stays until it expires or the client moves."""
 
     def deliver(self, packet: bytes) -> None:
         """Write a packet from a client to the TUN (not to another client unless allowed)."""

@@ -15,7 +15,7 @@ import socket
 from typing import Any
 
 from veilgate.gateway.config import GatewayConfig
-from veilgate.transport.tcp import FramedConnection, OnClose, OnDatagrams, serve_tcp
+from veilgate.transport.tcp import FramedConnection, OnDatagrams, serve_tcp
 from veilgate.transport.udp import UdpSender, enable_gro
 
 log = logging.getLogger("veilgate.gateway")
@@ -91,13 +91,12 @@ Endpoint = UdpEndpoint | TcpEndpoint
 class Listeners:
     """The UDP sockets and TCP listeners on the configured addresses, and the TCP connections."""
 
-    def __init__(self, config: GatewayConfig, on_tcp: OnDatagrams, on_tcp_close: OnClose) -> None:
+    def __init__(self, config: GatewayConfig, on_tcp: OnDatagrams) -> None:
         self.config = config
         self.udp: list[UdpSocket] = []
         self.tcp_servers: list[asyncio.AbstractServer] = []
         self.tcp: dict[FramedConnection, TcpEndpoint] = {}
         self._on_tcp = on_tcp
-        self._on_tcp_close = on_tcp_close
         self._to_flush: list[FramedConnection] = []
         self._memo: tuple[Any, UdpEndpoint] | None = None
 
@@ -165,8 +164,8 @@ class Listeners:
         return endpoint
 
     def _tcp_closed(self, conn: FramedConnection) -> None:
+        """A connection closed; a session on it stays until it expires or the client moves."""
         self.tcp.pop(conn, None)
-        self._on_tcp_close(conn)
 
     def flush(self) -> None:
         """Send everything queued on every socket and connection."""
