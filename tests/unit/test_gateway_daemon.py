@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -156,3 +157,21 @@ def test_status_socket_answers_aggregate_figures_to_root_only(tmp_path: Path, da
 
     run_gateway(tmp_path, data_path, scenario)
     assert not (tmp_path / "gw.sock").exists()
+
+
+def test_the_data_path_in_use_is_logged_with_its_reason(
+    tmp_path: Path, data_path: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def scenario(gw: Gateway, host: FakeHost, new_client: Callable[[], RawClient]) -> None:
+        pass
+
+    with caplog.at_level(logging.INFO, "veilgate.gateway"):
+        run_gateway(tmp_path, data_path, scenario)
+    [line] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("data path: ")]
+    if data_path == "compiled":
+        assert line == "data path: compiled (veilgate.fastpath)"
+    else:
+        assert (
+            line
+            == "data path: pure Python, about half the throughput: VEILGATE_FASTPATH=0 in the environment"
+        )

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import veilgate
 from veilgate.config import ConfigError, read_key_file, write_key_file
 from veilgate.config.keys import decode_key, encode_key
 from veilgate.protocol.crypto import KeyPair
@@ -173,6 +174,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="veilgate", description="veilgate VPN")
+    p.add_argument("--version", action="version", version=f"veilgate {veilgate.__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     g = sub.add_parser("genkey", help="make an X25519 private key")

@@ -119,11 +119,11 @@ class Client(Driver):
                 if self.watch_compiled(tun.fd, fast, fastpath.KIND_TUN):
                     self.watch_compiled(udp.fileno(), fast, fastpath.KIND_UDP)
                     self.fast = fast
-                    log.debug("compiled data path on")
         if self.fast is None:
             self.watch(tun.fd, self._on_tun_readable)
             if self.udp is not None:
                 self.watch(self.udp.fileno(), self._on_udp_readable)
+        log.info("data path: %s", self.data_path(self.fast is not None))
         await self.serve_status(cfg.status_socket)
         now = self.clock()
         self.core.connect(now)

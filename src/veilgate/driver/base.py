@@ -91,6 +91,20 @@ class Driver(abc.ABC):
     def status(self) -> dict[str, object]:
         """Aggregate figures for the status socket."""
 
+    def data_path(self, compiled: bool) -> str:
+        """Which data path runs and why, for the start-up log (the pure-Python one is slower)."""
+        if compiled:
+            return "compiled (veilgate.fastpath)"
+        if not fastpath.BUILT:
+            why = "the compiled module is not built (no C compiler or headers when installed)"
+        elif self.clock is not time.monotonic:
+            why = "the daemon runs on a test clock"
+        elif not self.compiled_wanted:
+            why = f"{fastpath.ENV}=0 in the environment"
+        else:
+            why = "the event loop cannot serve compiled readers"
+        return f"pure Python, about half the throughput: {why}"
+
     # ------------------------------------------------------------ lifecycle
 
     def begin(self) -> asyncio.AbstractEventLoop:

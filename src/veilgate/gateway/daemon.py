@@ -96,9 +96,9 @@ class Gateway(Driver):
             fast = CompiledGateway(tun.fd, self.table, self.listeners, self.core, cfg.client_to_client)
             if self.watch_compiled(tun.fd, fast.path, fastpath.KIND_TUN):
                 self.fast = fast
-                log.debug("compiled data path on")
         if self.fast is None:
             self.watch(tun.fd, self._on_tun_readable)
+        log.info("data path: %s", self.data_path(self.fast is not None))
         await self.listeners.open()
         for udp in self.listeners.udp:
             if self.fast is not None:
