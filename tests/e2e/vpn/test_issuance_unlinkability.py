@@ -218,10 +218,11 @@ def test_a_failover_takes_a_stashed_identity_and_fetches_nothing(pdeploy: Deploy
     first = d.wait_client("c1", timeout=20)["gateway"]
     other = "gw2" if first == "gateway" else "gateway"
     # The stash fills in priority order (the next epoch's rotation, then a spare usable now): with two
-    # identities in it, one is a spare to fail over with.
+    # identities in it, one is a spare to fail over with. The spare comes only in an epoch whose first
+    # fetch fell early enough in the window for a second one: give it several epochs.
     wait_for(
         lambda: int(d.client_status("c1")["identities_stashed"]) >= 2,
-        2 * EPOCH + 5,
+        6 * EPOCH + 5,
         "a failover spare in the stash",
         d.dir / "c1.log",
     )
