@@ -3,18 +3,29 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 # gcc, python3-dev and libssl-dev build the optional compiled data path (src/veilgate/fastpath);
-# conntrack lets the roaming test flush the router's connection tracking.
-DEB_PACKAGES := iproute2 nftables conntrack iperf3 iputils-ping curl python3-venv gcc python3-dev libssl-dev
+# conntrack lets the roaming test flush the router's connection tracking. The desktop tests
+# (tests/e2e/vpn/test_desktop.py) run dnsmasq (dnsmasq-base: the binary, no service), tcpdump,
+# systemd-resolved (its shared library comes with systemd) on a private D-Bus system bus (dbus)
+# in a mount namespace (util-linux: unshare, nsenter).
+DEB_PACKAGES := iproute2 nftables conntrack iperf3 iputils-ping curl python3-venv gcc python3-dev libssl-dev \
+	dnsmasq-base tcpdump dbus systemd util-linux
+# Unpacked into the virtualenv, not installed: installing systemd-resolved replaces /etc/resolv.conf.
+DEB_UNPACKED := systemd-resolved
 STAMP_DEB := $(VENV)/.deb-stamp
+STAMP_UNPACKED := $(VENV)/.unpacked-stamp
 STAMP_PY := $(VENV)/.py-stamp
 
 .PHONY: test demo bench bench-core bench-latency bench-flood fuzz lint typecheck unit e2e clean deps
 
-deps: $(STAMP_DEB) $(STAMP_PY)
+deps: $(STAMP_DEB) $(STAMP_UNPACKED) $(STAMP_PY)
 
 $(STAMP_DEB): Makefile
 	@bash scripts/install-debian-packages.sh $(DEB_PACKAGES)
 	@mkdir -p $(VENV) && touch $@
+
+$(STAMP_UNPACKED): Makefile $(STAMP_DEB)
+	@bash scripts/unpack-debian-packages.sh $(VENV)/debroot $(DEB_UNPACKED)
+	@touch $@
 
 # Every C source and the header of the compiled data path: an edit to any of them rebuilds it.
 FASTPATH_SOURCES := $(wildcard src/veilgate/fastpath/*.c src/veilgate/fastpath/*.h)

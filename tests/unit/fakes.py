@@ -101,9 +101,10 @@ class FakeHost:
     def delete_route(self, dst: str, gateway: str | None, device: str | None) -> None:
         self.routes.remove((dst, gateway, device))
 
-    def apply_dns(self, servers: list[str], saved: Path) -> None:
+    def apply_dns(self, servers: list[str], saved: Path, device: str) -> str:
         saved.write_text("saved")
         self.dns = list(servers)
+        return "resolv.conf"
 
     def restore_dns(self, saved: Path) -> None:
         saved.unlink()

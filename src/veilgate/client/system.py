@@ -107,8 +107,9 @@ class TunnelSetup:
             for half in _halves(net):
                 self._add_route(half, None, tun)
         if self.apply_dns and config.dns and not self.state.dns_applied:
-            self.host.apply_dns([str(a) for a in config.dns], self.dns_state)
+            how = self.host.apply_dns([str(a) for a in config.dns], self.dns_state, tun)
             self.state.dns_applied = True
+            log.info("DNS through the tunnel (%s)", how)
         self.state.save()
         self.applied = config
         log.info(

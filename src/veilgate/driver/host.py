@@ -51,8 +51,9 @@ class Host(Protocol):
 
     def delete_route(self, dst: str, gateway: str | None, device: str | None) -> None: ...
 
-    def apply_dns(self, servers: list[str], saved: Path) -> None:
-        """Use ``servers`` for DNS, saving what was in force to ``saved``."""
+    def apply_dns(self, servers: list[str], saved: Path, device: str) -> str:
+        """Use ``servers`` (reached through ``device``) for DNS, saving what was in force to ``saved``;
+        returns how ("systemd-resolved" or "resolv.conf")."""
         ...
 
     def restore_dns(self, saved: Path) -> None: ...
@@ -88,8 +89,8 @@ class LinuxHost:
     def delete_route(self, dst: str, gateway: str | None, device: str | None) -> None:
         netlink.delete_route(dst, gateway=gateway, device=device)
 
-    def apply_dns(self, servers: list[str], saved: Path) -> None:
-        dns.apply_dns(servers, saved)
+    def apply_dns(self, servers: list[str], saved: Path, device: str) -> str:
+        return dns.apply_dns(servers, saved, device)
 
     def restore_dns(self, saved: Path) -> None:
         dns.restore_dns(saved)

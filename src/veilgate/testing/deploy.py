@@ -311,14 +311,23 @@ class Deployment:
     def client_socket(self, name: str) -> Path:
         return self.dir / f"{name}.sock"
 
-    def start_client(self, name: str = "c1", ns: str | None = None) -> subprocess.Popen[Any]:
-        """Start client ``name`` (made with ``make_client`` first, or with its defaults)."""
+    def start_client(
+        self,
+        name: str = "c1",
+        ns: str | None = None,
+        *,
+        prefix: tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
+    ) -> subprocess.Popen[Any]:
+        """Start client ``name`` (made with ``make_client`` first, or with its defaults); ``prefix``
+        runs it through a command (e.g. nsenter into a mount namespace), ``env`` replaces its environment."""
         config = self.dir / f"{name}.toml"
         if not config.exists():
             config = self.make_client(name)
         log = (self.dir / f"{name}.log").open("a")
         proc = self.topo.spawn(
             ns or self.topo.client,
+            *prefix,
             sys.executable,
             "-m",
             "veilgate",
@@ -327,6 +336,7 @@ class Deployment:
             str(config),
             stdout=log,
             stderr=subprocess.STDOUT,
+            env=env,
         )
         self.clients[name] = proc
         wait_for(
