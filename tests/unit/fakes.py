@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,6 +71,10 @@ class FakeHost:
     firewalls: list[FakeFirewall] = field(default_factory=list)
     routes: list[tuple[str, str | None, str | None]] = field(default_factory=list)
     dns: list[str] = field(default_factory=list)
+    lan: list[str] = field(default_factory=list)
+    underlay: tuple[str | None, str, tuple[str, ...]] | None = (None, "lo", ("127.0.0.1",))
+    """What ``underlay_route`` answers (a test changes it, then calls the watchers: the network moved)."""
+    network_watchers: list[Callable[[], None]] = field(default_factory=list)
     uplink: tuple[str | None, str] | None = (None, "lo")
     """What ``route_to`` answers for any address (the client pins its route to the gateway on it)."""
 
@@ -109,6 +114,16 @@ class FakeHost:
     def restore_dns(self, saved: Path) -> None:
         saved.unlink()
         self.dns = []
+
+    def local_networks(self, exclude: str) -> list[str]:
+        return list(self.lan)
+
+    def underlay_route(self, address: str, exclude: str) -> tuple[str | None, str, tuple[str, ...]] | None:
+        return self.underlay
+
+    def watch_network(self, on_event: Callable[[], None]) -> Callable[[], None]:
+        self.network_watchers.append(on_event)
+        return lambda: self.network_watchers.remove(on_event)
 
 
 def loopback_gateway(

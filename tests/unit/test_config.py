@@ -88,7 +88,13 @@ def client_toml(tmp: Path, extra: str = "", host: str = "192.0.2.7") -> Path:
 def test_client_defaults_and_errors(keys: Path) -> None:
     cfg = load_client_config(client_toml(keys))
     assert cfg.transport == "auto" and cfg.udp_grace == 0.3 and cfg.credential == b"x" * 122
-    assert "gateway_host" in error_of(load_client_config, client_toml(keys, host="vpn.example"))
+    assert "gateway_host" in error_of(load_client_config, client_toml(keys, host="vpn example"))
+    assert "gateway_host" in error_of(load_client_config, client_toml(keys, host="-bad.example"))
+    assert load_client_config(client_toml(keys, host="vpn.example")).gateway_host == "vpn.example"
+    assert load_client_config(client_toml(keys, host="2001:db8::7")).gateway_host == "2001:db8::7"
+    assert cfg.allow_lan is False
+    assert load_client_config(client_toml(keys, "kill_switch = true\nallow_lan = true")).allow_lan
+    assert "client.allow_lan" in error_of(load_client_config, client_toml(keys, 'allow_lan = "yes"'))
     msg = error_of(load_client_config, client_toml(keys, 'transport = "quic"'))
     assert "client.transport" in msg and "one of 'auto', 'udp', 'tcp'" in msg
     msg = error_of(load_client_config, client_toml(keys, "udp_grace = 0"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ class ClientConfig:
     rekey_after: float = REKEY_AFTER_TIME
     tun_name: str = "vg0"
     kill_switch: bool = False
+    allow_lan: bool = False
     apply_dns: bool = True
     udp_offload: bool = True
     state_dir: Path = Path(DEFAULT_STATE_DIR)
@@ -48,13 +50,9 @@ def load_client_config(path: str | Path) -> ClientConfig:
     c = root.section("client", required=True)
     if "provider_url" in c.data:
         return _provider_mode(root, c)
-    host = c.get_str("gateway_host", expected="the gateway's IP address (or provider_url)")
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        raise c.error(
-            "gateway_host", "the gateway's IP address (a literal address, not a name)", host
-        ) from None
+    host = c.get_str("gateway_host", expected="the gateway's IP address or host name (or provider_url)")
+    if not _is_address(host) and not _HOST_NAME.match(host):
+        raise c.error("gateway_host", "the gateway's IP address or host name", host)
     try:
         gateway_key = decode_key(c.get_str("gateway_public_key", expected="the gateway's base64 public key"))
     except ValueError:
@@ -95,6 +93,19 @@ def load_client_config(path: str | Path) -> ClientConfig:
     return cfg
 
 
+_HOST_NAME = re.compile(
+    r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$"
+)
+
+
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
 def _common(c: Section) -> dict[str, Any]:
     return {
         "transport": c.choice("transport", ("auto", "udp", "tcp"), "auto"),
@@ -106,6 +117,7 @@ def _common(c: Section) -> dict[str, Any]:
         "rekey_after": c.get_float("rekey_after", REKEY_AFTER_TIME, low=5, high=REKEY_AFTER_TIME),
         "tun_name": c.get_str("tun_name", "vg0", "an interface name of at most 15 characters"),
         "kill_switch": c.get_bool("kill_switch", False),
+        "allow_lan": c.get_bool("allow_lan", False),
         "apply_dns": c.get_bool("apply_dns", True),
         "udp_offload": c.get_bool("udp_offload", True),
         "state_dir": c.path_value("state_dir", DEFAULT_STATE_DIR),

@@ -16,15 +16,17 @@ import operator
 import os
 import socket
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 from veilgate import fastpath
+from veilgate.client import addresses
 from veilgate.client.config import ClientConfig
 from veilgate.client.paths import TCP, UDP, Act, Action, PathManager
 from veilgate.client.system import SystemState, TunnelSetup
 from veilgate.driver import Driver, Runtime, Wake, read_tun, read_udp, total
 from veilgate.fastpath.keypair import CompiledKeypair
-from veilgate.netfilter import kill_switch_rules
+from veilgate.netfilter import kill_switch_rules_for
 from veilgate.protocol import messages
 from veilgate.protocol.client import ClientProtocol
 from veilgate.protocol.control import TunnelConfig
@@ -63,13 +65,17 @@ class Client(Driver):
         self.paths = PathManager(
             mode=config.transport, udp_grace=config.udp_grace, reprobe_interval=config.reprobe_interval
         )
-        self.gateway_addr = (config.gateway_host, config.udp_port)
-        self.family = (
-            socket.AF_INET6 if ipaddress.ip_address(config.gateway_host).version == 6 else socket.AF_INET
-        )
+        self.addresses: list[str] = addresses.resolve(config.gateway_host, config.udp_port)
+        """The gateway's addresses (its name resolved at start and when the network changes)."""
+        self.gateway_ip = addresses.happy_eyeballs_order(self.addresses)[0]
+        """The one in use (chosen at start, Happy Eyeballs order)."""
         self.state = SystemState(config.state_dir / f"client-{config.tun_name}.json", self.host)
         self.dns_state = config.state_dir / f"client-{config.tun_name}.dns"
-        self.setup = TunnelSetup(self.state, self.dns_state, config.gateway_host, config.apply_dns)
+        self.setup = TunnelSetup(self.state, self.dns_state, self.gateway_ip, config.apply_dns)
+        self._underlay: tuple[str | None, str, tuple[str, ...]] | None = None
+        self._stop_watching: Callable[[], None] | None = None
+        self._settle: asyncio.TimerHandle | None = None
+        self._resolving: asyncio.Task[None] | None = None
         self.udp: socket.socket | None = None
         self.udp_tx: UdpSender | None = None
         self._gro = False
@@ -101,19 +107,21 @@ class Client(Driver):
             table = f"veilgate_ks_{cfg.tun_name}"
             self.state.nft_table = table
             self.state.save()
-            self.host.firewall(table).apply(
-                kill_switch_rules(cfg.tun_name, cfg.gateway_host, cfg.udp_port, cfg.tcp_port)
+            self._apply_kill_switch()
+            log.info(
+                "kill switch on: only traffic to the gateway%s leaves while the tunnel is down",
+                " and the local network" if cfg.allow_lan else "",
             )
-            log.info("kill switch on: only traffic to the gateway leaves while the tunnel is down")
+        if len(self.addresses) > 1 and cfg.transport != TCP:
+            self.gateway_ip = await addresses.pick_address(
+                self.addresses, cfg.udp_port, cfg.gateway_public_key
+            )
+            self.setup.gateway_host = self.gateway_ip
         tun = self.open_tun(cfg.tun_name, 1420)
+        self._underlay = self.host.underlay_route(self.gateway_ip, cfg.tun_name)
         if cfg.transport != TCP:
-            self.udp = udp = socket.socket(self.family, socket.SOCK_DGRAM)
-            udp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_BUFFER)
-            udp.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, UDP_BUFFER)
-            udp.setblocking(False)
-            udp.connect(self.gateway_addr)
+            self.udp = udp = self._udp_socket()
             self.udp_tx = UdpSender(udp, gso=cfg.udp_offload)
-            self._gro = cfg.udp_offload and enable_gro(udp)
             if self.compiled_wanted:
                 fast = fastpath.ClientPath(tun.fd, udp.fileno(), cfg.udp_offload, self._gro)
                 if self.watch_compiled(tun.fd, fast, fastpath.KIND_TUN):
@@ -124,6 +132,7 @@ class Client(Driver):
             if self.udp is not None:
                 self.watch(self.udp.fileno(), self._on_udp_readable)
         log.info("data path: %s", self.data_path(self.fast is not None))
+        self._stop_watching = self.host.watch_network(self._network_event)
         await self.serve_status(cfg.status_socket)
         now = self.clock()
         self.core.connect(now)
@@ -137,7 +146,125 @@ class Client(Driver):
             cfg.transport,
         )
 
+    def _udp_socket(self) -> socket.socket:
+        """A UDP socket connected to the gateway: from the address the current routes choose."""
+        family = socket.AF_INET6 if ipaddress.ip_address(self.gateway_ip).version == 6 else socket.AF_INET
+        udp = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            udp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_BUFFER)
+            udp.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, UDP_BUFFER)
+            udp.setblocking(False)
+            udp.connect((self.gateway_ip, self.config.udp_port))
+            self._gro = self.config.udp_offload and enable_gro(udp)
+        except OSError:
+            udp.close()
+            raise
+        return udp
+
+    def _apply_kill_switch(self) -> None:
+        cfg = self.config
+        if self.state.nft_table is None:
+            return
+        allowed = [
+            (a, proto, port)
+            for a in self.addresses
+            for proto, port in (("udp", cfg.udp_port), ("tcp", cfg.tcp_port))
+        ]
+        lan = self.host.local_networks(cfg.tun_name) if cfg.allow_lan else []
+        self.host.firewall(self.state.nft_table).apply(kill_switch_rules_for(cfg.tun_name, allowed, lan))
+
+    # ------------------------------------------------------------ roaming
+
+    NETWORK_SETTLE = 0.3
+    """Seconds without a netlink message before a change counts: one move sends a burst of them."""
+
+    def _network_event(self) -> None:
+        if self._loop is None:
+            return
+        if self._settle is not None:
+            self._settle.cancel()
+        self._settle = self._loop.call_later(self.NETWORK_SETTLE, self.network_changed)
+
+    def network_changed(self) -> None:
+        """Links, addresses or routes changed and settled: if the way to the gateway outside the
+        tunnel is another now (next hop, device or its addresses), follow it: the host route to the
+        gateway, the kill switch's LAN, the UDP socket's source address, the TCP connection; the
+        session stays. The gateway's name is resolved again in the background."""
+        self._settle = None
+        cfg = self.config
+        try:
+            route = self.host.underlay_route(self.gateway_ip, cfg.tun_name)
+        except Exception as exc:
+            log.warning("cannot read the routes: %s", exc)
+            return
+        if route == self._underlay:
+            return
+        self._underlay = route
+        if route is None:
+            log.info("no route to the gateway outside the tunnel; waiting for the network")
+            return
+        self.counters["network-changes"] += 1
+        log.info("network changed (now by %s); following it, same session", route[1])
+        self.setup.repin_gateway(route[0], route[1])
+        if cfg.kill_switch:
+            self._apply_kill_switch()
+        self._rebind_udp()
+        now = self.clock()
+        self._do(self.paths.network_changed(now), now)
+        self.after_io(now)
+        if not addresses.is_literal(cfg.gateway_host) and (self._resolving is None or self._resolving.done()):
+            self._resolving = asyncio.ensure_future(self._resolve_again())
+
+    def _rebind_udp(self) -> None:
+        """A new UDP socket connected from the current source address, put in place of the old one at
+        the same descriptor number (the compiled data path keeps using that number)."""
+        old = self.udp
+        if old is None:
+            return
+        try:
+            new = self._udp_socket()
+        except OSError as exc:
+            log.warning("cannot open a UDP socket on the new network: %s", exc)
+            return
+        fd = old.fileno()
+        self.unwatch(fd)
+        os.dup2(new.fileno(), fd)
+        new.close()
+        old.detach()
+        self.udp = udp = socket.socket(fileno=fd)
+        if self.udp_tx is not None:
+            self.udp_tx.sock = udp
+        if self.fast is not None:
+            self.watch_compiled(fd, self.fast, fastpath.KIND_UDP)
+        else:
+            self.watch(fd, self._on_udp_readable)
+
+    async def _resolve_again(self) -> None:
+        """The gateway's name once more (through the tunnel's DNS once the tunnel is up); a changed
+        answer updates the kill switch, and a new address is used when the current one went."""
+        cfg = self.config
+        loop = asyncio.get_running_loop()
+        try:
+            found = await loop.run_in_executor(None, addresses.resolve, cfg.gateway_host, cfg.udp_port)
+        except addresses.ResolveError as exc:
+            log.info("%s; keeping its known addresses", exc)
+            return
+        if found == self.addresses:
+            return
+        self.addresses = found
+        if cfg.kill_switch:
+            self._apply_kill_switch()
+        if self.gateway_ip not in found:
+            self.gateway_ip = addresses.happy_eyeballs_order(found)[0]
+            self.setup.gateway_host = self.gateway_ip
+            self._underlay = None
+            self.network_changed()
+
     async def stop(self) -> None:
+        if self._stop_watching is not None:
+            self._stop_watching()
+        if self._settle is not None:
+            self._settle.cancel()
         bye = self.core.close(self.clock())
         if bye is not None:
             self._send(self.paths.current, bye)
@@ -193,7 +320,7 @@ class Client(Driver):
         cfg = self.config
         try:
             conn = await connect_tcp(
-                cfg.gateway_host, cfg.tcp_port, self._on_tcp_datagrams, self._on_tcp_close, timeout=5.0
+                self.gateway_ip, cfg.tcp_port, self._on_tcp_datagrams, self._on_tcp_close, timeout=5.0
             )
         except (OSError, TimeoutError) as exc:
             log.info("tcp connect to the gateway failed: %s", exc)
@@ -406,5 +533,10 @@ class Client(Driver):
 
 def run_client(config: ClientConfig) -> int:
     logging.getLogger("veilgate").setLevel(config.log_level.upper())
-    event_loop.run(Client(config).run())
+    try:
+        client = Client(config)
+    except addresses.ResolveError as exc:
+        log.error("%s (client.gateway_host)", exc)
+        return 1
+    event_loop.run(client.run())
     return 0

@@ -143,9 +143,29 @@ class PathManager:
         self.tcp_open = True
         self._tcp_retry = 0.5
         self._tcp_retry_at = _INF
-        if self.active in (None, TCP):
+        if self.active == TCP:
+            # A new connection under an active TCP path (the network changed): an authenticated
+            # keepalive moves the gateway to it at once.
+            return [Action(Act.SEND_HANDSHAKE, TCP), Action(Act.SEND_KEEPALIVE, TCP)]
+        if self.active is None:
             return [Action(Act.SEND_HANDSHAKE, TCP)]
         return []
+
+    def network_changed(self, now: float) -> list[Action]:
+        """The client's network changed (address, interface or route) and its UDP socket now sends
+        from the new address: tell the gateway on the active path, reconnect TCP if it is open (its
+        connection is bound to the old address)."""
+        actions: list[Action] = []
+        if self.tcp_open or self.active == TCP:
+            self.tcp_open = False
+            actions.append(Action(Act.CLOSE_TCP))
+            if self.active == TCP:
+                actions += self._open_tcp()
+        if self.active == UDP:
+            actions.append(Action(Act.SEND_KEEPALIVE, UDP))
+        elif self.active is None and self.mode != TCP:
+            actions.append(Action(Act.SEND_HANDSHAKE, UDP))
+        return actions
 
     def tcp_failed(self, now: float) -> list[Action]:
         """A TCP connect failed or an open connection closed."""

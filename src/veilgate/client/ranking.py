@@ -42,21 +42,24 @@ class _Probe(asyncio.DatagramProtocol):
 
 async def handshake_rtt(gateway: GatewayEntry, timeout: float = 1.0) -> float | None:
     """Time a handshake initiation to ``gateway`` over UDP until its answer (response or cookie reply)."""
+    return await probe_rtt(gateway.host, gateway.udp_port, gateway.public_key, timeout)
+
+
+async def probe_rtt(host: str, port: int, public_key: bytes, timeout: float = 1.0) -> float | None:
+    """Time a handshake initiation to the gateway with ``public_key`` at ``host`` (an address)."""
     loop = asyncio.get_running_loop()
     index = secrets.randbits(32)
     probe = _Probe(index)
     try:
-        transport, _ = await loop.create_datagram_endpoint(
-            lambda: probe, remote_addr=(gateway.host, gateway.udp_port)
-        )
+        transport, _ = await loop.create_datagram_endpoint(lambda: probe, remote_addr=(host, port))
     except OSError:
         return None
     try:
         init = InitiatorHandshake(
             KeyPair.generate(),
-            gateway.public_key,
+            public_key,
             index,
-            CookieGenerator(gateway.public_key),
+            CookieGenerator(public_key),
             time.monotonic(),
         )
         t0 = time.monotonic()

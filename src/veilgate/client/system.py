@@ -88,6 +88,7 @@ class TunnelSetup:
         self.gateway_host = gateway_host
         self.apply_dns = apply_dns
         self.applied: TunnelConfig | None = None
+        self._pin: tuple[str, str | None, str | None] | None = None
 
     def apply(self, tun: str, config: TunnelConfig) -> None:
         old = self.applied
@@ -127,7 +128,24 @@ class TunnelSetup:
             return
         via, device = route
         host = ipaddress.ip_address(self.gateway_host)
-        self._add_route(f"{host}/{host.max_prefixlen}", via, device)
+        self._pin = (f"{host}/{host.max_prefixlen}", via, device)
+        self._add_route(*self._pin)
+
+    def repin_gateway(self, via: str | None, device: str) -> None:
+        """The network changed: the host route to the gateway (maybe at a new address) goes by the new
+        next hop and device. Before the tunnel is up there is none to move (nothing is routed into it)."""
+        if self.applied is None:
+            return
+        if self._pin is not None:
+            old, self._pin = self._pin, None
+            with contextlib.suppress(Exception):
+                self.host.delete_route(*old)
+            if old in self.state.routes:
+                self.state.routes.remove(old)
+            self.state.save()
+        host = ipaddress.ip_address(self.gateway_host)
+        self._pin = (f"{host}/{host.max_prefixlen}", via, device)
+        self._add_route(*self._pin)
 
     def _add_route(self, dst: str, gateway: str | None, device: str | None) -> None:
         try:

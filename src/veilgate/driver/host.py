@@ -6,6 +6,7 @@ fake one (a socketpair for the TUN device, a record of the addresses and rules) 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
@@ -58,6 +59,20 @@ class Host(Protocol):
 
     def restore_dns(self, saved: Path) -> None: ...
 
+    def local_networks(self, exclude: str) -> list[str]:
+        """The directly connected networks of every link but loopback and ``exclude``."""
+        ...
+
+    def underlay_route(self, address: str, exclude: str) -> tuple[str | None, str, tuple[str, ...]] | None:
+        """How ``address`` is reached without device ``exclude`` and without a host route to it:
+        (next hop, device, that device's addresses), None without a route."""
+        ...
+
+    def watch_network(self, on_event: Callable[[], None]) -> Callable[[], None]:
+        """Call ``on_event`` on every address, route or link change (from the running loop);
+        returns the function that stops watching."""
+        ...
+
 
 class LinuxHost:
     """The real machine: /dev/net/tun, netlink (pyroute2) and nftables."""
@@ -94,6 +109,15 @@ class LinuxHost:
 
     def restore_dns(self, saved: Path) -> None:
         dns.restore_dns(saved)
+
+    def local_networks(self, exclude: str) -> list[str]:
+        return netlink.local_networks(exclude)
+
+    def underlay_route(self, address: str, exclude: str) -> tuple[str | None, str, tuple[str, ...]] | None:
+        return netlink.underlay_route(address, exclude)
+
+    def watch_network(self, on_event: Callable[[], None]) -> Callable[[], None]:
+        return netlink.watch_network(on_event)
 
 
 __all__ = ["Firewall", "Host", "LinuxHost", "Tun"]

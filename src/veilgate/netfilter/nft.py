@@ -69,26 +69,44 @@ def gateway_nat_rules(pools: list[str], out_interface: str) -> str:
     )
 
 
-def kill_switch_rules(tun: str, gateway: str, udp_port: int, tcp_port: int) -> str:
+def kill_switch_rules(tun: str, gateway: str, udp_port: int, tcp_port: int, lan: Iterable[str] = ()) -> str:
     """While active, nothing leaves but loopback, the tunnel, and the client's traffic to the gateway."""
-    return kill_switch_rules_for(tun, [(gateway, "udp", udp_port), (gateway, "tcp", tcp_port)])
+    return kill_switch_rules_for(tun, [(gateway, "udp", udp_port), (gateway, "tcp", tcp_port)], lan)
 
 
-def kill_switch_rules_for(tun: str, allowed: Iterable[tuple[str, str, int]]) -> str:
+LAN_MULTICAST = ("224.0.0.0/4", "ff00::/8", "fe80::/10")
+"""With the LAN allowed: link-local multicast discovery (mDNS, SSDP) and IPv6 link-local peers."""
+
+
+def kill_switch_rules_for(tun: str, allowed: Iterable[tuple[str, str, int]], lan: Iterable[str] = ()) -> str:
     """The kill switch with a list of (address, "udp" or "tcp", port) the client itself may reach
     outside the tunnel: the gateway it uses, or in provider mode the provider and every gateway
-    of its document, so that the switch stays on across a failover."""
+    of its document, so that the switch stays on across a failover.
+
+    What the machine needs to keep its own network link is let out too: DHCP (v4 and v6) and IPv6
+    neighbour discovery, router solicitation and MLDv2 reports. ``lan``: the directly connected
+    networks the user allows (``allow_lan``); with any, link-local multicast is allowed as well.
+    """
     lines = []
     for address, proto, port in sorted(set(allowed)):
         if proto not in ("udp", "tcp") or not 0 < port < 65536:
             raise ValueError(f"bad kill-switch exception {proto} {address} port {port}")
         family = "ip" if ipaddress.ip_address(address).version == 4 else "ip6"
         lines.append(f"    {family} daddr {address} {proto} dport {port} accept\n")
+    nets = sorted({ipaddress.ip_network(n, strict=False) for n in lan}, key=lambda n: (n.version, n))
+    if nets:
+        nets += [ipaddress.ip_network(n) for n in LAN_MULTICAST if ipaddress.ip_network(n) not in nets]
+    for net in nets:
+        lines.append(f"    {'ip' if net.version == 4 else 'ip6'} daddr {net} accept\n")
     return (
         "  chain output_killswitch {\n"
         "    type filter hook output priority filter; policy drop;\n"
         '    oifname "lo" accept\n'
-        f'    oifname "{tun}" accept\n' + "".join(lines) + "  }\n"
+        f'    oifname "{tun}" accept\n'
+        "    meta nfproto ipv4 udp sport 68 udp dport 67 accept\n"
+        "    meta nfproto ipv6 udp sport 546 udp dport 547 accept\n"
+        "    icmpv6 type { nd-router-solicit, nd-router-advert, nd-neighbor-solicit,"
+        " nd-neighbor-advert, mld2-listener-report } accept\n" + "".join(lines) + "  }\n"
         "  chain forward_killswitch {\n"
         "    type filter hook forward priority filter; policy drop;\n"
         f'    oifname "{tun}" accept\n'

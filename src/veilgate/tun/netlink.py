@@ -17,7 +17,8 @@ from contextlib import suppress
 from pathlib import Path
 from typing import ParamSpec, TypeVar
 
-from pyroute2 import IPRoute
+from pyroute2 import AsyncIPRoute, IPRoute
+from pyroute2.netlink import rtnl
 from pyroute2.netlink.exceptions import NetlinkError
 
 
@@ -145,3 +146,93 @@ def route_to(address: str) -> tuple[str | None, str] | None:
         if not links:
             return None
         return gateway, str(links[0].get_attr("IFLA_IFNAME"))
+
+
+MAIN_TABLE = 254
+
+
+@_off_loop
+def local_networks(exclude: str) -> list[str]:
+    """The networks of the global addresses on every link but loopback and ``exclude`` (the tunnel):
+    the directly connected LAN."""
+    nets: set[str] = set()
+    with IPRoute() as ipr:
+        names = {int(link["index"]): str(link.get_attr("IFLA_IFNAME")) for link in ipr.get_links()}
+        for addr in ipr.get_addr():
+            name = names.get(int(addr["index"]), "")
+            if name in ("lo", exclude) or addr["scope"] != 0:
+                continue
+            local = addr.get_attr("IFA_ADDRESS")
+            if local:
+                nets.add(str(ipaddress.ip_interface(f"{local}/{addr['prefixlen']}").network))
+    return sorted(nets)
+
+
+@_off_loop
+def underlay_route(address: str, exclude: str) -> tuple[str | None, str, tuple[str, ...]] | None:
+    """How ``address`` is reached outside the tunnel: the main table's best route that is neither on
+    device ``exclude`` (the tunnel) nor the host route to ``address`` itself (the client's own pin),
+    as (next hop, device, the device's global addresses of that family); None without one."""
+    target = ipaddress.ip_address(address)
+    family = 10 if target.version == 6 else 2
+    with IPRoute() as ipr:
+        names = {int(link["index"]): str(link.get_attr("IFLA_IFNAME")) for link in ipr.get_links()}
+        best: tuple[int, int, str | None, str] | None = None
+        for route in ipr.get_routes(family=family, table=MAIN_TABLE):
+            if route["type"] != 1:  # unicast only
+                continue
+            plen = int(route["dst_len"])
+            if plen == target.max_prefixlen and route.get_attr("RTA_DST") == str(target):
+                continue
+            dst = route.get_attr("RTA_DST") or ("::" if family == 10 else "0.0.0.0")
+            if target not in ipaddress.ip_network(f"{dst}/{plen}", strict=False):
+                continue
+            oif = route.get_attr("RTA_OIF")
+            device = names.get(int(oif)) if oif is not None else None
+            if device is None or device == exclude:
+                continue
+            metric = int(route.get_attr("RTA_PRIORITY") or 0)
+            key = (-plen, metric)
+            if best is None or key < best[:2]:
+                best = (-plen, metric, route.get_attr("RTA_GATEWAY"), device)
+        if best is None:
+            return None
+        device = best[3]
+        index = next(i for i, n in names.items() if n == device)
+        addresses = sorted(
+            str(a.get_attr("IFA_ADDRESS"))
+            for a in ipr.get_addr(family=family, index=index)
+            if a["scope"] == 0
+        )
+        return best[2], device, tuple(addresses)
+
+
+WATCHED_GROUPS = (
+    rtnl.RTMGRP_LINK
+    | rtnl.RTMGRP_IPV4_IFADDR
+    | rtnl.RTMGRP_IPV6_IFADDR
+    | rtnl.RTMGRP_IPV4_ROUTE
+    | rtnl.RTMGRP_IPV6_ROUTE
+)
+
+
+def watch_network(on_event: Callable[[], None]) -> Callable[[], None]:
+    """Call ``on_event()`` for every link, address or route message (pyroute2's asyncio netlink
+    socket, on the running loop); returns the function that stops it."""
+
+    async def watch() -> None:
+        ipr = AsyncIPRoute()
+        try:
+            await ipr.bind(groups=WATCHED_GROUPS)
+            while True:
+                async for _ in ipr.get():
+                    on_event()
+        finally:
+            ipr.close()
+
+    task = asyncio.ensure_future(watch())
+
+    def stop() -> None:
+        task.cancel()
+
+    return stop
