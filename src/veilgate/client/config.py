@@ -43,6 +43,8 @@ class ClientConfig:
     provider_fingerprint: str | None = None
     provider_token: str | None = None
     failover_after: float = 15.0
+    gateway_addresses: tuple[str, ...] = ()
+    """More addresses of the gateway besides ``gateway_host``'s (provider mode: the document's ipv6)."""
 
 
 def load_client_config(path: str | Path) -> ClientConfig:

@@ -65,7 +65,7 @@ class Client(Driver):
         self.paths = PathManager(
             mode=config.transport, udp_grace=config.udp_grace, reprobe_interval=config.reprobe_interval
         )
-        self.addresses: list[str] = addresses.resolve(config.gateway_host, config.udp_port)
+        self.addresses: list[str] = self._resolve()
         """The gateway's addresses (its name resolved at start and when the network changes)."""
         self.gateway_ip = addresses.happy_eyeballs_order(self.addresses)[0]
         """The one in use (chosen at start, Happy Eyeballs order)."""
@@ -145,6 +145,11 @@ class Client(Driver):
             cfg.tcp_port,
             cfg.transport,
         )
+
+    def _resolve(self) -> list[str]:
+        cfg = self.config
+        found = addresses.resolve(cfg.gateway_host, cfg.udp_port)
+        return found + [a for a in cfg.gateway_addresses if a not in found]
 
     def _udp_socket(self) -> socket.socket:
         """A UDP socket connected to the gateway: from the address the current routes choose."""
@@ -245,7 +250,7 @@ class Client(Driver):
         cfg = self.config
         loop = asyncio.get_running_loop()
         try:
-            found = await loop.run_in_executor(None, addresses.resolve, cfg.gateway_host, cfg.udp_port)
+            found = await loop.run_in_executor(None, self._resolve)
         except addresses.ResolveError as exc:
             log.info("%s; keeping its known addresses", exc)
             return

@@ -26,6 +26,7 @@ import socket
 import time
 import urllib.parse
 
+from veilgate.client.addresses import is_literal
 from veilgate.client.config import ClientConfig
 from veilgate.client.daemon import Client
 from veilgate.client.prefetch import Identity, IdentityStash, fetch_time, quiet_margin, rotation_time
@@ -220,6 +221,8 @@ class ProviderModeClient:
                     )
                     continue
                 allowed.update({(gw.host, "udp", gw.udp_port), (gw.host, "tcp", gw.tcp_port)})
+                if gw.ipv6 and is_literal(gw.ipv6):
+                    allowed.update({(gw.ipv6, "udp", gw.udp_port), (gw.ipv6, "tcp", gw.tcp_port)})
         if frozenset(allowed) != self._ks_allowed:
             self._ks_table.apply(kill_switch_rules_for(self.config.tun_name, allowed))
             self._ks_allowed = frozenset(allowed)
@@ -298,6 +301,7 @@ class ProviderModeClient:
         cfg = dataclasses.replace(
             self.config,
             gateway_host=gateway.host,
+            gateway_addresses=(gateway.ipv6,) if gateway.ipv6 and is_literal(gateway.ipv6) else (),
             gateway_public_key=gateway.public_key,
             udp_port=gateway.udp_port,
             tcp_port=gateway.tcp_port,

@@ -161,16 +161,23 @@ def test_ipv6_only_network_gateway_by_name_kill_switch_with_the_lan_allowed(
     underlay = f"vg{topo.tag}c0"
     topo.ns_run(topo.client, "ip", "-4", "addr", "flush", "dev", underlay)
     assert _ping(topo, netns.ROUTER_G_V6)  # outside the LAN, reachable without the kill switch
-    deploy.make_client("c1", gateway_host="gw.vg.test", kill_switch=True, allow_lan=True)
+    deploy.make_client("c1", gateway_host="gw.vg.test", kill_switch=True)
     deploy.start_client("c1")
-    topo.ns_run(
-        topo.client, "ip", "-6", "neigh", "flush", "dev", underlay
-    )  # discovery again, under the switch
+    # Neighbour discovery again on both ends, under the switch.
+    topo.ns_run(topo.client, "ip", "-6", "neigh", "flush", "dev", underlay)
+    topo.ns_run(topo.router, "ip", "-6", "neigh", "flush", "dev", f"vg{topo.tag}r0")
     deploy.wait_client("c1")
     sockets = topo.ns_run(topo.client, "ss", "-Hun", "dst", f"[{netns.GATEWAY_V6}]").stdout
     assert f"[{netns.GATEWAY_V6}]:{deploy.udp_port}" in sockets, sockets
     assert _ping(topo, netns.INTERNET_V4, count=2) and _ping(topo, netns.INTERNET_V6, count=2)
-    assert _ping(topo, netns.ROUTER_C_V6)  # the LAN
-    assert not _ping(topo, netns.ROUTER_G_V6, "-I", underlay)  # outside the tunnel, not the LAN
+    assert not _ping(topo, netns.ROUTER_C_V6)  # the LAN, not allowed
+    assert not _ping(topo, netns.ROUTER_G_V6, "-I", underlay)  # outside the tunnel
+    deploy.stop_client("c1")
+    # With the LAN allowed: the LAN is reachable, the rest still only through the tunnel.
+    deploy.make_client("c1", gateway_host="gw.vg.test", kill_switch=True, allow_lan=True)
+    deploy.start_client("c1")
+    deploy.wait_client("c1")
+    assert _ping(topo, netns.ROUTER_C_V6)
+    assert not _ping(topo, netns.ROUTER_G_V6, "-I", underlay)
     deploy.stop_client("c1")
     assert _ping(topo, netns.ROUTER_G_V6, "-I", underlay)
