@@ -29,14 +29,16 @@ LAYERS: dict[str, frozenset[str]] = {
     "tun": frozenset(),
     "netfilter": frozenset(),
     "transport": frozenset({"protocol", "fastpath"}),
-    "provider": frozenset({"protocol", "credentials", "config"}),
+    "provider": frozenset({"protocol", "credentials", "config", "monitor"}),
+    # What an operator watches: log lines and the metrics endpoint.
+    "monitor": frozenset(),
     # The daemons: they drive a core with I/O.
-    "driver": _CORE | {"fastpath", "tun", "netfilter", "transport"},
-    "gateway": _CORE | _IO | {"driver"},
-    "client": _CORE | _IO | {"driver"},
+    "driver": _CORE | {"fastpath", "tun", "netfilter", "transport", "monitor"},
+    "gateway": _CORE | _IO | {"driver", "monitor"},
+    "client": _CORE | _IO | {"driver", "monitor"},
     # Entry points and tools.
-    "cli": _CORE | {"provider", "gateway", "client"},
-    "testing": _CORE | _IO | _DAEMONS | {"cli"},
+    "cli": _CORE | {"provider", "gateway", "client", "monitor"},
+    "testing": _CORE | _IO | _DAEMONS | {"cli", "monitor"},
     "demo": frozenset({"testing"}),
     "__main__": frozenset({"cli"}),
 }

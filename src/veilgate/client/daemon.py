@@ -537,7 +537,6 @@ class Client(Driver):
 
 
 def run_client(config: ClientConfig) -> int:
-    logging.getLogger("veilgate").setLevel(config.log_level.upper())
     try:
         client = Client(config)
     except addresses.ResolveError as exc:

@@ -441,6 +441,5 @@ class ProviderModeClient:
 
 
 def run_provider_client(config: ClientConfig) -> int:
-    logging.getLogger("veilgate").setLevel(config.log_level.upper())
     event_loop.run(ProviderModeClient(config).run())
     return 0

@@ -350,7 +350,6 @@ class _WallClockCheck:
 
 
 def run_gateway(config: GatewayConfig) -> int:
-    logging.getLogger("veilgate").setLevel(config.log_level.upper())
     event_loop.run(Gateway(config).run())
     return 0
 

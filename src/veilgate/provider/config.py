@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from veilgate.config import load_toml
+from veilgate.monitor.logs import FORMATS, LEVELS
 from veilgate.provider.document import GatewayEntry
 
 
@@ -25,6 +26,8 @@ class ProviderConfig:
     gateways: list[GatewayEntry] = field(default_factory=list)
     rsa_bits: int = 3072
     log_level: str = "info"
+    log_format: str = "text"
+    metrics_listen: tuple[str, int] | None = None
 
 
 def load_provider_config(path: str | Path) -> ProviderConfig:
@@ -40,7 +43,9 @@ def load_provider_config(path: str | Path) -> ProviderConfig:
         credentials_per_token_per_epoch=p.get_int("credentials_per_token_per_epoch", 4, low=1, high=1000),
         open_rate_per_minute=p.get_int("open_rate_per_minute", 10, low=1, high=100000),
         rsa_bits=p.get_int("rsa_bits", 3072, low=2048, high=4096),
-        log_level=p.choice("log_level", ("debug", "info", "warning", "error"), "info"),
+        log_level=p.choice("log_level", LEVELS, "info"),
+        log_format=p.choice("log_format", FORMATS, "text"),
+        metrics_listen=p.listen_address("metrics_listen"),
     )
     if cfg.access == "token":
         tokens_file = p.path_value("tokens_file")

@@ -334,6 +334,5 @@ class ProviderService:
 
 
 def run_provider(config: ProviderConfig) -> int:
-    logging.getLogger("veilgate").setLevel(config.log_level.upper())
     asyncio.run(ProviderService(config).run())
     return 0
