@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import json
-import socket
 import sys
 import time
 from pathlib import Path
 from typing import Protocol
 
 import veilgate
+from veilgate.cli import status
 from veilgate.config import ConfigError, read_key_file, write_key_file
 from veilgate.config.keys import decode_key, encode_key
 from veilgate.monitor import logs
@@ -154,40 +153,6 @@ def cmd_provider_serve(args: argparse.Namespace) -> int:
     return run_provider(config)
 
 
-def cmd_status(args: argparse.Namespace) -> int:
-    path = args.socket
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.settimeout(5)
-            s.connect(path)
-            data = b""
-            while chunk := s.recv(65536):
-                data += chunk
-    except OSError as exc:
-        print(
-            f"veilgate status: cannot reach {path}: {exc.strerror or exc} (is the daemon running?)",
-            file=sys.stderr,
-        )
-        return 1
-    status = json.loads(data)
-    if args.json:
-        print(json.dumps(status, indent=2))
-        return 0
-    for key, value in status.items():
-        if key == "session_list":
-            print("sessions:")
-            for i, s in enumerate(value, 1):
-                print(
-                    f"  {i:4d}  {s['transport']:3s}  rx {s['rx_bytes']} B  tx {s['tx_bytes']} B"
-                    f"  last handshake {s['last_handshake_age']} s ago"
-                )
-        elif isinstance(value, dict | list):
-            print(f"{key}: {json.dumps(value)}")
-        else:
-            print(f"{key}: {value}")
-    return 0
-
-
 def add_log_options(p: argparse.ArgumentParser, default: object) -> None:
     """--log-level and --log-format, before the command or after a daemon's (the latter wins)."""
     p.add_argument(
@@ -254,10 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_log_options(g, argparse.SUPPRESS)
     g.set_defaults(func=cmd_provider_serve)
 
-    g = sub.add_parser("status", help="a running daemon's aggregate status")
-    g.add_argument("--socket", default="/run/veilgate/gateway.sock")
-    g.add_argument("--json", action="store_true")
-    g.set_defaults(func=cmd_status)
+    status.add_parser(sub)
     return p
 
 

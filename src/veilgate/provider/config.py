@@ -11,6 +11,8 @@ from veilgate.config import load_toml
 from veilgate.monitor.logs import FORMATS, LEVELS
 from veilgate.provider.document import GatewayEntry
 
+DEFAULT_STATUS_SOCKET = "/run/veilgate/provider.sock"
+
 
 @dataclass
 class ProviderConfig:
@@ -25,6 +27,7 @@ class ProviderConfig:
     open_rate_per_minute: int = 10
     gateways: list[GatewayEntry] = field(default_factory=list)
     rsa_bits: int = 3072
+    status_socket: Path | None = None
     log_level: str = "info"
     log_format: str = "text"
     metrics_listen: tuple[str, int] | None = None
@@ -43,6 +46,7 @@ def load_provider_config(path: str | Path) -> ProviderConfig:
         credentials_per_token_per_epoch=p.get_int("credentials_per_token_per_epoch", 4, low=1, high=1000),
         open_rate_per_minute=p.get_int("open_rate_per_minute", 10, low=1, high=100000),
         rsa_bits=p.get_int("rsa_bits", 3072, low=2048, high=4096),
+        status_socket=p.path_value("status_socket", DEFAULT_STATUS_SOCKET),
         log_level=p.choice("log_level", LEVELS, "info"),
         log_format=p.choice("log_format", FORMATS, "text"),
         metrics_listen=p.listen_address("metrics_listen"),
