@@ -303,7 +303,8 @@ class Gateway(Driver):
         self.core.assign(session_id, tunnel, now)
         self.counters["sessions-established"] += 1
         log.info("session established; %d active", len(self.core.sessions))
-        log.debug("session %d assigned its addresses", session_id)
+        index = session.current.local_index if session.current is not None else None
+        log.debug("session %d (receiver index %s) assigned its addresses", session_id, index)
 
     # ------------------------------------------------------------ status
 

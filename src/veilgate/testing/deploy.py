@@ -207,6 +207,7 @@ class Deployment:
             "epoch_length": epoch_length,
             "access": access,
             "rsa_bits": 2048,
+            "status_socket": str(self.dir / "provider.sock"),
             "log_level": "info",
         }
         provider.update(overrides)
