@@ -6,16 +6,17 @@ PY := $(VENV)/bin/python
 # conntrack lets the roaming test flush the router's connection tracking. The desktop tests
 # (tests/e2e/vpn/test_desktop.py) run dnsmasq (dnsmasq-base: the binary, no service), tcpdump,
 # systemd-resolved (its shared library comes with systemd) on a private D-Bus system bus (dbus)
-# in a mount namespace (util-linux: unshare, nsenter).
+# in a mount namespace (util-linux: unshare, nsenter). groff-base renders the manual page (make man)
+# in its test.
 DEB_PACKAGES := iproute2 nftables conntrack iperf3 iputils-ping curl python3-venv gcc python3-dev libssl-dev \
-	dnsmasq-base tcpdump dbus systemd util-linux
+	dnsmasq-base tcpdump dbus systemd util-linux groff-base
 # Unpacked into the virtualenv, not installed: installing systemd-resolved replaces /etc/resolv.conf.
 DEB_UNPACKED := systemd-resolved
 STAMP_DEB := $(VENV)/.deb-stamp
 STAMP_UNPACKED := $(VENV)/.unpacked-stamp
 STAMP_PY := $(VENV)/.py-stamp
 
-.PHONY: test demo bench bench-core bench-latency bench-flood fuzz lint typecheck unit e2e clean deps
+.PHONY: test demo bench bench-core bench-latency bench-flood fuzz lint typecheck unit e2e clean deps man wheel
 
 deps: $(STAMP_DEB) $(STAMP_UNPACKED) $(STAMP_PY)
 
@@ -55,6 +56,19 @@ test: lint typecheck
 demo: deps
 	$(PY) -m veilgate.demo
 
+# The manual page, generated from the command's argument parser (veilgate.cli.main.build_parser).
+man: man/veilgate.1
+
+man/veilgate.1: deps src/veilgate/cli/main.py pyproject.toml
+	@mkdir -p man
+	$(VENV)/bin/argparse-manpage --module veilgate.cli.main --function build_parser \
+		--project-name veilgate --prog veilgate --version "$$($(PY) -c 'import veilgate; print(veilgate.__version__)')" \
+		--description "a VPN for privacy-focused VPN providers" --manual-title "veilgate manual" --output $@
+
+# A wheel with the compiled data path in dist/ (setup.py builds it; python3-dev, libssl-dev and gcc needed).
+wheel: deps
+	$(PY) -m build --wheel --outdir dist
+
 bench: deps
 	@bash scripts/install-debian-packages.sh wireguard-go wireguard-tools openvpn iperf3 openssl
 	$(PY) bench/compare.py
@@ -79,4 +93,4 @@ fuzz: deps
 	$(PY) fuzz/main.py --execs $(FUZZ_EXECS)
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .fuzz
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .fuzz man dist build
