@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ from veilgate.client.config import load_client_config
 from veilgate.config import ConfigError, write_key_file
 from veilgate.config.keys import encode_key
 from veilgate.gateway.config import load_gateway_config
+from veilgate.provider.config import load_provider_config
 
 KEY = encode_key(bytes(range(32)))
 
@@ -40,6 +42,7 @@ def test_gateway_defaults(keys: Path) -> None:
     assert str(cfg.pool_v4) == "10.201.0.0/16" and str(cfg.pool_v6) == "fd7a:201::/64"
     assert not cfg.client_to_client and cfg.private_key == bytes(range(32))
     assert cfg.metrics_listen is None and cfg.log_format == "text"
+    assert cfg.listen == "0.0.0.0" and cfg.listen6 == "::" and cfg.tun_name == "vg0"
 
 
 @pytest.mark.parametrize(
@@ -50,6 +53,17 @@ def test_metrics_listen(keys: Path, text: str, address: tuple[str, int] | None) 
     assert cfg.metrics_listen == address and cfg.log_format == "json"
 
 
+def test_gateway_explicit_network_settings(keys: Path) -> None:
+    extra = (
+        'listen = "192.0.2.1"\nlisten6 = ""\ntun_name = "vg-pub.1"\nnat = false\n'
+        'nat_interface = "enp0s31f6"\ndns = []'
+    )
+    cfg = load_gateway_config(gateway_toml(keys, extra))
+    assert cfg.listen == "192.0.2.1" and cfg.listen6 is None and cfg.tun_name == "vg-pub.1"
+    assert not cfg.nat and cfg.nat_interface == "enp0s31f6" and cfg.dns == []
+    assert load_gateway_config(gateway_toml(keys, 'listen6 = "2001:db8::1"')).listen6 == "2001:db8::1"
+
+
 @pytest.mark.parametrize(
     ("extra", "field", "expected"),
     [
@@ -57,8 +71,18 @@ def test_metrics_listen(keys: Path, text: str, address: tuple[str, int] | None) 
         ("udp_port = 70000", "gateway.udp_port", "an integer from 1 to 65535"),
         ('pool_v4 = "10.0.0.0/33"', "gateway.pool_v4", "an IPv4 network"),
         ('pool_v4 = "fd00::/64"', "gateway.pool_v4", "an IPv4 network"),
-        ('tun_name = "a-very-long-interface-name"', "gateway.tun_name", "at most 15 characters"),
+        ('tun_name = "a-very-long-interface-name"', "gateway.tun_name", "1 to 15 letters"),
         ("nat = true", "gateway.nat_interface", "needed because nat = true"),
+        ('tun_name = "vg/0"', "gateway.tun_name", "an interface name"),
+        ('tun_name = "vg 0"', "gateway.tun_name", "an interface name"),
+        ('tun_name = ".."', "gateway.tun_name", "an interface name"),
+        ('tun_name = ""', "gateway.tun_name", "an interface name"),
+        ('nat_interface = "eth0:1"', "gateway.nat_interface", "an interface name"),
+        ('nat_interface = "eth0\\t"', "gateway.nat_interface", "an interface name"),
+        ('listen = "eth0"', "gateway.listen", "an IPv4 address"),
+        ('listen = "::"', "gateway.listen", "an IPv4 address"),
+        ('listen6 = "0.0.0.0"', "gateway.listen6", "an IPv6 address"),
+        ('listen6 = "any"', "gateway.listen6", "an IPv6 address"),
         ('dns = ["not an address"]', "gateway.dns", "a list of IP addresses"),
         ("udpport = 1", "gateway.udpport", "unknown setting"),
         ('log_level = "loud"', "gateway.log_level", "one of 'debug'"),
@@ -120,3 +144,32 @@ def test_client_defaults_and_errors(keys: Path) -> None:
         assert "client.rekey_after" in msg and "a number from 5 to 120" in msg
     (keys / "c.cred").write_text("not base64!!\n")
     assert "client.credential_file" in error_of(load_client_config, client_toml(keys))
+
+
+def provider_toml(tmp: Path, gateway: str) -> Path:
+    p = tmp / "provider.toml"
+    p.write_text(
+        '[provider]\nname = "p"\nstate_dir = "state"\n'
+        f'[[gateway]]\nname = "g"\npublic_key = "{KEY}"\n{gateway}\n'
+    )
+    return p
+
+
+def test_provider_gateway_hosts_are_addresses_or_names_that_resolve(
+    keys: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    [entry] = load_provider_config(provider_toml(keys, 'host = "198.51.100.7"')).gateways
+    assert entry.host == "198.51.100.7" and entry.ipv6 is None
+    # A name is resolved when the file is read; clients get the address.
+    [entry] = load_provider_config(provider_toml(keys, 'host = "localhost"\nipv6 = "2001:db8::7"')).gateways
+    assert entry.host == "127.0.0.1" and entry.ipv6 == "2001:db8::7"
+    msg = error_of(load_provider_config, provider_toml(keys, 'host = "198.51.100.8"\nipv6 = "198.51.100.7"'))
+    assert "gateway[0].ipv6" in msg and "an IPv6 address" in msg
+
+    def no_such_name(*args: object) -> object:  # no query leaves the machine from a test
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_such_name)
+    msg = error_of(load_provider_config, provider_toml(keys, 'host = "gw1.example.net"'))
+    assert str(keys / "provider.toml") in msg and "gateway[0].host" in msg
+    assert "'gw1.example.net' does not resolve (Name or service not known)" in msg

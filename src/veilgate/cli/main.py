@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import errno
+import logging
 import sys
 import time
 from pathlib import Path
-from typing import Protocol
+from typing import NoReturn, Protocol
 
 import veilgate
 from veilgate.cli import status
@@ -43,7 +45,11 @@ def parse_duration(text: str) -> int:
 def cmd_genkey(args: argparse.Namespace) -> int:
     keypair = KeyPair.generate()
     if args.out:
-        write_key_file(Path(args.out), keypair.private_bytes())
+        out = Path(args.out)
+        if out.exists() and not args.force:
+            print(f"veilgate genkey: {out} exists (use --force to replace it)", file=sys.stderr)
+            return 2
+        write_key_file(out, keypair.private_bytes())
         print(encode_key(keypair.public))
     else:
         print(encode_key(keypair.private_bytes()))
@@ -51,12 +57,14 @@ def cmd_genkey(args: argparse.Namespace) -> int:
 
 
 def cmd_pubkey(args: argparse.Namespace) -> int:
-    text = Path(args.key).read_text() if args.key else sys.stdin.read()
-    try:
-        private = decode_key(text, "private key")
-    except ValueError as exc:
-        print(f"veilgate pubkey: {exc}", file=sys.stderr)
-        return 2
+    if args.key:
+        private = read_key_file(Path(args.key), "private key")
+    else:
+        try:
+            private = decode_key(sys.stdin.read(), "private key on standard input")
+        except ValueError as exc:
+            print(f"veilgate pubkey: {exc} (make one with `veilgate genkey`)", file=sys.stderr)
+            return 2
     print(encode_key(KeyPair.from_private_bytes(private).public))
     return 0
 
@@ -153,6 +161,21 @@ def cmd_provider_serve(args: argparse.Namespace) -> int:
     return run_provider(config)
 
 
+def cmd_check(args: argparse.Namespace) -> int:
+    from veilgate.cli.check import check_config
+
+    kind = check_config(Path(args.config))
+    print(f"{args.config}: ok ({kind} config)")
+    return 0
+
+
+def cmd_completion(args: argparse.Namespace) -> int:
+    import shtab
+
+    print(shtab.complete(build_parser(), shell=args.shell))
+    return 0
+
+
 def add_log_options(p: argparse.ArgumentParser, default: object) -> None:
     """--log-level and --log-format, before the command or after a daemon's (the latter wins)."""
     p.add_argument(
@@ -166,44 +189,66 @@ def add_log_options(p: argparse.ArgumentParser, default: object) -> None:
     )
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line, like every other error of the command."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see `{self.prog} --help`)\n")
+
+
+def _file(action: argparse.Action) -> argparse.Action:
+    """Shell completion offers file names for this option."""
+    action.complete = {"bash": "_shtab_compgen_files", "zsh": "_files", "tcsh": "f"}  # type: ignore[attr-defined]
+    return action
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="veilgate", description="veilgate VPN")
+    """The whole command line (also read by the shell completion and the manual page)."""
+    p = _Parser(
+        prog="veilgate",
+        description="veilgate VPN: keys and credentials, the gateway, the client and the provider service",
+    )
     p.add_argument("--version", action="version", version=f"veilgate {veilgate.__version__}")
     add_log_options(p, None)
     sub = p.add_subparsers(dest="command", required=True)
 
     g = sub.add_parser("genkey", help="make an X25519 private key")
-    g.add_argument("--out", help="write the private key to this file (mode 0600) and print the public key")
+    _file(
+        g.add_argument(
+            "--out", help="write the private key to this file (mode 0600) and print the public key"
+        )
+    )
+    g.add_argument("--force", action="store_true", help="replace the --out file if it exists")
     g.set_defaults(func=cmd_genkey)
 
     g = sub.add_parser("pubkey", help="print the public key of a private key (file or stdin)")
-    g.add_argument("--key", help="private key file (default: stdin)")
+    _file(g.add_argument("--key", help="private key file (default: stdin)"))
     g.set_defaults(func=cmd_pubkey)
 
     issuer = sub.add_parser("issuer", help="the credential issuer's key")
     isub = issuer.add_subparsers(dest="issuer_command", required=True)
     g = isub.add_parser("init", help="make an issuer key; prints its public key for gateways")
-    g.add_argument("--out", required=True)
-    g.add_argument("--force", action="store_true")
+    _file(g.add_argument("--out", required=True, help="the issuer key file to write (mode 0600)"))
+    g.add_argument("--force", action="store_true", help="replace the --out file if it exists")
     g.set_defaults(func=cmd_issuer_init)
     g = isub.add_parser("pubkey", help="print an issuer key's public key")
-    g.add_argument("--key", required=True)
+    _file(g.add_argument("--key", required=True, help="the issuer key file"))
     g.set_defaults(func=cmd_issuer_pubkey)
 
     g = sub.add_parser("issue", help="issue an anonymous credential for a client public key")
-    g.add_argument("--issuer-key", required=True)
+    _file(g.add_argument("--issuer-key", required=True, help="the issuer key file"))
     g.add_argument("--client-public-key", required=True, help="base64 public key from `veilgate genkey`")
     g.add_argument("--lifetime", type=parse_duration, default=6 * 3600, help="e.g. 6h (default)")
-    g.add_argument("--out")
+    _file(g.add_argument("--out", help="write the credential to this file (default: stdout)"))
     g.set_defaults(func=cmd_issue)
 
     g = sub.add_parser("gateway", help="run a gateway")
-    g.add_argument("--config", required=True)
+    _file(g.add_argument("--config", required=True, help="the configuration file (TOML)"))
     add_log_options(g, argparse.SUPPRESS)
     g.set_defaults(func=cmd_gateway)
 
     g = sub.add_parser("connect", help="connect to a gateway")
-    g.add_argument("--config", required=True)
+    _file(g.add_argument("--config", required=True, help="the configuration file (TOML)"))
     add_log_options(g, argparse.SUPPRESS)
     g.set_defaults(func=cmd_connect)
 
@@ -212,26 +257,80 @@ def build_parser() -> argparse.ArgumentParser:
     )
     psub = provider.add_subparsers(dest="provider_command", required=True)
     g = psub.add_parser("init", help="make the provider's key and certificate; prints the fingerprint to pin")
-    g.add_argument("--config", required=True)
+    _file(g.add_argument("--config", required=True, help="the configuration file (TOML)"))
     g.set_defaults(func=cmd_provider_init)
     g = psub.add_parser("serve", help="run the provider service")
-    g.add_argument("--config", required=True)
+    _file(g.add_argument("--config", required=True, help="the configuration file (TOML)"))
     add_log_options(g, argparse.SUPPRESS)
     g.set_defaults(func=cmd_provider_serve)
 
     status.add_parser(sub)
+
+    g = sub.add_parser("check", help="check a configuration file (gateway, client or provider) and exit")
+    _file(g.add_argument("--config", required=True, help="the configuration file (TOML)"))
+    g.set_defaults(func=cmd_check)
+
+    g = sub.add_parser("completion", help="print a shell completion script")
+    g.add_argument("shell", choices=["bash", "zsh", "tcsh"], help="the shell to complete for")
+    g.set_defaults(func=cmd_completion)
     return p
+
+
+def _describe(exc: BaseException) -> str:
+    """One line for an error a person can act on."""
+    if isinstance(exc, ConfigError):
+        return f"configuration error: {exc}"
+    if isinstance(exc, OSError):
+        text = exc.strerror or str(exc)
+        if exc.filename:
+            text = f"{exc.filename}: {text}"
+        hint = {
+            errno.EPERM: "run as root (network devices and firewall rules need CAP_NET_ADMIN)",
+            errno.EACCES: "run as root, or check the file's permissions",
+            errno.EADDRINUSE: "another process holds it: stop that process or choose another port",
+            errno.EADDRNOTAVAIL: "the address is not on this machine: check listen / listen6",
+            errno.ENOENT: "check the path",
+            errno.EISDIR: "give a file, not a folder",
+        }.get(exc.errno or 0)
+        return f"{text} ({hint})" if hint else text
+    return str(exc) or type(exc).__name__
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logs.setup(args.log_level, args.log_format)
+    name = " ".join(
+        part
+        for part in (
+            args.command,
+            getattr(args, "issuer_command", None),
+            getattr(args, "provider_command", None),
+        )
+        if part
+    )
     try:
         code: int = args.func(args)
-    except ConfigError as exc:
-        print(f"veilgate: configuration error: {exc}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        if not isinstance(exc, _user_errors()):
+            raise  # a bug: the traceback is what is needed
+        logging.getLogger("veilgate").debug("%s failed", name, exc_info=True)
+        print(f"veilgate {name}: {_describe(exc)}", file=sys.stderr)
+        return 2 if isinstance(exc, ConfigError | ValueError) else 1
     return code
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    """Errors that come from the input or the machine, not from a bug: shown as one line.
+
+    The firewall's and netlink's errors count when their module was loaded (only then can they
+    have been raised; importing netlink costs a tenth of a second)."""
+    errors: list[type[Exception]] = [ConfigError, OSError, ValueError]
+    for module, name in (("veilgate.netfilter.nft", "NftError"), ("veilgate.tun.netlink", "RouteError")):
+        if module in sys.modules:
+            errors.append(getattr(sys.modules[module], name))
+    return tuple(errors)
 
 
 if __name__ == "__main__":

@@ -91,8 +91,6 @@ def load_client_config(path: str | Path) -> ClientConfig:
         tcp_port=c.port("tcp_port", 443),
         **_common(c),
     )
-    if len(cfg.tun_name) > 15:
-        raise c.error("tun_name", "an interface name of at most 15 characters", cfg.tun_name)
     c.reject_unknown()
     root.reject_unknown()
     return cfg
@@ -120,7 +118,7 @@ def _common(c: Section) -> dict[str, Any]:
         "keepalive": c.get_float("keepalive", 10.0, low=1, high=600),
         # Only lower: the rekey must complete before the keys are refused at REJECT_AFTER_TIME.
         "rekey_after": c.get_float("rekey_after", REKEY_AFTER_TIME, low=5, high=REKEY_AFTER_TIME),
-        "tun_name": c.get_str("tun_name", "vg0", "an interface name of at most 15 characters"),
+        "tun_name": c.interface_name("tun_name", "vg0"),
         "kill_switch": c.get_bool("kill_switch", False),
         "allow_lan": c.get_bool("allow_lan", False),
         "apply_dns": c.get_bool("apply_dns", True),
@@ -159,8 +157,6 @@ def _provider_mode(root: Section, c: Section) -> ClientConfig:
         failover_after=c.get_float("failover_after", 15.0, low=2, high=3600),
         **_common(c),
     )
-    if len(cfg.tun_name) > 15:
-        raise c.error("tun_name", "an interface name of at most 15 characters", cfg.tun_name)
     c.reject_unknown()
     root.reject_unknown()
     return cfg

@@ -33,7 +33,8 @@ def read_key_file(path: Path, what: str = "private key", length: int = 32) -> by
     try:
         return decode_key(text, what, length)
     except ValueError as exc:
-        raise ConfigError(f"{path}: {exc} (make one with `veilgate genkey`)") from None
+        make = "veilgate issuer init" if "issuer" in what else "veilgate genkey"
+        raise ConfigError(f"{path}: {exc} (make one with `{make}`)") from None
 
 
 def write_key_file(path: Path, raw: bytes) -> None:

@@ -9,6 +9,8 @@ has the wrong type, and says what is expected, e.g.::
 from __future__ import annotations
 
 import ipaddress
+import re
+import socket
 import tomllib
 from pathlib import Path
 from typing import Any, TypeVar
@@ -16,6 +18,11 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 _MISSING = object()
+
+_INTERFACE = re.compile(r"[A-Za-z0-9_.-]{1,15}")
+INTERFACE_EXPECTED = "an interface name: 1 to 15 letters, digits, '_', '-' or '.' (not '.' or '..')"
+"""What Linux takes as an interface name (at most 15 bytes, no '/', ':' or white space, not '.' or
+'..'), narrowed to characters that are also safe in nftables rules and table names."""
 
 
 class ConfigError(Exception):
@@ -174,6 +181,49 @@ class Section:
         if net.version != version:
             raise self.error(key, expected, text)
         return net
+
+    def address(
+        self, key: str, version: int, default: str | None = None, *, optional: bool = False
+    ) -> str | None:
+        """An IP address literal of ``version`` (4 or 6), as text; with ``optional``, "" gives None."""
+        example = "0.0.0.0" if version == 4 else "::"
+        expected = f'an IPv{version} address like "{example}"' + (' (or "" for none)' if optional else "")
+        if optional and self.data.get(key, default) == "":
+            self._get(key, None)
+            return None
+        text = self.get_str(key, default, expected)
+        try:
+            parsed = ipaddress.ip_address(text)
+        except ValueError:
+            raise self.error(key, expected, text) from None
+        if parsed.version != version:
+            raise self.error(key, expected, text)
+        return str(parsed)
+
+    def host(self, key: str, expected: str) -> str:
+        """An IPv4 address, or a name resolved now to its first IPv4 address."""
+        text = self.get_str(key, expected=expected)
+        try:
+            return str(ipaddress.IPv4Address(text))
+        except ValueError:
+            pass
+        try:
+            found = socket.getaddrinfo(text, None, socket.AF_INET, socket.SOCK_DGRAM)
+        except (OSError, UnicodeError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise ConfigError(
+                f"{self.path}: {self._name(key)}: {text!r} does not resolve ({why}); give {expected}"
+            ) from None
+        return str(found[0][4][0])
+
+    def interface_name(self, key: str, default: str | None = None) -> str | None:
+        """A network interface name (``default`` None: the key is optional and may be absent)."""
+        value = self._get(key, _MISSING if default is None else default)
+        if value is _MISSING:
+            return None
+        if not isinstance(value, str) or not _INTERFACE.fullmatch(value) or value in (".", ".."):
+            raise self.error(key, INTERFACE_EXPECTED, value)
+        return value
 
     def address_list(
         self, key: str, default: list[str]

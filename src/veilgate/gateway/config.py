@@ -67,11 +67,11 @@ def load_gateway_config(path: str | Path) -> GatewayConfig:
     cfg = GatewayConfig(
         private_key=private_key,
         issuer_public_keys=[],
-        listen=gw.get_str("listen", "0.0.0.0", "an IPv4 address to listen on"),
-        listen6=gw.optional_str("listen6") if "listen6" in gw.data else "::",
+        listen=gw.address("listen", 4, "0.0.0.0") or "0.0.0.0",
+        listen6=gw.address("listen6", 6, "::", optional=True),
         udp_port=gw.port("udp_port", DEFAULT_UDP_PORT),
         tcp_port=gw.port("tcp_port", DEFAULT_TCP_PORT),
-        tun_name=gw.get_str("tun_name", "vg0", "an interface name of at most 15 characters"),
+        tun_name=gw.interface_name("tun_name", "vg0") or "vg0",
         mtu=gw.get_int("mtu", 1420, low=1280, high=9000),
         pool_v4=pool_v4,
         pool_v6=pool_v6,
@@ -81,7 +81,7 @@ def load_gateway_config(path: str | Path) -> GatewayConfig:
         client_to_client=gw.get_bool("client_to_client", False),
         nat=gw.get_bool("nat", False),
         udp_offload=gw.get_bool("udp_offload", True),
-        nat_interface=gw.optional_str("nat_interface"),
+        nat_interface=gw.interface_name("nat_interface"),
         status_socket=gw.path_value("status_socket", DEFAULT_STATUS_SOCKET),
         log_level=gw.choice("log_level", LEVELS, "info"),
         log_format=gw.choice("log_format", FORMATS, "text"),
@@ -89,10 +89,6 @@ def load_gateway_config(path: str | Path) -> GatewayConfig:
         max_tcp_connections=gw.get_int("max_tcp_connections", 4096, low=1, high=1_000_000),
         max_sessions_per_credential=gw.get_int("max_sessions_per_credential", 1, low=1, high=64),
     )
-    if cfg.listen6 == "":
-        cfg.listen6 = None
-    if len(cfg.tun_name) > 15:
-        raise gw.error("tun_name", "an interface name of at most 15 characters", cfg.tun_name)
     if cfg.nat and not cfg.nat_interface:
         raise gw.error("nat_interface", "the interface NATed traffic leaves by (needed because nat = true)")
     gw.reject_unknown()

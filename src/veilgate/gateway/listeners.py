@@ -119,10 +119,17 @@ class Listeners:
                 if family == socket.AF_INET6 and exc.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
                     log.warning("IPv6 listening unavailable (%s); UDP on IPv4 only", exc.strerror)
                     continue
-                raise
+                raise OSError(
+                    exc.errno, f"cannot listen on UDP {host} port {cfg.udp_port}: {exc.strerror}"
+                ) from None
             sock.setblocking(False)
             self.udp.append(UdpSocket(sock, cfg.udp_offload))
-            server = await serve_tcp(host, cfg.tcp_port, self._on_tcp, self._tcp_closed)
+            try:
+                server = await serve_tcp(host, cfg.tcp_port, self._on_tcp, self._tcp_closed)
+            except OSError as exc:
+                raise OSError(
+                    exc.errno, f"cannot listen on TCP {host} port {cfg.tcp_port}: {exc.strerror}"
+                ) from None
             self.tcp_servers.append(server)
 
     def close(self) -> None:

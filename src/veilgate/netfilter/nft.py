@@ -13,7 +13,7 @@ import shutil
 import subprocess
 from collections.abc import Iterable
 
-_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
 
 
 class NftError(Exception):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,6 +52,10 @@ def load_provider_config(path: str | Path) -> ProviderConfig:
         log_format=p.choice("log_format", FORMATS, "text"),
         metrics_listen=p.listen_address("metrics_listen"),
     )
+    try:
+        ipaddress.ip_address(cfg.listen)
+    except ValueError:
+        raise p.error("listen", 'an IP address to listen on, like "0.0.0.0" or "::"', cfg.listen) from None
     if cfg.access == "token":
         tokens_file = p.path_value("tokens_file")
         try:
@@ -78,11 +83,11 @@ def load_provider_config(path: str | Path) -> ProviderConfig:
         cfg.gateways.append(
             GatewayEntry(
                 s.get_str("name", expected="a gateway name"),
-                s.get_str("host", expected="the gateway's IPv4 address"),
+                s.host("host", "the gateway's IPv4 address, or a name that resolves to one"),
                 key,
                 s.port("udp_port", 51820),
                 s.port("tcp_port", 443),
-                s.optional_str("ipv6"),
+                s.address("ipv6", 6, "", optional=True),
                 s.get_str("location", "unknown", "a location label"),
                 s.get_float("load", 0.0, low=0.0, high=1.0),
             )
