@@ -77,6 +77,12 @@ class FakeHost:
     network_watchers: list[Callable[[], None]] = field(default_factory=list)
     uplink: tuple[str | None, str] | None = (None, "lo")
     """What ``route_to`` answers for any address (the client pins its route to the gateway on it)."""
+    default_device: str | None = "lo"
+    """What ``default_interface`` answers: the interface of the default route."""
+    forwarding: list[tuple[bool, str | None]] = field(default_factory=list)
+    """Each ``enable_forwarding`` call: (IPv6 too, the uplink)."""
+    resolver: bool | None = None
+    """What ``serves_dns`` answers."""
 
     def open_tun(self, name: str, mtu: int) -> FakeTun:
         tun = FakeTun(name)
@@ -125,23 +131,35 @@ class FakeHost:
         self.network_watchers.append(on_event)
         return lambda: self.network_watchers.remove(on_event)
 
+    def default_interface(self) -> str | None:
+        return self.default_device
+
+    def enable_forwarding(self, ipv6: bool, uplink: str | None) -> None:
+        self.forwarding.append((ipv6, uplink))
+
+    def serves_dns(self, address: str) -> bool | None:
+        return self.resolver
+
 
 def loopback_gateway(
     status_dir: Path, issuer: IssuerKey, tun_name: str, pool: ipaddress.IPv4Network, **options: Any
 ) -> GatewayConfig:
     """A gateway on free loopback ports, IPv4 only, accepting credentials from ``issuer``."""
+    settings: dict[str, Any] = {
+        "listen": "127.0.0.1",
+        "listen6": None,
+        "udp_port": free_port(),
+        "tcp_port": free_port(),
+        "tun_name": tun_name,
+        "pool_v4": pool,
+        "pool_v6": None,
+        "status_socket": status_dir / "gw.sock",
+    }
+    settings.update(options)
     return GatewayConfig(
         private_key=KeyPair.generate().private_bytes(),
         issuer_public_keys=[issuer.public_key().to_bytes()],
-        listen="127.0.0.1",
-        listen6=None,
-        udp_port=free_port(),
-        tcp_port=free_port(),
-        tun_name=tun_name,
-        pool_v4=pool,
-        pool_v6=None,
-        status_socket=status_dir / "gw.sock",
-        **options,
+        **settings,
     )
 
 

@@ -42,6 +42,9 @@ def test_gateway_defaults(keys: Path) -> None:
     assert str(cfg.pool_v4) == "10.201.0.0/16" and str(cfg.pool_v6) == "fd7a:201::/64"
     assert not cfg.client_to_client and cfg.private_key == bytes(range(32))
     assert cfg.metrics_listen is None and cfg.log_format == "text"
+    # The minimum configuration forwards with NAT out of the default route's interface (found at
+    # start) and pushes the gateway's own tunnel addresses for DNS.
+    assert cfg.nat and cfg.nat_interface is None and cfg.dns is None
     assert cfg.listen == "0.0.0.0" and cfg.listen6 == "::" and cfg.tun_name == "vg0"
 
 
@@ -72,7 +75,6 @@ def test_gateway_explicit_network_settings(keys: Path) -> None:
         ('pool_v4 = "10.0.0.0/33"', "gateway.pool_v4", "an IPv4 network"),
         ('pool_v4 = "fd00::/64"', "gateway.pool_v4", "an IPv4 network"),
         ('tun_name = "a-very-long-interface-name"', "gateway.tun_name", "1 to 15 letters"),
-        ("nat = true", "gateway.nat_interface", "needed because nat = true"),
         ('tun_name = "vg/0"', "gateway.tun_name", "an interface name"),
         ('tun_name = "vg 0"', "gateway.tun_name", "an interface name"),
         ('tun_name = ".."', "gateway.tun_name", "an interface name"),

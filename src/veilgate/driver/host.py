@@ -6,6 +6,8 @@ fake one (a socketpair for the TUN device, a record of the addresses and rules) 
 
 from __future__ import annotations
 
+import errno
+import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
@@ -73,6 +75,18 @@ class Host(Protocol):
         returns the function that stops watching."""
         ...
 
+    def default_interface(self) -> str | None:
+        """The interface of the default route (None: there is none)."""
+        ...
+
+    def enable_forwarding(self, ipv6: bool, uplink: str | None) -> None:
+        """Let the machine forward packets between its interfaces (IPv6 too if ``ipv6``)."""
+        ...
+
+    def serves_dns(self, address: str) -> bool | None:
+        """Whether something listens on UDP port 53 at ``address`` (None: cannot tell)."""
+        ...
+
 
 class LinuxHost:
     """The real machine: /dev/net/tun, netlink (pyroute2) and nftables."""
@@ -118,6 +132,27 @@ class LinuxHost:
 
     def watch_network(self, on_event: Callable[[], None]) -> Callable[[], None]:
         return netlink.watch_network(on_event)
+
+    def default_interface(self) -> str | None:
+        return netlink.default_interface()
+
+    def enable_forwarding(self, ipv6: bool, uplink: str | None) -> None:
+        netlink.enable_forwarding(ipv6, uplink)
+
+    def serves_dns(self, address: str) -> bool | None:
+        return _serves_dns(address)
+
+
+def _serves_dns(address: str) -> bool | None:
+    """A bind to ``address`` port 53 without SO_REUSEADDR fails with EADDRINUSE exactly when a
+    socket (a resolver's) holds the port for that address or the wildcard."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.bind((address, 53))
+        except OSError as exc:
+            return True if exc.errno == errno.EADDRINUSE else None
+    return False
 
 
 __all__ = ["Firewall", "Host", "LinuxHost", "Tun"]

@@ -32,15 +32,17 @@ class GatewayConfig:
     pool_v6: ipaddress.IPv6Network | None = field(
         default_factory=lambda: ipaddress.IPv6Network(DEFAULT_POOL_V6)
     )
-    dns: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = field(default_factory=list)
+    dns: list[ipaddress.IPv4Address | ipaddress.IPv6Address] | None = None
+    """DNS servers pushed to clients; None: the gateway's own tunnel addresses (a resolver runs there)."""
     routes: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = field(
         default_factory=lambda: [ipaddress.IPv4Network("0.0.0.0/0"), ipaddress.IPv6Network("::/0")]
     )
     lease: int = 3600
     client_to_client: bool = False
-    nat: bool = False
+    nat: bool = True
     udp_offload: bool = True
     nat_interface: str | None = None
+    """None: the interface of the default route when the gateway starts."""
     max_skew: int = 120
     status_socket: Path = Path(DEFAULT_STATUS_SOCKET)
     log_level: str = "info"
@@ -50,6 +52,8 @@ class GatewayConfig:
     max_sessions_per_credential: int = 1
     provider_url: str | None = None
     provider_fingerprint: str | None = None
+    source: Path | None = None
+    """The file this configuration was read from (for error messages)."""
 
 
 def load_gateway_config(path: str | Path) -> GatewayConfig:
@@ -65,6 +69,7 @@ def load_gateway_config(path: str | Path) -> GatewayConfig:
     if pool_v4.prefixlen > 30:
         raise gw.error("pool_v4", "a network of at least 4 addresses (prefix /30 or shorter)", str(pool_v4))
     cfg = GatewayConfig(
+        source=root.path,
         private_key=private_key,
         issuer_public_keys=[],
         listen=gw.address("listen", 4, "0.0.0.0") or "0.0.0.0",
@@ -75,11 +80,11 @@ def load_gateway_config(path: str | Path) -> GatewayConfig:
         mtu=gw.get_int("mtu", 1420, low=1280, high=9000),
         pool_v4=pool_v4,
         pool_v6=pool_v6,
-        dns=gw.address_list("dns", []),
+        dns=gw.address_list("dns", []) if "dns" in gw.data else None,
         routes=gw.network_list("routes", ["0.0.0.0/0", "::/0"]),
         lease=gw.get_int("lease", 3600, low=60, high=7 * 86400),
         client_to_client=gw.get_bool("client_to_client", False),
-        nat=gw.get_bool("nat", False),
+        nat=gw.get_bool("nat", True),
         udp_offload=gw.get_bool("udp_offload", True),
         nat_interface=gw.interface_name("nat_interface"),
         status_socket=gw.path_value("status_socket", DEFAULT_STATUS_SOCKET),
@@ -89,8 +94,6 @@ def load_gateway_config(path: str | Path) -> GatewayConfig:
         max_tcp_connections=gw.get_int("max_tcp_connections", 4096, low=1, high=1_000_000),
         max_sessions_per_credential=gw.get_int("max_sessions_per_credential", 1, low=1, high=64),
     )
-    if cfg.nat and not cfg.nat_interface:
-        raise gw.error("nat_interface", "the interface NATed traffic leaves by (needed because nat = true)")
     gw.reject_unknown()
 
     cred = root.section("credentials", required=True)

@@ -24,6 +24,7 @@ from typing import Any, cast
 from prometheus_client.core import CounterMetricFamily
 
 from veilgate import fastpath
+from veilgate.config import ConfigError
 from veilgate.credentials import CredentialVerifier, IssuerPublicKey
 from veilgate.credentials.epochs import DEFAULT_EPOCH_LENGTH, AnyCredentialVerifier, EpochVerifier
 from veilgate.driver import Driver, Runtime, Wake, read_tun, read_udp, total
@@ -91,11 +92,22 @@ class Gateway(Driver):
     async def start(self) -> None:
         cfg = self.config
         self.begin()
+        uplink = cfg.nat_interface
+        if cfg.nat and uplink is None:
+            uplink = self.host.default_interface()
+            if uplink is None:
+                raise ConfigError(
+                    f"{cfg.source or 'gateway'}: gateway.nat_interface: not set, and this machine has no "
+                    "default route to take it from; set it to the interface clients' traffic leaves by "
+                    "(or nat = false)"
+                )
+        self.host.enable_forwarding(cfg.pool_v6 is not None, uplink)
         tun = self.open_tun(cfg.tun_name, cfg.mtu)
         self.host.add_address(tun.name, f"{self.pool4.gateway_address}/{cfg.pool_v4.prefixlen}")
         if self.pool6 is not None and cfg.pool_v6 is not None:
             self.host.add_address(tun.name, f"{self.pool6.gateway_address}/{cfg.pool_v6.prefixlen}")
         self.host.set_up(tun.name, cfg.mtu)
+        self._check_dns()
         if self.compiled_wanted:
             fast = CompiledGateway(tun.fd, self.table, self.listeners, self.core, cfg.client_to_client)
             if self.watch_compiled(tun.fd, fast.path, fastpath.KIND_TUN):
@@ -112,9 +124,9 @@ class Gateway(Driver):
                 self.watch(udp.sock.fileno(), self._on_udp_readable, udp)
         if cfg.nat or not cfg.client_to_client:
             body = "" if cfg.client_to_client else gateway_isolation_rules(tun.name)
-            if cfg.nat and cfg.nat_interface:
+            if cfg.nat and uplink is not None:
                 pools = [str(cfg.pool_v4)] + ([str(cfg.pool_v6)] if cfg.pool_v6 else [])
-                body += gateway_nat_rules(pools, cfg.nat_interface)
+                body += gateway_nat_rules(pools, uplink)
             self._firewall = self.host.firewall(f"veilgate_{tun.name}")
             self._firewall.apply(body)
         if self.epoch_sync is not None:
@@ -122,13 +134,37 @@ class Gateway(Driver):
         await self.serve_status(cfg.status_socket)
         await self.serve_metrics(cfg.metrics_listen)
         log.info(
-            "gateway up: udp %d, tcp %d, tun %s, pools %s%s",
+            "gateway up: udp %d, tcp %d, tun %s, pools %s%s, %s, DNS pushed: %s",
             cfg.udp_port,
             cfg.tcp_port,
             tun.name,
             cfg.pool_v4,
             f" {cfg.pool_v6}" if cfg.pool_v6 else "",
+            f"NAT out of {uplink}" if cfg.nat else "no NAT",
+            " ".join(str(a) for a in self.dns) or "none",
         )
+
+    @property
+    def dns(self) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...]:
+        """The DNS servers pushed to clients: as configured, else the gateway's own tunnel addresses."""
+        if self.config.dns is not None:
+            return tuple(self.config.dns)
+        return tuple(p.gateway_address for p in (self.pool4, self.pool6) if p is not None)
+
+    def _check_dns(self) -> None:
+        """Warn loudly when clients would get no working DNS server from this gateway."""
+        if self.config.dns == []:
+            log.warning(
+                "dns = []: clients get no DNS server from this gateway and keep their own, whose "
+                "queries may leave outside the tunnel; set dns, or remove it to push this gateway's "
+                "own tunnel address (with a resolver listening there)"
+            )
+        elif self.config.dns is None and self.host.serves_dns(str(self.pool4.gateway_address)) is False:
+            log.warning(
+                "clients are told to use %s for DNS, but no resolver listens on port 53 there: run one "
+                "(e.g. unbound, docs/configuration.md) or set dns",
+                self.pool4.gateway_address,
+            )
 
     async def stop(self) -> None:
         await self.close_metrics()
@@ -293,7 +329,7 @@ class Gateway(Driver):
         tunnel = TunnelConfig(
             ipv4=ipaddress.IPv4Interface(f"{v4}/{cfg.pool_v4.prefixlen}"),
             ipv6=ipaddress.IPv6Interface(f"{v6}/{cfg.pool_v6.prefixlen}") if v6 and cfg.pool_v6 else None,
-            dns=tuple(cfg.dns),
+            dns=self.dns,
             routes=tuple(cfg.routes),
             mtu=cfg.mtu,
             lease=cfg.lease,

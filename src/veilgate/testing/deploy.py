@@ -41,8 +41,19 @@ def _toml(sections: dict[str, dict[str, object]]) -> str:
 
 
 class Deployment:
-    def __init__(self, topo: Topology, workdir: Path, *, udp_port: int = 51820, tcp_port: int = 8443) -> None:
+    def __init__(
+        self,
+        topo: Topology,
+        workdir: Path,
+        *,
+        udp_port: int = 51820,
+        tcp_port: int = 8443,
+        veilgate: list[str] | None = None,
+    ) -> None:
         self.topo = topo
+        self.veilgate = veilgate or [sys.executable, "-m", "veilgate"]
+        """The command that runs veilgate (default: this interpreter's package; e.g. an installed
+        ``veilgate`` executable instead)."""
         self.dir = workdir
         self.dir.mkdir(parents=True, exist_ok=True)
         self.udp_port = udp_port
@@ -78,7 +89,10 @@ class Deployment:
             self.gateway_keys[name] = key
         return self.gateway_keys[name].public
 
-    def gateway_config(self, name: str = "gateway", **overrides: object) -> Path:
+    def gateway_config(self, name: str = "gateway", *, minimal: bool = False, **overrides: object) -> Path:
+        """Gateway ``name``'s configuration file. ``minimal``: the documented minimum (key file and
+        issuer keys) and the two settings two tests on one machine cannot share, the TUN device's
+        name and the status socket; everything else is left to the defaults."""
         self.gateway_public(name)
         gw: dict[str, object] = {
             "private_key_file": str(self.dir / f"{name}.key"),
@@ -90,10 +104,14 @@ class Deployment:
             "pool_v4": netns.TUNNEL_POOL_V4,
             "pool_v6": netns.TUNNEL_POOL_V6,
             "dns": ["10.201.0.1"],
+            # The internet host routes the tunnel pools back to the gateway: no NAT needed.
+            "nat": False,
             "status_socket": str(self.gateway_sock(name)),
             "log_level": "info",
         }
-        if self.provider_on_internet:
+        if minimal:
+            gw = {k: v for k, v in gw.items() if k in ("private_key_file", "tun_name", "status_socket")}
+        elif self.provider_on_internet:
             # Through-the-tunnel traffic to the provider must reach it from the gateway's egress
             # address, never from the client's tunnel address (docs/provider.md, "Deployment").
             gw.update(nat=True, nat_interface=self.gateway_internet_interface)
@@ -116,21 +134,28 @@ class Deployment:
     ) -> subprocess.Popen[Any]:
         """Start gateway ``name``; with ``spy``, as ``veilgate.testing.spy`` records every credential it
         checks to ``<name>-spy.jsonl`` (what a hostile provider could keep); with ``journal``, with
-        JOURNAL_STREAM naming its log file, as systemd sets it for a service that logs to the journal."""
-        config = self.gateway_config(name, **overrides)
+        JOURNAL_STREAM naming its log file, as systemd sets it for a service that logs to the journal.
+        ``minimal=True`` among the overrides: see ``gateway_config``."""
+        minimal = bool(overrides.pop("minimal", False))
+        config = self.gateway_config(name, minimal=minimal, **overrides)
         log = (self.dir / f"{name}.log").open("a")
         env = None
         if journal:
             st = os.fstat(log.fileno())
             env = dict(os.environ, JOURNAL_STREAM=f"{st.st_dev}:{st.st_ino}")
-        command = ["veilgate", "gateway"]
+        command = [*self.veilgate, "gateway"]
         if spy:
             self.spy_records[name] = self.dir / f"{name}-spy.jsonl"
-            command = ["veilgate.testing.spy", "gateway", "--record", str(self.spy_records[name])]
+            command = [
+                sys.executable,
+                "-m",
+                "veilgate.testing.spy",
+                "gateway",
+                "--record",
+                str(self.spy_records[name]),
+            ]
         proc = self.topo.spawn(
             self.topo.gateway,
-            sys.executable,
-            "-m",
             *command,
             "--config",
             str(config),
@@ -228,20 +253,23 @@ class Deployment:
             lines.append("[[gateway]]\n" + _toml({"x": entry}).split("\n", 1)[1])
         config = self.dir / "provider.toml"
         config.write_text("\n".join(lines))
-        init = self.topo.ns_run(
-            namespace, sys.executable, "-m", "veilgate", "provider", "init", "--config", str(config)
-        )
+        init = self.topo.ns_run(namespace, *self.veilgate, "provider", "init", "--config", str(config))
         self.provider_fingerprint = init.stdout.strip()
         self.provider_url = f"https://{host}:{self.provider_port}"
         log = (self.dir / "provider.log").open("a")
-        command = ["veilgate", "provider", "serve"]
+        command = [*self.veilgate, "provider", "serve"]
         if spy:
             self.spy_records["provider"] = self.dir / "provider-spy.jsonl"
-            command = ["veilgate.testing.spy", "provider", "--record", str(self.spy_records["provider"])]
+            command = [
+                sys.executable,
+                "-m",
+                "veilgate.testing.spy",
+                "provider",
+                "--record",
+                str(self.spy_records["provider"]),
+            ]
         self.provider_proc = self.topo.spawn(
             namespace,
-            sys.executable,
-            "-m",
             *command,
             "--config",
             str(config),
@@ -336,9 +364,7 @@ class Deployment:
         proc = self.topo.spawn(
             ns or self.topo.client,
             *prefix,
-            sys.executable,
-            "-m",
-            "veilgate",
+            *self.veilgate,
             "connect",
             "--config",
             str(config),

@@ -12,6 +12,7 @@ import asyncio
 import concurrent.futures
 import functools
 import ipaddress
+import socket
 from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path
@@ -236,3 +237,39 @@ def watch_network(on_event: Callable[[], None]) -> Callable[[], None]:
         task.cancel()
 
     return stop
+
+
+@_off_loop
+def default_interface() -> str | None:
+    """The device of the main table's IPv4 default route (the first one, by metric), or None."""
+    with IPRoute() as ipr:
+        routes = sorted(
+            ipr.get_default_routes(family=socket.AF_INET, table=MAIN_TABLE),
+            key=lambda r: r.get_attr("RTA_PRIORITY") or 0,
+        )
+        for route in routes:
+            oif = route.get_attr("RTA_OIF")
+            if oif is None:  # a multipath route: its first next hop
+                hops = route.get_attr("RTA_MULTIPATH") or []
+                oif = hops[0]["oif"] if hops else None
+            links = ipr.get_links(oif) if oif is not None else []
+            if links:
+                return str(links[0].get_attr("IFLA_IFNAME"))
+        return None
+
+
+def enable_forwarding(ipv6: bool, uplink: str | None = None) -> None:
+    """Turn on IPv4 (and IPv6) forwarding.
+
+    With IPv6 forwarding on, Linux ignores router advertisements on interfaces left at
+    ``accept_ra = 1``; the uplink is moved to ``2`` so an address and default route learnt by
+    SLAAC survive.
+    """
+    Path("/proc/sys/net/ipv4/ip_forward").write_text("1")
+    if ipv6:
+        Path("/proc/sys/net/ipv6/conf/all/forwarding").write_text("1")
+        if uplink is not None:
+            accept_ra = Path(f"/proc/sys/net/ipv6/conf/{uplink}/accept_ra")
+            with suppress(OSError):
+                if accept_ra.read_text().strip() == "1":
+                    accept_ra.write_text("2")
