@@ -24,6 +24,7 @@ from typing import Any
 
 from veilgate import fastpath
 from veilgate.driver.host import Host, LinuxHost, Tun
+from veilgate.driver.systemd import Service
 from veilgate.transport.loop import add_compiled_reader, add_data_reader, remove_data_reader
 
 
@@ -64,6 +65,9 @@ class Driver(abc.ABC):
         self._status_path: Path | None = None
         self._watched: list[int] = []
         self.tun: Tun | None = None
+        self.service: Service | None = None
+        """Under a service manager (``run_gateway``, ``run_client``): the privilege drop, readiness,
+        watchdog and reload once ``start`` is done."""
 
     # ------------------------------------------------------------ what a side supplies
 
@@ -122,8 +126,12 @@ class Driver(abc.ABC):
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stopping.set)
         try:
+            if self.service is not None:
+                self.service.started(loop)
             await self._stopping.wait()
         finally:
+            if self.service is not None:
+                self.service.stopping()
             await self.stop()
 
     def request_stop(self) -> None:

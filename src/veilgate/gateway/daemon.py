@@ -12,6 +12,7 @@ address to a tunnel address, and nothing about clients is written to disk.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import ipaddress
 import logging
@@ -21,13 +22,16 @@ from collections import Counter
 from typing import Any
 
 from veilgate import fastpath
+from veilgate.config import ConfigError
 from veilgate.credentials import CredentialVerifier, IssuerPublicKey
 from veilgate.credentials.epochs import DEFAULT_EPOCH_LENGTH, AnyCredentialVerifier, EpochVerifier
 from veilgate.driver import Driver, Runtime, Wake, read_tun, read_udp, total
 from veilgate.driver.host import Firewall
+from veilgate.driver.privileges import CAP_NET_ADMIN, CAP_NET_BIND_SERVICE, run_as
+from veilgate.driver.systemd import Service, changed_fields, set_log_level
 from veilgate.fastpath.keypair import CompiledKeypair
 from veilgate.gateway.compiled import CompiledGateway
-from veilgate.gateway.config import GatewayConfig
+from veilgate.gateway.config import GatewayConfig, load_gateway_config
 from veilgate.gateway.epochs import EpochSync
 from veilgate.gateway.listeners import Endpoint, Listeners, UdpSocket
 from veilgate.gateway.pool import AddressPool, PoolExhausted
@@ -53,6 +57,7 @@ class Gateway(Driver):
         ed25519 = CredentialVerifier(
             [IssuerPublicKey.from_bytes(k) for k in config.issuer_public_keys], max_skew=config.max_skew
         )
+        self.issuers = ed25519
         self.epochs = EpochVerifier([], DEFAULT_EPOCH_LENGTH, max_skew=config.max_skew)
         self.core = GatewayProtocol(
             KeyPair.from_private_bytes(config.private_key),
@@ -81,6 +86,7 @@ class Gateway(Driver):
         self._firewall: Firewall | None = None
         self._tun_wake = Wake()
         self._udp_wake = Wake()
+        self._refresh: asyncio.Future[bool] | None = None
 
     # ------------------------------------------------------------ lifecycle
 
@@ -300,7 +306,47 @@ class Gateway(Driver):
         log.info("session established; %d active", len(self.core.sessions))
         log.debug("session %d assigned its addresses", session_id)
 
+    # ------------------------------------------------------------ reload
+
+    RELOADABLE = frozenset({"issuer_public_keys", "max_skew", "log_level", "dns", "routes", "lease"})
+    """What a reload applies to the running gateway (DNS, routes and lease: to sessions made after)."""
+
+    def reload(self) -> None:
+        """Read the configuration file again and apply what can change without dropping a session;
+        fetch the epoch keys from the provider again. A bad file changes nothing."""
+        if self.config.source is None:
+            return
+        try:
+            new = load_gateway_config(self.config.source, self.config.private_key)
+        except ConfigError as exc:
+            log.error("reload refused, the running configuration stays: %s", exc)
+            return
+        changes = changed_fields(self.config, new, set(self.RELOADABLE), "gateway")
+        if "issuer_public_keys" in changes:
+            keys = [IssuerPublicKey.from_bytes(k) for k in new.issuer_public_keys]
+            for key_id in set(self.issuers.key_ids) - {k.key_id for k in keys}:
+                self.issuers.remove(key_id)
+            for key in keys:
+                self.issuers.add(key)
+        if "max_skew" in changes:
+            self.issuers.max_skew = self.epochs.max_skew = new.max_skew
+        if "log_level" in changes:
+            set_log_level(new.log_level)
+        self.config = dataclasses.replace(self.config, **changes)  # type: ignore[arg-type]
+        log.info("configuration reloaded%s", ": " + ", ".join(sorted(changes)) if changes else ", no change")
+        if self.epoch_sync is not None:
+            self._refresh = asyncio.ensure_future(self.epoch_sync.refresh())
+
     # ------------------------------------------------------------ status
+
+    def summary(self) -> str:
+        """One line of aggregate figures for the service manager (no address, no key)."""
+        counters = total(self.core.counters, self.counters)
+        refused = sum(v for k, v in counters.items() if k.startswith("refused-"))
+        return (
+            f"{len(self.core.sessions)} sessions, {self.core.pending_handshakes} handshakes pending, "
+            f"{counters.get('sessions-established', 0)} established, {refused} refused"
+        )
 
     def status(self) -> dict[str, object]:
         """Aggregate figures only: no keys, no client addresses, no tunnel addresses."""
@@ -350,8 +396,15 @@ class _WallClockCheck:
 
 
 def run_gateway(config: GatewayConfig) -> int:
-    logging.getLogger("veilgate").setLevel(config.log_level.upper())
-    event_loop.run(Gateway(config).run())
+    set_log_level(config.log_level)
+    # After start the gateway still changes the network (nftables at exit, addresses and routes on
+    # its TUN device): CAP_NET_ADMIN. Its sockets are bound by then; CAP_NET_BIND_SERVICE stays only
+    # for a port below 1024 (a socket reopened there). It writes no file but its status socket.
+    keep = {CAP_NET_ADMIN} | ({CAP_NET_BIND_SERVICE} if min(config.udp_port, config.tcp_port) < 1024 else set())
+    user = run_as(config.user, keep, (config.status_socket.parent,), source=config.source, field="gateway.user")
+    gateway = Gateway(config)
+    gateway.service = Service("gateway", user, gateway.reload, gateway.summary)
+    event_loop.run(gateway.run())
     return 0
 
 

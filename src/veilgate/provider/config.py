@@ -25,6 +25,9 @@ class ProviderConfig:
     gateways: list[GatewayEntry] = field(default_factory=list)
     rsa_bits: int = 3072
     log_level: str = "info"
+    user: str = "veilgate"
+    source: Path | None = None
+    """The file this configuration was read from (a reload reads it again)."""
 
 
 def load_provider_config(path: str | Path) -> ProviderConfig:
@@ -41,6 +44,8 @@ def load_provider_config(path: str | Path) -> ProviderConfig:
         open_rate_per_minute=p.get_int("open_rate_per_minute", 10, low=1, high=100000),
         rsa_bits=p.get_int("rsa_bits", 3072, low=2048, high=4096),
         log_level=p.choice("log_level", ("debug", "info", "warning", "error"), "info"),
+        user=p.get_str("user", "veilgate", 'a system user name, or "root" to keep running as root'),
+        source=Path(path),
     )
     if cfg.access == "token":
         tokens_file = p.path_value("tokens_file")

@@ -60,6 +60,10 @@ class Deployment:
         self.spy_records: dict[str, Path] = {}
         self.clients: dict[str, subprocess.Popen[Any]] = {}
         self.gateway_tun = f"vgt{topo.tag}"
+        self.user = "root"
+        """The ``user`` every daemon's configuration names (the tests' daemons keep root unless told)."""
+        self.env: dict[str, str] | None = None
+        """The environment daemons started from now on get (None: this process's)."""
 
     # ---- gateway
 
@@ -91,6 +95,7 @@ class Deployment:
             "dns": ["10.201.0.1"],
             "status_socket": str(self.gateway_sock(name)),
             "log_level": "info",
+            "user": self.user,
         }
         if self.provider_on_internet:
             # Through-the-tunnel traffic to the provider must reach it from the gateway's egress
@@ -130,6 +135,7 @@ class Deployment:
             str(config),
             stdout=log,
             stderr=subprocess.STDOUT,
+            env=self.env,
         )
         self.gateways[name] = proc
         if name == "gateway":
@@ -201,6 +207,7 @@ class Deployment:
             "access": access,
             "rsa_bits": 2048,
             "log_level": "info",
+            "user": self.user,
         }
         provider.update(overrides)
         if tokens is not None:
@@ -239,6 +246,7 @@ class Deployment:
             str(config),
             stdout=log,
             stderr=subprocess.STDOUT,
+            env=self.env,
         )
         wait_for(
             lambda: "provider up" in (self.dir / "provider.log").read_text(),
@@ -266,6 +274,7 @@ class Deployment:
             "reprobe_interval": 2.0,
             "failover_after": 6.0,
             "log_level": "info",
+            "user": self.user,
         }
         client.update(overrides)
         path = self.dir / f"{name}.toml"
@@ -302,6 +311,7 @@ class Deployment:
             "status_socket": str(self.client_socket(name)),
             "reprobe_interval": 2.0,
             "log_level": "info",
+            "user": self.user,
         }
         client.update(overrides)
         path = self.dir / f"{name}.toml"
@@ -336,7 +346,7 @@ class Deployment:
             str(config),
             stdout=log,
             stderr=subprocess.STDOUT,
-            env=env,
+            env=env if env is not None else self.env,
         )
         self.clients[name] = proc
         wait_for(
