@@ -172,6 +172,25 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_install_units(args: argparse.Namespace) -> int:
+    import subprocess
+
+    from veilgate.systemd import ensure_user, install_units
+
+    for path in install_units(Path(args.dir)):
+        print(f"wrote {path}")
+    if args.user:
+        try:
+            created = ensure_user(args.user)
+        except (OSError, subprocess.CalledProcessError) as exc:
+            detail = getattr(exc, "stderr", None) or exc
+            print(f"veilgate install-units: cannot create user {args.user}: {str(detail).strip()}", file=sys.stderr)
+            return 1
+        print(f"{'created' if created else 'kept the existing'} system user {args.user}")
+    print("next: systemctl daemon-reload; systemctl enable --now veilgate-gateway@NAME (runs /etc/veilgate/NAME.toml)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="veilgate", description="veilgate VPN")
     p.add_argument("--version", action="version", version=f"veilgate {veilgate.__version__}")
@@ -220,6 +239,18 @@ def build_parser() -> argparse.ArgumentParser:
     g = psub.add_parser("serve", help="run the provider service")
     g.add_argument("--config", required=True)
     g.set_defaults(func=cmd_provider_serve)
+
+    g = sub.add_parser(
+        "install-units", help="write the systemd units (veilgate-{gateway,client,provider}@.service)"
+    )
+    g.add_argument("--dir", default="/etc/systemd/system", help="where to write them (default: %(default)s)")
+    g.add_argument(
+        "--user",
+        nargs="?",
+        const="veilgate",
+        help="also create this system user for the daemons to run as (default name: veilgate)",
+    )
+    g.set_defaults(func=cmd_install_units)
 
     g = sub.add_parser("status", help="a running daemon's aggregate status")
     g.add_argument("--socket", default="/run/veilgate/gateway.sock")
