@@ -88,7 +88,9 @@ def test_service_ticks_the_watchdog_from_the_loop_and_reloads_between_reloading_
 
 def test_changed_fields_applies_the_live_ones_and_names_the_others(caplog: pytest.LogCaptureFixture) -> None:
     old = GatewayConfig(private_key=b"a" * 32, issuer_public_keys=[b"k" * 32])
-    new = GatewayConfig(private_key=b"b" * 32, issuer_public_keys=[b"j" * 32], tun_name="vg9", log_level="debug")
+    new = GatewayConfig(
+        private_key=b"b" * 32, issuer_public_keys=[b"j" * 32], tun_name="vg9", log_level="debug"
+    )
     with caplog.at_level(logging.WARNING, logger="veilgate"):
         live = changed_fields(old, new, {"issuer_public_keys", "log_level"}, "gateway")
     assert live == {"issuer_public_keys": [b"j" * 32], "log_level": "debug"}
@@ -123,7 +125,9 @@ def test_install_units_writes_units_that_systemd_analyze_accepts(
         text = unit.read_text()
         exec_start = next(line for line in text.splitlines() if line.startswith("ExecStart="))
         assert Path(exec_start.split("=", 1)[1].split()[0]).is_absolute()
-        assert "Type=notify" in text and "WatchdogSec=" in text and "ExecReload=/bin/kill -HUP $MAINPID" in text
+        assert (
+            "Type=notify" in text and "WatchdogSec=" in text and "ExecReload=/bin/kill -HUP $MAINPID" in text
+        )
         # An instance of the template, as systemctl would load it for /etc/veilgate/test.toml.
         instance = tmp_path / name.replace("@.", "@test.")
         instance.write_text(text)

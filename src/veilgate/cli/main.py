@@ -184,10 +184,16 @@ def cmd_install_units(args: argparse.Namespace) -> int:
             created = ensure_user(args.user)
         except (OSError, subprocess.CalledProcessError) as exc:
             detail = getattr(exc, "stderr", None) or exc
-            print(f"veilgate install-units: cannot create user {args.user}: {str(detail).strip()}", file=sys.stderr)
+            print(
+                f"veilgate install-units: cannot create user {args.user}: {str(detail).strip()}",
+                file=sys.stderr,
+            )
             return 1
         print(f"{'created' if created else 'kept the existing'} system user {args.user}")
-    print("next: systemctl daemon-reload; systemctl enable --now veilgate-gateway@NAME (runs /etc/veilgate/NAME.toml)")
+    print(
+        "next: systemctl daemon-reload; systemctl enable --now veilgate-gateway@NAME"
+        " (runs /etc/veilgate/NAME.toml)"
+    )
     return 0
 
 

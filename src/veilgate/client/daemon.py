@@ -23,9 +23,9 @@ from typing import Any
 from veilgate import fastpath
 from veilgate.client import addresses
 from veilgate.client.config import ClientConfig, load_client_config
-from veilgate.config import ConfigError
 from veilgate.client.paths import TCP, UDP, Act, Action, PathManager
 from veilgate.client.system import SystemState, TunnelSetup
+from veilgate.config import ConfigError
 from veilgate.driver import Driver, Runtime, Wake, read_tun, read_udp, total
 from veilgate.driver.privileges import CAP_DAC_OVERRIDE, CAP_NET_ADMIN, RunAs, run_as
 from veilgate.driver.systemd import Service, changed_fields, set_log_level

@@ -448,7 +448,6 @@ class ProviderModeClient:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stop.wait(), seconds)
 
-
     def reload(self) -> None:
         """Read the configuration file again: the log level, ``failover_after`` and ``provider_token``
         change at run time (for the next failover and credential fetch)."""

@@ -74,10 +74,11 @@ def run_as(
     try:
         entry = pwd.getpwnam(user)
     except KeyError:
+        key = field.rsplit(".", maxsplit=1)[-1]
         where = f"{source}: {field}" if source is not None else field
         raise ConfigError(
             f"{where}: no system user {user!r}; create it (`veilgate install-units --user`, or "
-            f"`useradd --system --no-create-home {user}`), or set {field.split('.')[-1]} = \"root\" "
+            f'`useradd --system --no-create-home {user}`), or set {key} = "root" '
             "to keep running as root"
         ) from None
     if source is not None and not _readable_by(source, entry):
@@ -117,11 +118,11 @@ def _check(result: int, what: str) -> None:
 
 
 class _CapHeader(ctypes.Structure):
-    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]  # noqa: RUF012
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
 
 
 class _CapData(ctypes.Structure):
-    _fields_ = [  # noqa: RUF012
+    _fields_ = [
         ("effective", ctypes.c_uint32),
         ("permitted", ctypes.c_uint32),
         ("inheritable", ctypes.c_uint32),

@@ -31,7 +31,8 @@ STATUS_EVERY = 10.0
 
 
 class Notifier:
-    """Sends sd_notify messages to the socket systemd (or a test) named in NOTIFY_SOCKET; a no-op without one."""
+    """Sends sd_notify messages to the socket named in NOTIFY_SOCKET (by systemd, or a test); without
+    one, a no-op."""
 
     def __init__(self, address: str | None, watchdog_usec: int | None = None) -> None:
         self.address = address

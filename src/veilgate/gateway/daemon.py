@@ -400,8 +400,12 @@ def run_gateway(config: GatewayConfig) -> int:
     # After start the gateway still changes the network (nftables at exit, addresses and routes on
     # its TUN device): CAP_NET_ADMIN. Its sockets are bound by then; CAP_NET_BIND_SERVICE stays only
     # for a port below 1024 (a socket reopened there). It writes no file but its status socket.
-    keep = {CAP_NET_ADMIN} | ({CAP_NET_BIND_SERVICE} if min(config.udp_port, config.tcp_port) < 1024 else set())
-    user = run_as(config.user, keep, (config.status_socket.parent,), source=config.source, field="gateway.user")
+    keep = {CAP_NET_ADMIN} | (
+        {CAP_NET_BIND_SERVICE} if min(config.udp_port, config.tcp_port) < 1024 else set()
+    )
+    user = run_as(
+        config.user, keep, (config.status_socket.parent,), source=config.source, field="gateway.user"
+    )
     gateway = Gateway(config)
     gateway.service = Service("gateway", user, gateway.reload, gateway.summary)
     event_loop.run(gateway.run())

@@ -342,7 +342,6 @@ class ProviderService:
             await self.stop()
             log.info("provider stopped; issued %d credentials", self.counters["issued"])
 
-
     # ------------------------------------------------------------ reload and status
 
     RELOADABLE = frozenset(

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from veilgate.config import read_key_file
 from veilgate.config.keys import encode_key
 from veilgate.credentials import IssuerKey, issue
 from veilgate.protocol.crypto import KeyPair
@@ -184,7 +185,9 @@ def test_gateway_ready_watchdog_drop_and_reload(service_deploy: Deployment, noti
     keys = [encode_key(k.public_key().to_bytes()) for k in (deploy.issuer, new_issuer)]
     config = deploy.dir / "gateway.toml"
     text = config.read_text()
-    config.write_text(re.sub(r"issuer_public_keys = \[.*\]", f"issuer_public_keys = {json.dumps(keys)}", text))
+    config.write_text(
+        re.sub(r"issuer_public_keys = \[.*\]", f"issuer_public_keys = {json.dumps(keys)}", text)
+    )
     config.write_text(config.read_text().replace('tun_name = "', 'tun_name = "x', 1))
     proc.send_signal(signal.SIGHUP)
     notify.wait("RELOADING", 5, log)
@@ -193,7 +196,9 @@ def test_gateway_ready_watchdog_drop_and_reload(service_deploy: Deployment, noti
     assert handshake(deploy, new_issuer) == "connected"
     deploy.make_client("c2")
     (deploy.dir / "c2.cred").write_text(
-        encode_key(issue(new_issuer, _public_of(deploy, "c2"), time.time(), lifetime=600, granularity=1).encode())
+        encode_key(
+            issue(new_issuer, _public_of(deploy, "c2"), time.time(), lifetime=600, granularity=1).encode()
+        )
         + "\n"
     )
     ns2, _ = topo.add_client(2)
@@ -224,8 +229,6 @@ def test_gateway_ready_watchdog_drop_and_reload(service_deploy: Deployment, noti
 
 
 def _public_of(deploy: Deployment, name: str) -> bytes:
-    from veilgate.config import read_key_file
-
     return KeyPair.from_private_bytes(read_key_file(deploy.dir / f"{name}.key", "key")).public
 
 
@@ -277,7 +280,9 @@ def test_provider_ready_drop_and_reload(service_deploy: Deployment, notify: Noti
     notify.wait("READY", 20, log)
 
     def gateways() -> list[str]:
-        out = topo.ns_run(topo.gateway, "curl", "-sk", f"{deploy.provider_url}/v1/provider").stdout
+        out = topo.ns_run(
+            topo.gateway, "curl", "-sk", "--max-time", "5", f"{deploy.provider_url}/v1/provider"
+        ).stdout
         document = json.loads(base64.b64decode(json.loads(out)["document"]))
         return [str(g["name"]) for g in document["gateways"]]
 
