@@ -29,13 +29,15 @@ LAYERS: dict[str, frozenset[str]] = {
     "tun": frozenset(),
     "netfilter": frozenset(),
     "transport": frozenset({"protocol", "fastpath"}),
-    "provider": frozenset({"protocol", "credentials", "config"}),
+    "provider": frozenset({"protocol", "credentials", "config", "systemd"}),
+    # Running under a service manager: notifications, the privilege drop, the unit files.
+    "systemd": frozenset({"config", "tun"}),
     # The daemons: they drive a core with I/O.
-    "driver": _CORE | {"fastpath", "tun", "netfilter", "transport"},
-    "gateway": _CORE | _IO | {"driver"},
-    "client": _CORE | _IO | {"driver"},
+    "driver": _CORE | {"fastpath", "tun", "netfilter", "transport", "systemd"},
+    "gateway": _CORE | _IO | {"driver", "systemd"},
+    "client": _CORE | _IO | {"driver", "systemd"},
     # Entry points and tools.
-    "cli": _CORE | {"provider", "gateway", "client"},
+    "cli": _CORE | {"provider", "gateway", "client", "systemd"},
     "testing": _CORE | _IO | _DAEMONS | {"cli"},
     "demo": frozenset({"testing"}),
     "__main__": frozenset({"cli"}),

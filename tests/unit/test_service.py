@@ -17,10 +17,10 @@ import pytest
 
 from veilgate.cli.main import main
 from veilgate.config import ConfigError
-from veilgate.driver.privileges import CAP_NET_ADMIN, run_as
-from veilgate.driver.systemd import Notifier, Service, changed_fields
 from veilgate.gateway.config import GatewayConfig
-from veilgate.systemd import UNITS
+from veilgate.systemd.notify import Notifier, Service, changed_fields
+from veilgate.systemd.privileges import CAP_NET_ADMIN, run_as
+from veilgate.systemd.units import UNITS
 
 
 def abstract_listener() -> tuple[socket.socket, str]:

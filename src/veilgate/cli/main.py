@@ -175,7 +175,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_install_units(args: argparse.Namespace) -> int:
     import subprocess
 
-    from veilgate.systemd import ensure_user, install_units
+    from veilgate.systemd.units import ensure_user, install_units
 
     for path in install_units(Path(args.dir)):
         print(f"wrote {path}")

@@ -27,8 +27,6 @@ from veilgate.client.paths import TCP, UDP, Act, Action, PathManager
 from veilgate.client.system import SystemState, TunnelSetup
 from veilgate.config import ConfigError
 from veilgate.driver import Driver, Runtime, Wake, read_tun, read_udp, total
-from veilgate.driver.privileges import CAP_DAC_OVERRIDE, CAP_NET_ADMIN, RunAs, run_as
-from veilgate.driver.systemd import Service, changed_fields, set_log_level
 from veilgate.fastpath.keypair import CompiledKeypair
 from veilgate.netfilter import kill_switch_rules_for
 from veilgate.protocol import messages
@@ -44,6 +42,8 @@ from veilgate.protocol.events import (
     ProbeAnswered,
 )
 from veilgate.protocol.keypair import Keypair
+from veilgate.systemd.notify import Service, changed_fields, set_log_level
+from veilgate.systemd.privileges import CAP_DAC_OVERRIDE, CAP_NET_ADMIN, RunAs, run_as
 from veilgate.transport import loop as event_loop
 from veilgate.transport.tcp import FramedConnection, connect_tcp
 from veilgate.transport.udp import UdpSender, enable_gro

@@ -33,11 +33,11 @@ from veilgate.client.prefetch import Identity, IdentityStash, fetch_time, quiet_
 from veilgate.client.ranking import rank_gateways
 from veilgate.client.system import SystemState
 from veilgate.credentials.epochs import BlindCredential, epoch_of
-from veilgate.driver.systemd import Service, set_log_level
 from veilgate.netfilter import NftTable, kill_switch_rules_for
 from veilgate.protocol.crypto import KeyPair
 from veilgate.provider.client import FetchedDocument, ProviderClient, ProviderUnavailable
 from veilgate.provider.document import GatewayEntry
+from veilgate.systemd.notify import Service, set_log_level
 from veilgate.transport import loop as event_loop
 
 log = logging.getLogger("veilgate.client")

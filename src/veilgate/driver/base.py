@@ -24,7 +24,7 @@ from typing import Any
 
 from veilgate import fastpath
 from veilgate.driver.host import Host, LinuxHost, Tun
-from veilgate.driver.systemd import Service
+from veilgate.systemd.notify import Service
 from veilgate.transport.loop import add_compiled_reader, add_data_reader, remove_data_reader
 
 

@@ -27,8 +27,6 @@ from veilgate.credentials import CredentialVerifier, IssuerPublicKey
 from veilgate.credentials.epochs import DEFAULT_EPOCH_LENGTH, AnyCredentialVerifier, EpochVerifier
 from veilgate.driver import Driver, Runtime, Wake, read_tun, read_udp, total
 from veilgate.driver.host import Firewall
-from veilgate.driver.privileges import CAP_NET_ADMIN, CAP_NET_BIND_SERVICE, run_as
-from veilgate.driver.systemd import Service, changed_fields, set_log_level
 from veilgate.fastpath.keypair import CompiledKeypair
 from veilgate.gateway.compiled import CompiledGateway
 from veilgate.gateway.config import GatewayConfig, load_gateway_config
@@ -44,6 +42,8 @@ from veilgate.protocol.events import HandshakeRefused, SessionEnded, SessionEsta
 from veilgate.protocol.gateway import GatewayProtocol, Session
 from veilgate.protocol.keypair import Keypair
 from veilgate.provider.client import ProviderClient
+from veilgate.systemd.notify import Service, changed_fields, set_log_level
+from veilgate.systemd.privileges import CAP_NET_ADMIN, CAP_NET_BIND_SERVICE, run_as
 from veilgate.transport import loop as event_loop
 from veilgate.transport.tcp import FramedConnection
 

@@ -45,11 +45,11 @@ from cryptography.x509.oid import NameOID
 from veilgate.config import ConfigError
 from veilgate.credentials.blindrsa import BlindRSAError, BlindRSAPrivateKey
 from veilgate.credentials.epochs import MIN_MODULUS_BITS, EpochKey, epoch_of, sign_blinded
-from veilgate.driver.privileges import run_as
-from veilgate.driver.systemd import Service, changed_fields, set_log_level
 from veilgate.protocol.cookie import RateLimiter, source_prefix
 from veilgate.provider.config import ProviderConfig, load_provider_config
 from veilgate.provider.document import ProviderDocument, sign_document
+from veilgate.systemd.notify import Service, changed_fields, set_log_level
+from veilgate.systemd.privileges import run_as
 
 log = logging.getLogger("veilgate.provider")
 

@@ -5,7 +5,7 @@ The notification protocol is one datagram per message on the Unix socket named b
 lines over ``socket``; the PyPI packages for it (sdnotify) have not been kept up for years.
 
 ``Service`` ties a daemon to it: after the daemon's sockets, TUN device and firewall are up it drops
-privileges (``veilgate.driver.privileges``), answers SIGHUP by re-reading the configuration, sends
+privileges (``veilgate.systemd.privileges``), answers SIGHUP by re-reading the configuration, sends
 WATCHDOG=1 from the event loop at half the watchdog interval (a hung loop sends none, and systemd
 restarts the daemon), and STATUS= lines of aggregate figures only (never an address or a key).
 """
@@ -21,7 +21,7 @@ import signal
 import socket
 from collections.abc import Callable, MutableMapping
 
-from veilgate.driver.privileges import RunAs, drop_privileges
+from veilgate.systemd.privileges import RunAs, drop_privileges
 from veilgate.tun import netlink
 
 log = logging.getLogger("veilgate")
