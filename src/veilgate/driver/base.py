@@ -227,7 +227,9 @@ class Driver(abc.ABC):
             self._status_server.close()
             self._status_server = None
         if self._status_path is not None:
-            with contextlib.suppress(FileNotFoundError):
+            # OSError: after the privilege drop a socket in a folder that was not handed over (one
+            # anyone may write to) stays; the next start replaces it.
+            with contextlib.suppress(OSError):
                 self._status_path.unlink()
             self._status_path = None
 
