@@ -13,7 +13,9 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import aiohttp
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.unit.fakes import FakeHost, FakeTun, free_port, loopback_gateway
 from tests.unit.harness import ipv4_packet
@@ -131,14 +133,34 @@ def test_the_client_applies_the_config_carries_packets_and_undoes_everything(
 
 
 def test_with_udp_unanswered_the_client_falls_back_to_tcp(tmp_path: Path, environ: dict[str, str]) -> None:
+    metrics_port = free_port()
+
     async def scenario(client: Client, gw_tun: FakeTun, client_tun: FakeTun) -> None:
         await until(lambda: client.applied is not None)
         assert client.paths.active == "tcp"
         [switch] = client.paths.switches
         assert switch.new == "tcp" and switch.took < 2.0
         await exchange(client, gw_tun, client_tun)
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(f"http://127.0.0.1:{metrics_port}/metrics") as response,
+        ):
+            text = await response.text()
+        samples = {
+            (s.name, tuple(s.labels.values())): s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+        }
+        assert samples[("veilgate_client_fallbacks_to_tcp_total", ())] == 1
+        assert samples[("veilgate_client_returns_to_udp_total", ())] == 0
+        assert samples[("veilgate_client_transport", ("tcp",))] == 1
+        assert samples[("veilgate_client_transport", ("udp",))] == 0
+        assert samples[("veilgate_client_handshakes_total", ())] == 1
+        assert samples[("veilgate_client_bytes_total", ("out",))] > 0
+        assert client.status()["totals"] == client.totals()
 
-    run_pair(tmp_path, environ, scenario, udp_port=free_port())  # nobody listens on that UDP port
+    # nobody listens on that UDP port
+    run_pair(tmp_path, environ, scenario, udp_port=free_port(), metrics_listen=("127.0.0.1", metrics_port))
 
 
 def test_forced_tcp_never_sends_on_udp(tmp_path: Path, environ: dict[str, str]) -> None:

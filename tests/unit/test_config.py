@@ -39,6 +39,15 @@ def test_gateway_defaults(keys: Path) -> None:
     assert cfg.udp_port == 51820 and cfg.tcp_port == 443
     assert str(cfg.pool_v4) == "10.201.0.0/16" and str(cfg.pool_v6) == "fd7a:201::/64"
     assert not cfg.client_to_client and cfg.private_key == bytes(range(32))
+    assert cfg.metrics_listen is None and cfg.log_format == "text"
+
+
+@pytest.mark.parametrize(
+    ("text", "address"), [("127.0.0.1:9586", ("127.0.0.1", 9586)), ("[::1]:9586", ("::1", 9586)), ("", None)]
+)
+def test_metrics_listen(keys: Path, text: str, address: tuple[str, int] | None) -> None:
+    cfg = load_gateway_config(gateway_toml(keys, f'metrics_listen = "{text}"\nlog_format = "json"'))
+    assert cfg.metrics_listen == address and cfg.log_format == "json"
 
 
 @pytest.mark.parametrize(
@@ -53,6 +62,11 @@ def test_gateway_defaults(keys: Path) -> None:
         ('dns = ["not an address"]', "gateway.dns", "a list of IP addresses"),
         ("udpport = 1", "gateway.udpport", "unknown setting"),
         ('log_level = "loud"', "gateway.log_level", "one of 'debug'"),
+        ('log_format = "xml"', "gateway.log_format", "one of 'text', 'json'"),
+        ('metrics_listen = "9586"', "gateway.metrics_listen", 'like "127.0.0.1:9586"'),
+        ('metrics_listen = "localhost:9586"', "gateway.metrics_listen", 'like "127.0.0.1:9586"'),
+        ('metrics_listen = "::1:9586"', "gateway.metrics_listen", '"[::1]:9586"'),
+        ('metrics_listen = "127.0.0.1:0"', "gateway.metrics_listen", 'like "127.0.0.1:9586"'),
     ],
 )
 def test_gateway_errors_name_field_and_fix(keys: Path, extra: str, field: str, expected: str) -> None:

@@ -14,9 +14,11 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import aiohttp
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
-from tests.unit.fakes import FakeHost, loopback_gateway
+from tests.unit.fakes import FakeHost, free_port, loopback_gateway
 from tests.unit.harness import ipv4_packet
 from veilgate import fastpath
 from veilgate.credentials import IssuerKey, issue
@@ -126,6 +128,69 @@ def test_a_closed_session_gives_back_its_address_and_routes(tmp_path: Path, data
         assert gw.status()["counters"]["sessions-ended"] == 1  # type: ignore[index]
 
     run_gateway(tmp_path, data_path, scenario)
+
+
+def test_totals_outlive_the_sessions_they_count(tmp_path: Path, data_path: str) -> None:
+    """Open a session, pass traffic both ways, close it: the totals (status and metrics) stay."""
+    metrics_port = free_port()
+
+    async def scrape() -> dict[str, float]:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(f"http://127.0.0.1:{metrics_port}/metrics") as response,
+        ):
+            assert response.status == 200
+            text = await response.text()
+        return {
+            sample.name + str(sorted(sample.labels.items())): sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+        }
+
+    async def scenario(gw: Gateway, host: FakeHost, new_client: Callable[[], RawClient]) -> None:
+        [tun] = host.tuns
+        client = new_client()
+        await connect(client)
+        config = client.core.config
+        assert config is not None and config.ipv4 is not None
+        mine = str(config.ipv4.ip)
+        for i in range(3):
+            client.send_packet(ipv4_packet(mine, "192.0.2.7", b"up %d" % i))
+            await asyncio.to_thread(tun.receive)
+        tun.inject(ipv4_packet("192.0.2.7", mine, b"down"))
+        assert await asyncio.to_thread(client.pump, 5.0, lambda: bool(client.packets))
+        client.close_session()
+        for _ in range(100):
+            if not gw.core.sessions:
+                break
+            await asyncio.sleep(0.02)
+        assert not gw.core.sessions
+        status = gw.status()
+        assert "session_list" not in status and status["sessions"] == 0
+        totals = status["totals"]
+        assert isinstance(totals, dict)
+        assert totals["sessions_opened"] == 1 and totals["sessions_ended"] == 1
+        assert totals["handshakes"] == 1
+        assert totals["rx_packets"] == 3 and totals["rx_bytes"] == 3 * len(
+            ipv4_packet(mine, "192.0.2.7", b"up 0")
+        )
+        assert totals["tx_packets"] >= 1 and totals["tx_bytes"] >= len(
+            ipv4_packet("192.0.2.7", mine, b"down")
+        )
+        assert status["rx_bytes"] == totals["rx_bytes"]
+        samples = await scrape()
+        assert samples["veilgate_gateway_sessions_opened_total[]"] == 1
+        assert samples["veilgate_gateway_sessions_ended_total[]"] == 1
+        assert samples["veilgate_gateway_handshakes_total[]"] == 1
+        assert samples["veilgate_gateway_packets_total[('direction', 'in')]"] == 3
+        assert samples["veilgate_gateway_bytes_total[('direction', 'in')]"] == totals["rx_bytes"]
+        assert samples["veilgate_gateway_sessions[('transport', 'udp')]"] == 0
+        assert samples["veilgate_gateway_pool_addresses[('family', 'v4')]"] == POOL.num_addresses - 3
+        assert samples["veilgate_gateway_pool_addresses_in_use[('family', 'v4')]"] == 0
+        assert samples["veilgate_gateway_data_path_compiled[]"] == (data_path == "compiled")
+        assert samples["veilgate_gateway_under_load[]"] == 0
+
+    run_gateway(tmp_path, data_path, scenario, metrics_listen=("127.0.0.1", metrics_port))
 
 
 def test_clients_do_not_reach_each_other_unless_allowed(tmp_path: Path, data_path: str) -> None:

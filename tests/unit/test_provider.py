@@ -9,9 +9,12 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from prometheus_client.parser import text_string_to_metric_families
 
+from tests.unit.fakes import free_port
 from veilgate.config import ConfigError
 from veilgate.credentials.epochs import EpochVerifier, epoch_of
 from veilgate.protocol.crypto import KeyPair
@@ -155,6 +158,73 @@ def test_open_access_is_rate_limited(tmp_path: Path, loop: asyncio.AbstractEvent
             await svc.stop()
 
     run(loop, scenario())
+
+
+def test_status_socket_and_metrics_hold_counts_only(tmp_path: Path, loop: asyncio.AbstractEventLoop) -> None:
+    metrics_port = free_port()
+
+    async def scenario() -> None:
+        svc = make_service(
+            tmp_path,
+            18506,
+            epoch_length=86400,
+            access="token",
+            tokens=frozenset({"invite-1"}),
+            credentials_per_token_per_epoch=1,
+            status_socket=tmp_path / "provider.sock",
+            metrics_listen=("127.0.0.1", metrics_port),
+        )
+        await svc.start()
+        try:
+            client = ProviderClient("https://127.0.0.1:18506", svc.fingerprint)
+            doc = (await client.fetch_document(time.time())).document
+            epoch_key = doc.epoch_key(epoch_of(doc.issued_at, 86400))
+            assert epoch_key is not None
+            await client.obtain_credential(epoch_key, KeyPair.generate().public, "invite-1")
+            for token in ("invite-1", "wrong"):
+                with pytest.raises(ProviderUnavailable):
+                    await client.obtain_credential(epoch_key, KeyPair.generate().public, token)
+            reader, writer = await asyncio.open_unix_connection(str(tmp_path / "provider.sock"))
+            status = json.loads(await reader.readline())
+            writer.close()
+            assert (tmp_path / "provider.sock").stat().st_mode & 0o777 == 0o600
+            assert status["role"] == "provider" and status["documents_served"] == 1
+            assert status["credentials_issued"] == status["credentials_issued_this_epoch"] == 1
+            assert status["refused"] == {"token-used-up": 1, "invalid-token": 1}
+            async with (
+                aiohttp.ClientSession() as http,
+                http.get(f"http://127.0.0.1:{metrics_port}/metrics") as response,
+            ):
+                text = await response.text()
+            samples = {
+                (s.name, tuple(s.labels.values())): s.value
+                for family in text_string_to_metric_families(text)
+                for s in family.samples
+            }
+            assert samples[("veilgate_provider_epoch_credentials_issued_total", ())] == 1
+            assert samples[("veilgate_provider_documents_served_total", ())] == 1
+            assert samples[("veilgate_provider_requests_refused_total", ("token-used-up",))] == 1
+            assert samples[("veilgate_provider_requests_refused_total", ("rate-limited",))] == 0
+            assert samples[("veilgate_provider_epoch", ())] == epoch_key.epoch
+        finally:
+            await svc.stop()
+        assert not (tmp_path / "provider.sock").exists()
+
+    run(loop, scenario())
+
+
+def test_the_epoch_count_starts_again_each_epoch(tmp_path: Path) -> None:
+    clock = [1_000_000.0]
+    svc = make_service(tmp_path, 18507)
+    svc.clock = lambda: clock[0]
+    svc.rotate()
+    svc.epoch_issued = 5
+    clock[0] += 1
+    svc.rotate()
+    assert svc.epoch_issued == 5  # the same epoch
+    clock[0] += 60
+    svc.rotate()
+    assert svc.epoch_issued == 0
 
 
 def test_rotation_keeps_previous_current_next_and_deletes_older(tmp_path: Path) -> None:

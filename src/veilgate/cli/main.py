@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import argparse
-import json
-import logging
-import socket
 import sys
 import time
 from pathlib import Path
+from typing import Protocol
 
 import veilgate
+from veilgate.cli import status
 from veilgate.config import ConfigError, read_key_file, write_key_file
 from veilgate.config.keys import decode_key, encode_key
+from veilgate.monitor import logs
 from veilgate.protocol.crypto import KeyPair
+
+
+class LogSettings(Protocol):
+    log_level: str
+    log_format: str
+
 
 DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -101,11 +107,17 @@ def cmd_issue(args: argparse.Namespace) -> int:
     return 0
 
 
+def apply_logging(args: argparse.Namespace, config: LogSettings) -> None:
+    """The command line's --log-level and --log-format, else the configuration file's."""
+    logs.setup(args.log_level or config.log_level, args.log_format or config.log_format)
+
+
 def cmd_gateway(args: argparse.Namespace) -> int:
     from veilgate.gateway.config import load_gateway_config
     from veilgate.gateway.daemon import run_gateway
 
     config = load_gateway_config(args.config)
+    apply_logging(args, config)
     return run_gateway(config)
 
 
@@ -113,6 +125,7 @@ def cmd_connect(args: argparse.Namespace) -> int:
     from veilgate.client.config import load_client_config
 
     config = load_client_config(args.config)
+    apply_logging(args, config)
     if config.provider_url:
         from veilgate.client.supervisor import run_provider_client
 
@@ -135,41 +148,22 @@ def cmd_provider_serve(args: argparse.Namespace) -> int:
     from veilgate.provider.config import load_provider_config
     from veilgate.provider.service import run_provider
 
-    return run_provider(load_provider_config(args.config))
+    config = load_provider_config(args.config)
+    apply_logging(args, config)
+    return run_provider(config)
 
 
-def cmd_status(args: argparse.Namespace) -> int:
-    path = args.socket
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.settimeout(5)
-            s.connect(path)
-            data = b""
-            while chunk := s.recv(65536):
-                data += chunk
-    except OSError as exc:
-        print(
-            f"veilgate status: cannot reach {path}: {exc.strerror or exc} (is the daemon running?)",
-            file=sys.stderr,
-        )
-        return 1
-    status = json.loads(data)
-    if args.json:
-        print(json.dumps(status, indent=2))
-        return 0
-    for key, value in status.items():
-        if key == "session_list":
-            print("sessions:")
-            for i, s in enumerate(value, 1):
-                print(
-                    f"  {i:4d}  {s['transport']:3s}  rx {s['rx_bytes']} B  tx {s['tx_bytes']} B"
-                    f"  last handshake {s['last_handshake_age']} s ago"
-                )
-        elif isinstance(value, dict | list):
-            print(f"{key}: {json.dumps(value)}")
-        else:
-            print(f"{key}: {value}")
-    return 0
+def add_log_options(p: argparse.ArgumentParser, default: object) -> None:
+    """--log-level and --log-format, before the command or after a daemon's (the latter wins)."""
+    p.add_argument(
+        "--log-level", choices=logs.LEVELS, default=default, help="overrides the configuration's log_level"
+    )
+    p.add_argument(
+        "--log-format",
+        choices=logs.FORMATS,
+        default=default,
+        help="text (default) or json lines; overrides the configuration's log_format",
+    )
 
 
 def cmd_install_units(args: argparse.Namespace) -> int:
@@ -200,6 +194,7 @@ def cmd_install_units(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="veilgate", description="veilgate VPN")
     p.add_argument("--version", action="version", version=f"veilgate {veilgate.__version__}")
+    add_log_options(p, None)
     sub = p.add_subparsers(dest="command", required=True)
 
     g = sub.add_parser("genkey", help="make an X25519 private key")
@@ -229,10 +224,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = sub.add_parser("gateway", help="run a gateway")
     g.add_argument("--config", required=True)
+    add_log_options(g, argparse.SUPPRESS)
     g.set_defaults(func=cmd_gateway)
 
     g = sub.add_parser("connect", help="connect to a gateway")
     g.add_argument("--config", required=True)
+    add_log_options(g, argparse.SUPPRESS)
     g.set_defaults(func=cmd_connect)
 
     provider = sub.add_parser(
@@ -244,6 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.set_defaults(func=cmd_provider_init)
     g = psub.add_parser("serve", help="run the provider service")
     g.add_argument("--config", required=True)
+    add_log_options(g, argparse.SUPPRESS)
     g.set_defaults(func=cmd_provider_serve)
 
     g = sub.add_parser(
@@ -258,16 +256,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.set_defaults(func=cmd_install_units)
 
-    g = sub.add_parser("status", help="a running daemon's aggregate status")
-    g.add_argument("--socket", default="/run/veilgate/gateway.sock")
-    g.add_argument("--json", action="store_true")
-    g.set_defaults(func=cmd_status)
+    status.add_parser(sub)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     args = build_parser().parse_args(argv)
+    logs.setup(args.log_level, args.log_format)
     try:
         code: int = args.func(args)
     except ConfigError as exc:

@@ -11,6 +11,7 @@ from typing import Any
 from veilgate.config import load_toml, read_key_file
 from veilgate.config.keys import decode_key
 from veilgate.config.toml import Section
+from veilgate.monitor.logs import FORMATS, LEVELS
 from veilgate.protocol.constants import REKEY_AFTER_TIME
 
 DEFAULT_STATE_DIR = "/var/lib/veilgate"
@@ -39,6 +40,8 @@ class ClientConfig:
     state_dir: Path = Path(DEFAULT_STATE_DIR)
     status_socket: Path = Path(DEFAULT_STATUS_SOCKET)
     log_level: str = "info"
+    log_format: str = "text"
+    metrics_listen: tuple[str, int] | None = None
     provider_url: str | None = None
     provider_fingerprint: str | None = None
     provider_token: str | None = None
@@ -137,7 +140,9 @@ def _common(c: Section) -> dict[str, Any]:
         "udp_offload": c.get_bool("udp_offload", True),
         "state_dir": c.path_value("state_dir", DEFAULT_STATE_DIR),
         "status_socket": c.path_value("status_socket", DEFAULT_STATUS_SOCKET),
-        "log_level": c.choice("log_level", ("debug", "info", "warning", "error"), "info"),
+        "log_level": c.choice("log_level", LEVELS, "info"),
+        "log_format": c.choice("log_format", FORMATS, "text"),
+        "metrics_listen": c.listen_address("metrics_listen"),
         "user": c.get_str("user", "veilgate", 'a system user name, or "root" to keep running as root'),
         "source": c.path,
     }

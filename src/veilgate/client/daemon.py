@@ -17,7 +17,7 @@ import operator
 import os
 import socket
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from veilgate import fastpath
@@ -28,6 +28,7 @@ from veilgate.client.system import SystemState, TunnelSetup
 from veilgate.config import ConfigError
 from veilgate.driver import Driver, Runtime, Wake, read_tun, read_udp, total
 from veilgate.fastpath.keypair import CompiledKeypair
+from veilgate.monitor.metrics import Metric, Value, families, split_counters
 from veilgate.netfilter import kill_switch_rules_for
 from veilgate.protocol import messages
 from veilgate.protocol.client import ClientProtocol
@@ -51,6 +52,7 @@ from veilgate.transport.udp import UdpSender, enable_gro
 log = logging.getLogger("veilgate.client")
 
 UDP_BUFFER = 4 * 1024 * 1024
+TOTALS = ("handshakes", "rx_bytes", "tx_bytes", "fallbacks_to_tcp", "returns_to_udp")
 
 
 class Client(Driver):
@@ -138,6 +140,7 @@ class Client(Driver):
         log.info("data path: %s", self.data_path(self.fast is not None))
         self._stop_watching = self.host.watch_network(self._network_event)
         await self.serve_status(cfg.status_socket)
+        await self.serve_metrics(cfg.metrics_listen)
         now = self.clock()
         self.core.connect(now)
         self._do(self.paths.start(now), now)
@@ -274,6 +277,7 @@ class Client(Driver):
             self._stop_watching()
         if self._settle is not None:
             self._settle.cancel()
+        await self.close_metrics()
         bye = self.core.close(self.clock())
         if bye is not None:
             self._send(self.paths.current, bye)
@@ -437,6 +441,7 @@ class Client(Driver):
                 if self.service is not None:
                     self.service.ready()  # the tunnel has its address and routes: it carries traffic
             elif isinstance(event, HandshakeCompleted):
+                self.counters["handshakes"] += 1
                 if not event.rekey:
                     self.connected_at = now
                 log.debug("handshake completed (%s)", "rekey" if event.rekey else "first")
@@ -540,8 +545,24 @@ class Client(Driver):
                 }
                 for s in self.paths.switches
             ],
+            "totals": self.totals(),
             "counters": total(self.core.counters, self.counters, self._udp_counters()),
         } | self.extra_status
+
+    def totals(self) -> dict[str, int]:
+        """Figures that only grow: handshakes, bytes, and the moves between UDP and TCP."""
+        return {
+            "handshakes": self.counters["handshakes"],
+            "rx_bytes": self.core.rx_bytes,
+            "tx_bytes": self.core.tx_bytes,
+            "fallbacks_to_tcp": sum(1 for s in self.paths.switches if s.new == TCP)
+            if self.paths.mode == "auto"
+            else 0,
+            "returns_to_udp": sum(1 for s in self.paths.switches if s.new == UDP and s.old == TCP),
+        }
+
+    def metrics(self) -> Iterable[Metric]:
+        return client_metrics(self, self.totals(), {})
 
     def _udp_counters(self) -> dict[str, int]:
         tx = self.udp_tx
@@ -553,6 +574,45 @@ class Client(Driver):
             "udp-sends": tx.syscalls,
         }
         return total(counters, self.fast.counters()) if self.fast is not None else counters
+
+
+def client_metrics(
+    client: Client | None, totals: Mapping[str, int], extra: Mapping[str, tuple[str, int]]
+) -> list[Metric]:
+    """The client's figures for Prometheus: ``totals`` (``Client.totals``, summed over the
+    connections of a provider-mode client), the live ``client``'s state, and ``extra`` counters."""
+    transport = client.paths.active if client is not None else None
+    counters = total(client.core.counters, client.counters, client._udp_counters()) if client else {}
+    drops, _, _ = split_counters(counters)
+    rows: list[tuple[str, str, str, Value] | tuple[str, str, str, Value, str]] = [
+        ("gauge", "connected", "1: a session with the gateway is up", bool(client and client.core.connected)),
+        (
+            "gauge",
+            "transport",
+            "1 for the transport in use",
+            {UDP: transport == UDP, TCP: transport == TCP},
+            "transport",
+        ),
+        ("gauge", "data_path_compiled", "1: the compiled data path runs", bool(client and client.fast)),
+        (
+            "counter",
+            "fallbacks_to_tcp",
+            "Moves to TCP because UDP did not answer",
+            totals["fallbacks_to_tcp"],
+        ),
+        ("counter", "returns_to_udp", "Moves back to UDP once it answered again", totals["returns_to_udp"]),
+        ("counter", "handshakes", "Handshakes completed (first and rekeys)", totals["handshakes"]),
+        (
+            "counter",
+            "bytes",
+            "IP bytes through the tunnel (in: from the gateway)",
+            {"in": totals["rx_bytes"], "out": totals["tx_bytes"]},
+            "direction",
+        ),
+        ("counter", "dropped", "Datagrams and packets dropped", drops, "reason"),
+    ]
+    rows += [("counter", name, doc, value) for name, (doc, value) in extra.items()]
+    return families("veilgate_client_", rows)
 
 
 def reload_client_config(config: ClientConfig, live: set[str]) -> ClientConfig:
@@ -593,7 +653,6 @@ def client_run_as(config: ClientConfig) -> RunAs | None:
 
 
 def run_client(config: ClientConfig) -> int:
-    set_log_level(config.log_level)
     user = client_run_as(config)
     try:
         client = Client(config)

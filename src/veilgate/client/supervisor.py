@@ -25,19 +25,21 @@ import signal
 import socket
 import time
 import urllib.parse
+from collections import Counter
 
 from veilgate.client.addresses import is_literal
 from veilgate.client.config import ClientConfig
-from veilgate.client.daemon import Client, client_run_as, reload_client_config
+from veilgate.client.daemon import TOTALS, Client, client_metrics, client_run_as, reload_client_config
 from veilgate.client.prefetch import Identity, IdentityStash, fetch_time, quiet_margin, rotation_time
 from veilgate.client.ranking import rank_gateways
 from veilgate.client.system import SystemState
 from veilgate.credentials.epochs import BlindCredential, epoch_of
+from veilgate.monitor.metrics import Metric, MetricsServer
 from veilgate.netfilter import NftTable, kill_switch_rules_for
 from veilgate.protocol.crypto import KeyPair
 from veilgate.provider.client import FetchedDocument, ProviderClient, ProviderUnavailable
 from veilgate.provider.document import GatewayEntry
-from veilgate.systemd.notify import Service, set_log_level
+from veilgate.systemd.notify import Service
 from veilgate.transport import loop as event_loop
 
 log = logging.getLogger("veilgate.client")
@@ -70,6 +72,8 @@ class ProviderModeClient:
         self._ks_table = NftTable(f"veilgate_ks_{config.tun_name}")
         self._ks_provider: list[tuple[str, str, int]] = []
         self._ks_allowed: frozenset[tuple[str, str, int]] | None = None
+        self._past: Counter[str] = Counter()
+        """``Client.totals`` of the connections that ended: the metrics' totals never go down."""
         self.service: Service | None = None
         """Under a service manager: the privilege drop once the kill switch is on, READY=1 once the
         first tunnel has its address, the watchdog and reload."""
@@ -238,7 +242,31 @@ class ProviderModeClient:
 
     # ------------------------------------------------------------ running
 
+    def metrics(self) -> list[Metric]:
+        client = self.client
+        live = client.totals() if client is not None else {}
+        totals = {name: self._past[name] + live.get(name, 0) for name in TOTALS}
+        extra = {
+            "failovers": ("Moves to another gateway", self.failovers),
+            "identity_rotations": ("New static keys and credentials on the same session", self.rotations),
+            "identities_prefetched": ("Identities fetched ahead through the tunnel", self.prefetched),
+            "direct_fetches": ("Credentials fetched from this host's own address", self.direct_fetches),
+        }
+        return client_metrics(client, totals, extra)
+
     async def run(self) -> None:
+        metrics = (
+            MetricsServer(self.config.metrics_listen, self.metrics) if self.config.metrics_listen else None
+        )
+        if metrics is not None:
+            await metrics.start()
+        try:
+            await self._run_with_kill_switch()
+        finally:
+            if metrics is not None:
+                await metrics.stop()
+
+    async def _run_with_kill_switch(self) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
@@ -316,6 +344,7 @@ class ProviderModeClient:
             private_key=key.private_bytes(),
             credential=credential.encode(),
             kill_switch=False,  # the supervisor's kill switch covers every gateway, see run()
+            metrics_listen=None,  # the supervisor's endpoint covers every connection
         )
         self.gateway, self.credential = gateway, credential
         client = self.client = Client(cfg)
@@ -328,6 +357,7 @@ class ProviderModeClient:
             return await self.supervise(client)
         finally:
             await client.stop()
+            self._past.update(client.totals())
             self.client = None
             self._keep_unshown(client)
 
@@ -460,7 +490,6 @@ class ProviderModeClient:
 
 
 def run_provider_client(config: ClientConfig) -> int:
-    set_log_level(config.log_level)
     user = client_run_as(config)
     supervisor = ProviderModeClient(config)
     supervisor.service = Service("client", user, supervisor.reload, supervisor.summary, ready_at_start=False)

@@ -126,6 +126,26 @@ class Section:
     def port(self, key: str, default: int | None = None) -> int:
         return self.get_int(key, default, low=1, high=65535)
 
+    def listen_address(self, key: str) -> tuple[str, int] | None:
+        """An optional ``"address:port"`` to listen on (``"[::1]:port"`` for IPv6); None if unset or ""."""
+        expected = 'an address and port like "127.0.0.1:9586" or "[::1]:9586", or "" for none'
+        text = self.optional_str(key)
+        if not text:
+            return None
+        host, sep, port = text.rpartition(":")
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
+        elif ":" in host:
+            sep = ""  # an IPv6 address needs its brackets to carry a port
+        try:
+            ipaddress.ip_address(host)
+            number = int(port)
+        except ValueError:
+            raise self.error(key, expected, text) from None
+        if not sep or not 1 <= number <= 65535:
+            raise self.error(key, expected, text)
+        return host, number
+
     def choice(self, key: str, choices: tuple[str, ...], default: str) -> str:
         expected = "one of " + ", ".join(repr(c) for c in choices)
         value = self._get(key, default)

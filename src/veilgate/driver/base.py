@@ -17,13 +17,14 @@ import json
 import os
 import signal
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from veilgate import fastpath
 from veilgate.driver.host import Host, LinuxHost, Tun
+from veilgate.monitor.metrics import Metric, MetricsServer
 from veilgate.systemd.notify import Service
 from veilgate.transport.loop import add_compiled_reader, add_data_reader, remove_data_reader
 
@@ -64,6 +65,7 @@ class Driver(abc.ABC):
         self._status_server: asyncio.AbstractServer | None = None
         self._status_path: Path | None = None
         self._watched: list[int] = []
+        self._metrics: MetricsServer | None = None
         self.tun: Tun | None = None
         self.service: Service | None = None
         """Under a service manager (``run_gateway``, ``run_client``): the privilege drop, readiness,
@@ -239,3 +241,21 @@ class Driver(abc.ABC):
             await writer.drain()
         finally:
             writer.close()
+
+    # ------------------------------------------------------------ the metrics endpoint
+
+    def metrics(self) -> Iterable[Metric]:
+        """Aggregate figures for the metrics endpoint, built from the daemon's own counters."""
+        return ()
+
+    async def serve_metrics(self, address: tuple[str, int] | None) -> None:
+        """Answer ``metrics()`` on ``address`` (none: no endpoint); ``close_metrics`` undoes it."""
+        if address is not None:
+            server = MetricsServer(address, self.metrics)
+            await server.start()
+            self._metrics = server
+
+    async def close_metrics(self) -> None:
+        if self._metrics is not None:
+            server, self._metrics = self._metrics, None
+            await server.stop()

@@ -9,6 +9,7 @@ from pathlib import Path
 from veilgate.config import ConfigError, load_toml, read_key_file
 from veilgate.config.keys import decode_key
 from veilgate.credentials import IssuerPublicKey
+from veilgate.monitor.logs import FORMATS, LEVELS
 
 DEFAULT_UDP_PORT = 51820
 DEFAULT_TCP_PORT = 443
@@ -43,6 +44,8 @@ class GatewayConfig:
     max_skew: int = 120
     status_socket: Path = Path(DEFAULT_STATUS_SOCKET)
     log_level: str = "info"
+    log_format: str = "text"
+    metrics_listen: tuple[str, int] | None = None
     max_tcp_connections: int = 4096
     max_sessions_per_credential: int = 1
     provider_url: str | None = None
@@ -86,7 +89,9 @@ def load_gateway_config(path: str | Path, private_key: bytes | None = None) -> G
         udp_offload=gw.get_bool("udp_offload", True),
         nat_interface=gw.optional_str("nat_interface"),
         status_socket=gw.path_value("status_socket", DEFAULT_STATUS_SOCKET),
-        log_level=gw.choice("log_level", ("debug", "info", "warning", "error"), "info"),
+        log_level=gw.choice("log_level", LEVELS, "info"),
+        log_format=gw.choice("log_format", FORMATS, "text"),
+        metrics_listen=gw.listen_address("metrics_listen"),
         max_tcp_connections=gw.get_int("max_tcp_connections", 4096, low=1, high=1_000_000),
         max_sessions_per_credential=gw.get_int("max_sessions_per_credential", 1, low=1, high=64),
         user=gw.get_str("user", "veilgate", 'a system user name, or "root" to keep running as root'),

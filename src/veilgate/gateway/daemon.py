@@ -19,7 +19,10 @@ import logging
 import os
 import time
 from collections import Counter
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, cast
+
+from prometheus_client.core import CounterMetricFamily
 
 from veilgate import fastpath
 from veilgate.config import ConfigError
@@ -34,6 +37,7 @@ from veilgate.gateway.epochs import EpochSync
 from veilgate.gateway.listeners import Endpoint, Listeners, UdpSocket
 from veilgate.gateway.pool import AddressPool, PoolExhausted
 from veilgate.gateway.sessions import SessionTable
+from veilgate.monitor.metrics import Metric, families, split_counters
 from veilgate.netfilter import gateway_isolation_rules, gateway_nat_rules
 from veilgate.protocol import ip
 from veilgate.protocol.control import TunnelConfig
@@ -122,6 +126,7 @@ class Gateway(Driver):
         if self.epoch_sync is not None:
             await self.epoch_sync.start()
         await self.serve_status(cfg.status_socket)
+        await self.serve_metrics(cfg.metrics_listen)
         log.info(
             "gateway up: udp %d, tcp %d, tun %s, pools %s%s",
             cfg.udp_port,
@@ -132,6 +137,7 @@ class Gateway(Driver):
         )
 
     async def stop(self) -> None:
+        await self.close_metrics()
         if self.epoch_sync is not None:
             self.epoch_sync.stop()
         self.finish()
@@ -275,8 +281,7 @@ class Gateway(Driver):
                 if event.identity_rotated:
                     self.counters["identity-rotations"] += 1
                     log.debug("session %d rotated its identity", event.session_id)
-            elif isinstance(event, HandshakeRefused):
-                self.counters["refused-" + event.reason] += 1
+            elif isinstance(event, HandshakeRefused):  # the core counted it
                 log.warning("handshake refused: credential %s", event.reason)
             event = self.core.next_event()
         return True
@@ -288,7 +293,7 @@ class Gateway(Driver):
             v4, v6 = self.table.open(session)
         except PoolExhausted:
             log.error("address pool exhausted; refusing a session")
-            self.counters["pool-exhausted"] += 1
+            self.counters["refused-pool-exhausted"] += 1
             self.core.end_session(session_id, "pool exhausted")
             return
         tunnel = TunnelConfig(
@@ -304,7 +309,8 @@ class Gateway(Driver):
         self.core.assign(session_id, tunnel, now)
         self.counters["sessions-established"] += 1
         log.info("session established; %d active", len(self.core.sessions))
-        log.debug("session %d assigned its addresses", session_id)
+        index = session.current.local_index if session.current is not None else None
+        log.debug("session %d (receiver index %s) assigned its addresses", session_id, index)
 
     # ------------------------------------------------------------ reload
 
@@ -349,37 +355,140 @@ class Gateway(Driver):
         )
 
     def status(self) -> dict[str, object]:
-        """Aggregate figures only: no keys, no client addresses, no tunnel addresses."""
+        """Aggregate figures only: no keys, no addresses, nothing per session. The totals count
+        every session since the start and never go down."""
         now = self.clock()
-        sessions = list(self.core.sessions.values())
         fast = self.fast.path.counters() if self.fast is not None else {}
         udp = self.listeners.udp_figures(fast)
         for key in ("udp-datagrams-out", "udp-sends", "udp-send-dropped", "udp-gso-refused"):
             fast.pop(key, None)
-        by_transport = Counter(getattr(s.endpoint, "transport", "?") for s in sessions)
+        counters = total(self.core.counters, self.counters, fast)
+        traffic = self.table.traffic()
+        pools = {"v4": self.pool4} | ({"v6": self.pool6} if self.pool6 is not None else {})
         return {
             "role": "gateway",
             "uptime": round(time.time() - self.started, 1),
-            "sessions": len(sessions),
-            "pending_handshakes": self.core.pending_handshakes,
-            "sessions_by_transport": dict(by_transport),
-            "session_list": [
-                {
-                    "transport": getattr(s.endpoint, "transport", "?"),
-                    "rx_bytes": s.rx_bytes,
-                    "tx_bytes": s.tx_bytes,
-                    "last_handshake_age": round(now - s.last_handshake, 1),
-                }
-                for s in sessions
-            ],
-            "rx_bytes": sum(s.rx_bytes for s in sessions),
-            "tx_bytes": sum(s.tx_bytes for s in sessions),
-            "pool_v4_in_use": self.pool4.in_use,
-            "tcp_connections": len(self.listeners.tcp),
-            "counters": total(self.core.counters, self.counters, fast),
             "data_path": "compiled" if self.fast is not None else "python",
+            "sessions": len(self.core.sessions),
+            "sessions_by_transport": self.sessions_by_transport(),
+            "pending_handshakes": self.core.pending_handshakes,
+            "under_load": self.core.under_load(now),
+            "tcp_connections": len(self.listeners.tcp),
+            "pool_v4_in_use": self.pool4.in_use,
+            "pools": {name: {"size": p.size, "in_use": p.in_use} for name, p in pools.items()},
+            "totals": {
+                "sessions_opened": counters.get("sessions-established", 0),
+                "sessions_ended": counters.get("sessions-ended", 0),
+                "handshakes": counters.get("handshakes", 0),
+                "transport_moves": sum(self.table.moves.values()),
+            }
+            | traffic,
+            "rx_bytes": traffic["rx_bytes"],
+            "tx_bytes": traffic["tx_bytes"],
+            "counters": counters,
             "udp": udp,
         }
+
+    def sessions_by_transport(self) -> dict[str, int]:
+        return dict(Counter(getattr(s.endpoint, "transport", "?") for s in self.core.sessions.values()))
+
+    def metrics(self) -> Iterable[Metric]:
+        """The status's figures for Prometheus: the same counters, read at each scrape."""
+        status = self.status()
+        totals = cast(dict[str, int], status["totals"])
+        counters = cast(dict[str, int], status["counters"])
+        udp = cast(dict[str, int], status["udp"])
+        pools = cast(dict[str, dict[str, int]], status["pools"])
+        drops, refused, events = split_counters(counters)
+        drops["udp-send"] = udp["dropped"]
+        for name in ("handshakes", "sessions-established", "sessions-ended", "cookie-sent"):
+            events.pop(name, None)
+        moves = CounterMetricFamily(
+            "veilgate_gateway_session_transport_moves",
+            "Sessions that moved from one transport to the other",
+            labels=["from", "to"],
+        )
+        for (old, new), n in sorted(self.table.moves.items()):
+            moves.add_metric([old, new], n)
+        yield moves
+        yield from families(
+            "veilgate_gateway_",
+            [
+                (
+                    "gauge",
+                    "data_path_compiled",
+                    "1: the compiled data path runs; 0: pure Python",
+                    self.fast is not None,
+                ),
+                (
+                    "gauge",
+                    "sessions",
+                    "Live sessions",
+                    {"udp": 0, "tcp": 0} | self.sessions_by_transport(),
+                    "transport",
+                ),
+                ("counter", "sessions_opened", "Sessions opened", totals["sessions_opened"]),
+                ("counter", "sessions_ended", "Sessions ended", totals["sessions_ended"]),
+                (
+                    "gauge",
+                    "pending_handshakes",
+                    "Handshakes awaiting the final message",
+                    self.core.pending_handshakes,
+                ),
+                (
+                    "counter",
+                    "handshakes",
+                    "Handshakes completed (sessions, rekeys, rotations)",
+                    totals["handshakes"],
+                ),
+                ("counter", "handshakes_refused", "Handshakes refused", refused, "reason"),
+                (
+                    "gauge",
+                    "under_load",
+                    "1: initiations are answered with cookies",
+                    bool(status["under_load"]),
+                ),
+                (
+                    "counter",
+                    "cookie_replies",
+                    "Cookie replies sent under load",
+                    counters.get("cookie-sent", 0),
+                ),
+                (
+                    "gauge",
+                    "pool_addresses",
+                    "Tunnel addresses a pool holds",
+                    {k: v["size"] for k, v in pools.items()},
+                    "family",
+                ),
+                (
+                    "gauge",
+                    "pool_addresses_in_use",
+                    "Tunnel addresses in use",
+                    {k: v["in_use"] for k, v in pools.items()},
+                    "family",
+                ),
+                (
+                    "counter",
+                    "bytes",
+                    "IP bytes (in: from clients)",
+                    {"in": totals["rx_bytes"], "out": totals["tx_bytes"]},
+                    "direction",
+                ),
+                (
+                    "counter",
+                    "packets",
+                    "IP packets (in: from clients)",
+                    {"in": totals["rx_packets"], "out": totals["tx_packets"]},
+                    "direction",
+                ),
+                ("counter", "dropped", "Datagrams and packets dropped", drops, "reason"),
+                ("counter", "events", "Other events counted", events, "event"),
+                ("gauge", "tcp_connections", "Open TCP connections from clients", len(self.listeners.tcp)),
+                ("counter", "udp_datagrams_out", "UDP datagrams sent", udp["datagrams_out"]),
+                ("counter", "udp_sends", "UDP send calls (fewer than datagrams with GSO)", udp["sends"]),
+            ],
+        )
 
 
 class _WallClockCheck:
@@ -396,7 +505,6 @@ class _WallClockCheck:
 
 
 def run_gateway(config: GatewayConfig) -> int:
-    set_log_level(config.log_level)
     # After start the gateway still changes the network (nftables at exit, addresses and routes on
     # its TUN device): CAP_NET_ADMIN. Its sockets are bound by then; CAP_NET_BIND_SERVICE stays only
     # for a port below 1024 (a socket reopened there). It writes no file but its status socket.

@@ -42,12 +42,18 @@ class AddressPool:
     def in_use(self) -> int:
         return len(self._leased)
 
+    @property
+    def size(self) -> int:
+        """How many addresses the pool can hand out."""
+        span = self._last - self._first + 1
+        return span - sum(1 for r in self._reserved if self._first <= r <= self._last)
+
     def _make(self, value: int) -> IPAddress:
         return ipaddress.IPv4Address(value) if self.network.version == 4 else ipaddress.IPv6Address(value)
 
     def allocate(self) -> IPAddress:
         span = self._last - self._first + 1
-        free = span - len(self._leased) - sum(1 for r in self._reserved if self._first <= r <= self._last)
+        free = self.size - len(self._leased)
         if free <= 0:
             raise PoolExhausted(f"no free address in {self.network}")
         # Rejection sampling is uniform over the free addresses; while the pool is

@@ -7,10 +7,15 @@ it through. ``routes`` (tunnel address -> peer) and ``indices`` (receiver index 
 dictionaries the compiled path reads directly, and the pure-Python path routes through the same
 ``routes``: every lookup is one dictionary access, and ending a session touches only its own
 entries. Nothing here is written to disk or logged.
+
+The table also keeps the totals a status query and the metrics endpoint report: a session's byte
+and packet counts go into ``closed`` when it ends, so that the totals (``traffic``) never go down,
+and ``moves`` counts sessions that changed transport (UDP to TCP or back) on the way.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -43,6 +48,11 @@ class Lease:
     peer: RoutedPeer
     addresses: tuple[IPAddress, ...] = ()
     indices: tuple[int, ...] = ()
+    transport: str | None = None
+    """The transport the session was last seen on."""
+
+
+TRAFFIC = ("rx_bytes", "tx_bytes", "rx_packets", "tx_packets")
 
 
 class SessionTable:
@@ -62,6 +72,10 @@ class SessionTable:
         self.indices: dict[int, RoutedPeer] = {}
         """Receiver index of a live keypair -> the peer of its session."""
         self._leases: dict[int, Lease] = {}
+        self.closed: Counter[str] = Counter(dict.fromkeys(TRAFFIC, 0))
+        """Bytes and packets of the sessions that ended (rx: from clients, tx: to them)."""
+        self.moves: Counter[tuple[str, str]] = Counter()
+        """(old transport, new transport) -> how many times a session moved so."""
         self._new_peer = new_peer
         self._update_peer = update_peer
 
@@ -78,6 +92,17 @@ class SessionTable:
         assert not self._leases, "attach before the first session"
         self._new_peer = new_peer
         self._update_peer = update_peer
+
+    def traffic(self) -> dict[str, int]:
+        """Bytes and packets of every session since the start, live ones included: never goes down."""
+        out = dict(self.closed)
+        for lease in self._leases.values():
+            session = lease.session
+            out["rx_bytes"] += session.rx_bytes
+            out["tx_bytes"] += session.tx_bytes
+            out["rx_packets"] += session.rx_packets
+            out["tx_packets"] += session.tx_packets
+        return out
 
     def lease(self, session_id: int) -> Lease | None:
         return self._leases.get(session_id)
@@ -112,6 +137,11 @@ class SessionTable:
             self.close(session.id)
             return
         lease = self._lease_for(session)
+        transport = getattr(session.endpoint, "transport", None)
+        if transport != lease.transport:
+            if lease.transport is not None and transport is not None:
+                self.moves[(lease.transport, transport)] += 1
+            lease.transport = transport
         peer = lease.peer
         keypairs: list[Keypair] = [kp for kp in (session.current, session.previous) if kp is not None]
         indices = tuple(kp.local_index for kp in keypairs)
@@ -129,6 +159,12 @@ class SessionTable:
         lease = self._leases.pop(session_id, None)
         if lease is None:
             return
+        session = lease.session
+        closed = self.closed
+        closed["rx_bytes"] += session.rx_bytes
+        closed["tx_bytes"] += session.tx_bytes
+        closed["rx_packets"] += session.rx_packets
+        closed["tx_packets"] += session.tx_packets
         for address in lease.addresses:
             self._drop_route(address, lease)
             pool = self.pool4 if address.version == 4 else self.pool6
@@ -150,4 +186,4 @@ class SessionTable:
             del self.routes[address.packed]
 
 
-__all__ = ["Lease", "PythonPeer", "RoutedPeer", "SessionTable"]
+__all__ = ["TRAFFIC", "Lease", "PythonPeer", "RoutedPeer", "SessionTable"]

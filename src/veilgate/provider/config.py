@@ -8,7 +8,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from veilgate.config import load_toml
+from veilgate.monitor.logs import FORMATS, LEVELS
 from veilgate.provider.document import GatewayEntry
+
+DEFAULT_STATUS_SOCKET = "/run/veilgate/provider.sock"
 
 
 @dataclass
@@ -24,7 +27,10 @@ class ProviderConfig:
     open_rate_per_minute: int = 10
     gateways: list[GatewayEntry] = field(default_factory=list)
     rsa_bits: int = 3072
+    status_socket: Path | None = None
     log_level: str = "info"
+    log_format: str = "text"
+    metrics_listen: tuple[str, int] | None = None
     user: str = "veilgate"
     source: Path | None = None
     """The file this configuration was read from (a reload reads it again)."""
@@ -43,7 +49,10 @@ def load_provider_config(path: str | Path) -> ProviderConfig:
         credentials_per_token_per_epoch=p.get_int("credentials_per_token_per_epoch", 4, low=1, high=1000),
         open_rate_per_minute=p.get_int("open_rate_per_minute", 10, low=1, high=100000),
         rsa_bits=p.get_int("rsa_bits", 3072, low=2048, high=4096),
-        log_level=p.choice("log_level", ("debug", "info", "warning", "error"), "info"),
+        status_socket=p.path_value("status_socket", DEFAULT_STATUS_SOCKET),
+        log_level=p.choice("log_level", LEVELS, "info"),
+        log_format=p.choice("log_format", FORMATS, "text"),
+        metrics_listen=p.listen_address("metrics_listen"),
         user=p.get_str("user", "veilgate", 'a system user name, or "root" to keep running as root'),
         source=Path(path),
     )

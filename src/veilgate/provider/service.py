@@ -34,7 +34,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 from aiohttp import web
 from cryptography import x509
@@ -45,6 +45,7 @@ from cryptography.x509.oid import NameOID
 from veilgate.config import ConfigError
 from veilgate.credentials.blindrsa import BlindRSAError, BlindRSAPrivateKey
 from veilgate.credentials.epochs import MIN_MODULUS_BITS, EpochKey, epoch_of, sign_blinded
+from veilgate.monitor.metrics import Metric, MetricsServer, families, split_counters
 from veilgate.protocol.cookie import RateLimiter, source_prefix
 from veilgate.provider.config import ProviderConfig, load_provider_config
 from veilgate.provider.document import ProviderDocument, sign_document
@@ -60,6 +61,9 @@ log = logging.getLogger("veilgate.provider")
 MAX_EPOCH = 2**64 - 1
 MAX_BLINDED_BYTES = 1024
 MAX_TOKEN_CHARS = 1024
+
+REFUSALS = ("malformed", "no-epoch-key", "bad-blinded", "invalid-token", "token-used-up", "rate-limited")
+"""The kinds of refusal, each reported from the start (at 0)."""
 
 
 class RequestError(ValueError):
@@ -114,6 +118,8 @@ def parse_credential_request(body: bytes) -> tuple[int, bytes, str | None]:
 class Refusal(NamedTuple):
     status: int
     reason: str
+    kind: str
+    """A short fixed name of the reason, for the counters (``refused-<kind>``)."""
 
 
 def _source_key(remote: str | None) -> bytes:
@@ -183,8 +189,13 @@ class ProviderService:
         self._ratelimit = RateLimiter(
             rate=config.open_rate_per_minute / 60.0, burst=config.open_rate_per_minute
         )
+        self.epoch_issued = 0
+        """Credentials issued since the current epoch began."""
+        self.started = time.time()
         self._runner: web.AppRunner | None = None
         self._rotation: asyncio.Task[None] | None = None
+        self._status_server: asyncio.AbstractServer | None = None
+        self._metrics: MetricsServer | None = None
         self.service: Service | None = None
         """Under a service manager: the privilege drop, readiness, watchdog and reload after ``start``."""
         self.rotate()
@@ -228,6 +239,8 @@ class ProviderService:
             access=self.config.access,
         )
         self.envelope = sign_document(doc, self.signing_key, self.certificate)
+        if current != getattr(self, "_current", None):
+            self.epoch_issued = 0
         self._current = current
 
     async def _rotation_loop(self) -> None:
@@ -253,42 +266,45 @@ class ProviderService:
         try:
             epoch, blinded, token = parse_credential_request(body)
         except RequestError as exc:
-            return Refusal(400, f"malformed request: {exc.reason}")
+            return Refusal(400, f"malformed request: {exc.reason}", "malformed")
         key = self.keys.get(epoch)
         if key is None or epoch < self._current:
-            return Refusal(404, "no issuing key for that epoch")
+            return Refusal(404, "no issuing key for that epoch", "no-epoch-key")
         public = key.key.public
         if len(blinded) != public.k_len or int.from_bytes(blinded, "big") >= public.n:
-            return Refusal(400, "blinded message is not one block below the epoch key's modulus")
+            return Refusal(
+                400, "blinded message is not one block below the epoch key's modulus", "bad-blinded"
+            )
         if self.config.access == "token":
             if token is None or token not in self.config.tokens:
-                return Refusal(403, "invalid token")
+                return Refusal(403, "invalid token", "invalid-token")
             uses = self._token_uses.get((token, epoch), 0)
             if uses >= self.config.credentials_per_token_per_epoch:
-                return Refusal(429, "token used up for this epoch")
+                return Refusal(429, "token used up for this epoch", "token-used-up")
             self._token_uses[(token, epoch)] = uses + 1
         elif not self._ratelimit.allow(_source_key(remote), now):
-            return Refusal(429, "rate limited")
+            return Refusal(429, "rate limited", "rate-limited")
         return key, blinded
 
     async def handle_credential(self, request: web.Request) -> web.Response:
         decision = self.admit(await request.read(), request.remote, self.clock())
         if isinstance(decision, Refusal):
-            return self._refuse(decision.status, decision.reason)
+            return self._refuse(decision)
         key, blinded = decision
         try:
             blind_signature = await asyncio.get_running_loop().run_in_executor(
                 None, sign_blinded, key, blinded
             )
         except BlindRSAError:
-            return self._refuse(400, "blinded message refused")
+            return self._refuse(Refusal(400, "blinded message refused", "sign-failed"))
         self.counters["issued"] += 1
+        self.epoch_issued += 1
         return web.json_response({"blind_signature": base64.b64encode(blind_signature).decode()})
 
-    def _refuse(self, status: int, reason: str) -> web.Response:
-        self.counters[f"refused-{status}"] += 1
-        log.info("credential request refused: %s", reason)
-        return web.json_response({"error": reason}, status=status)
+    def _refuse(self, refusal: Refusal) -> web.Response:
+        self.counters["refused-" + refusal.kind] += 1
+        log.info("credential request refused: %s", refusal.reason)
+        return web.json_response({"error": refusal.reason}, status=refusal.status)
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024)
@@ -302,6 +318,70 @@ class ProviderService:
         ctx.load_cert_chain(self.config.state_dir / "provider.crt", self.config.state_dir / "provider.key")
         return ctx
 
+    # ------------------------------------------------------------ status and metrics
+
+    def status(self) -> dict[str, object]:
+        """Aggregate figures only: counts and refusal reasons, nothing about who asked."""
+        _, refused, _ = split_counters(self.counters)
+        return {
+            "role": "provider",
+            "uptime": round(time.time() - self.started, 1),
+            "access": self.config.access,
+            "epoch": self._current,
+            "epoch_length": self.config.epoch_length,
+            "credentials_issued_this_epoch": self.epoch_issued,
+            "credentials_issued": self.counters["issued"],
+            "documents_served": self.counters["documents"],
+            "refused": refused,
+        }
+
+    def metrics(self) -> list[Metric]:
+        status = self.status()
+        refused = cast(dict[str, int], status["refused"])
+        return families(
+            "veilgate_provider_",
+            [
+                ("gauge", "epoch", "The current epoch", self._current),
+                (
+                    "counter",
+                    "epoch_credentials_issued",
+                    "Credentials issued in the current epoch (from 0 at each epoch)",
+                    self.epoch_issued,
+                ),
+                (
+                    "counter",
+                    "credentials_issued",
+                    "Credentials issued since the start",
+                    self.counters["issued"],
+                ),
+                (
+                    "counter",
+                    "requests_refused",
+                    "Credential requests refused",
+                    dict.fromkeys(REFUSALS, 0) | refused,
+                    "reason",
+                ),
+                ("counter", "documents_served", "Provider documents served", self.counters["documents"]),
+            ],
+        )
+
+    async def _on_status(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            writer.write(json.dumps(self.status()).encode() + b"\n")
+            await writer.drain()
+        finally:
+            writer.close()
+
+    async def _serve_status(self, path: Path) -> None:
+        """Answer ``status()`` as one JSON line on a Unix socket only its owner can open."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        self._status_server = await asyncio.start_unix_server(self._on_status, path=str(path))
+        os.chmod(path, 0o600)
+
+    # ------------------------------------------------------------ running
+
     async def start(self) -> None:
         # access_log=None: the HTTP access log would tie source addresses to requests.
         self._runner = web.AppRunner(self.app(), access_log=None)
@@ -309,6 +389,11 @@ class ProviderService:
         site = web.TCPSite(self._runner, self.config.listen, self.config.port, ssl_context=self.ssl_context())
         await site.start()
         self._rotation = asyncio.ensure_future(self._rotation_loop())
+        if self.config.status_socket is not None:
+            await self._serve_status(self.config.status_socket)
+        if self.config.metrics_listen is not None:
+            self._metrics = MetricsServer(self.config.metrics_listen, self.metrics)
+            await self._metrics.start()
         log.info(
             "provider up on %s:%d (access %s, epoch %d s); fingerprint %s",
             self.config.listen,
@@ -319,6 +404,15 @@ class ProviderService:
         )
 
     async def stop(self) -> None:
+        if self._metrics is not None:
+            await self._metrics.stop()
+            self._metrics = None
+        if self._status_server is not None:
+            self._status_server.close()
+            self._status_server = None
+            if self.config.status_socket is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    self.config.status_socket.unlink()
         if self._rotation is not None:
             self._rotation.cancel()
         if self._runner is not None:
@@ -382,10 +476,11 @@ class ProviderService:
 
 
 def run_provider(config: ProviderConfig) -> int:
-    set_log_level(config.log_level)
     # After start the service listens on a bound socket and writes only its state folder (the next
-    # epoch's key): no capability is kept.
-    own = (config.state_dir, config.state_dir / "epochs")
+    # epoch's key) and its status socket: no capability is kept.
+    own: tuple[Path, ...] = (config.state_dir, config.state_dir / "epochs")
+    if config.status_socket is not None:
+        own += (config.status_socket.parent,)
     user = run_as(config.user, set(), own, source=config.source, field="provider.user")
     service = ProviderService(config)
     service.service = Service("provider", user, service.reload, service.summary)

@@ -24,7 +24,7 @@ from collections.abc import Callable, MutableMapping
 from veilgate.systemd.privileges import RunAs, drop_privileges
 from veilgate.tun import netlink
 
-log = logging.getLogger("veilgate")
+log = logging.getLogger("veilgate.systemd")
 
 STATUS_EVERY = 10.0
 """Seconds between two STATUS= updates when no watchdog asks for a faster tick."""

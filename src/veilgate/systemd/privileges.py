@@ -24,7 +24,7 @@ from pathlib import Path
 
 from veilgate.config import ConfigError
 
-log = logging.getLogger("veilgate")
+log = logging.getLogger("veilgate.systemd")
 
 CAP_CHOWN = 0
 CAP_DAC_OVERRIDE = 1

@@ -6,6 +6,7 @@ Used by the end-to-end tests and by ``make demo``.
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -116,12 +117,17 @@ class Deployment:
         return f"vg{self.topo.tag}g1"
 
     def start_gateway(
-        self, name: str = "gateway", *, spy: bool = False, **overrides: object
+        self, name: str = "gateway", *, spy: bool = False, journal: bool = False, **overrides: object
     ) -> subprocess.Popen[Any]:
         """Start gateway ``name``; with ``spy``, as ``veilgate.testing.spy`` records every credential it
-        checks to ``<name>-spy.jsonl`` (what a hostile provider could keep)."""
+        checks to ``<name>-spy.jsonl`` (what a hostile provider could keep); with ``journal``, with
+        JOURNAL_STREAM naming its log file, as systemd sets it for a service that logs to the journal."""
         config = self.gateway_config(name, **overrides)
         log = (self.dir / f"{name}.log").open("a")
+        env = self.env
+        if journal:
+            st = os.fstat(log.fileno())
+            env = dict(self.env or os.environ, JOURNAL_STREAM=f"{st.st_dev}:{st.st_ino}")
         command = ["veilgate", "gateway"]
         if spy:
             self.spy_records[name] = self.dir / f"{name}-spy.jsonl"
@@ -135,7 +141,7 @@ class Deployment:
             str(config),
             stdout=log,
             stderr=subprocess.STDOUT,
-            env=self.env,
+            env=env,
         )
         self.gateways[name] = proc
         if name == "gateway":
@@ -154,7 +160,7 @@ class Deployment:
             "dns": ["10.202.0.1"],
         }
         settings.update(overrides)
-        return self.start_gateway("gw2", spy=spy, **settings)
+        return self.start_gateway("gw2", spy=spy, journal=False, **settings)
 
     def stop_gateway(self, name: str = "gateway") -> int:
         proc = self.gateways.pop(name)
@@ -206,6 +212,7 @@ class Deployment:
             "epoch_length": epoch_length,
             "access": access,
             "rsa_bits": 2048,
+            "status_socket": str(self.dir / "provider.sock"),
             "log_level": "info",
             "user": self.user,
         }

@@ -18,13 +18,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import sys
 import time
 from collections.abc import Awaitable, Callable
 from typing import IO
 
 from aiohttp import web
+
+from veilgate.monitor import logs
 
 
 def _writer(path: str) -> Callable[[dict[str, object]], None]:
@@ -65,7 +66,7 @@ def run_provider(config_path: str, record_path: str) -> int:
             return app
 
     config = load_provider_config(config_path)
-    logging.getLogger("veilgate").setLevel(config.log_level.upper())
+    logs.setup(config.log_level, config.log_format)
     asyncio.run(SpyingProvider(config).run())
     return 0
 
@@ -103,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", required=True)
     parser.add_argument("--record", required=True)
     args = parser.parse_args(argv)
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    logs.setup()
     if args.role == "provider":
         return run_provider(args.config, args.record)
     return run_gateway(args.config, args.record)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -361,16 +362,29 @@ def test_malformed_datagrams_and_frames_are_dropped(deploy: Deployment) -> None:
     assert ping(topo, topo.client, netns.INTERNET_V4)
 
 
-def test_status_shows_no_keys_or_addresses(deploy: Deployment) -> None:
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_status_shows_no_keys_or_addresses(deploy: Deployment, log_format: str) -> None:
     topo = deploy.topo
+    if log_format == "json":
+        deploy.stop_gateway()
+        (deploy.dir / "gateway.log").unlink()
+        deploy.start_gateway(log_format="json")
     deploy.start_client("c1")
     client = deploy.wait_client("c1")
     tunnel_ip = client["ipv4"].split("/")[0]
     r = topo.ns_run(
         topo.gateway, sys.executable, "-m", "veilgate", "status", "--socket", str(deploy.gateway_socket)
     )
-    assert "sessions: " in r.stdout and "udp" in r.stdout
-    text = r.stdout + (deploy.dir / "gateway.log").read_text()
+    assert re.search(r"^sessions +1 live \(udp 1\)", r.stdout, re.MULTILINE), r.stdout
+    assert re.search(r"^since start +1 session opened", r.stdout, re.MULTILINE), r.stdout
+    log = (deploy.dir / "gateway.log").read_text()
+    if log_format == "json":
+        entries = [json.loads(line) for line in log.splitlines()]
+        assert {"gateway up", "session established"} <= {
+            e["message"].split(":")[0].split(";")[0] for e in entries
+        }
+        assert all(set(e) == {"time", "level", "logger", "message"} for e in entries)
+    text = r.stdout + log
     key_b64 = (deploy.dir / "c1.key").read_text().strip()
     public = encode_key(KeyPair.from_private_bytes(decode_key(key_b64)).public)
     for secret in (
