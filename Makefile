@@ -6,7 +6,8 @@ PY := $(VENV)/bin/python
 # conntrack lets the roaming test flush the router's connection tracking. The desktop tests
 # (tests/e2e/vpn/test_desktop.py) run dnsmasq (dnsmasq-base: the binary, no service), tcpdump,
 # systemd-resolved (its shared library comes with systemd) on a private D-Bus system bus (dbus)
-# in a mount namespace (util-linux: unshare, nsenter). groff-base renders the manual page (make man)
+# in a mount namespace (util-linux: unshare, nsenter). systemd also brings systemd-analyze, which
+# checks the unit files (tests/unit/test_service.py). groff-base renders the manual page (make man)
 # in its test.
 DEB_PACKAGES := iproute2 nftables conntrack iperf3 iputils-ping curl python3-venv gcc python3-dev libssl-dev \
 	dnsmasq-base tcpdump dbus systemd util-linux groff-base

@@ -186,14 +186,14 @@ def veilgate(
     (d / "cl.cred").write_text(encode_key(issue(issuer, cl.public, time.time()).encode()) + "\n")
     (d / "gw.toml").write_text(
         f'[gateway]\nprivate_key_file = "gw.key"\nlisten = "{UB}"\nlisten6 = ""\nudp_port = 51820\n'
-        f'tcp_port = 8443\ntun_name = "vgbt{b.tag}"\nstatus_socket = "gw.sock"\nroutes = ["10.201.0.0/16"]\nnat = false\n{knob}'
+        f'tcp_port = 8443\ntun_name = "vgbt{b.tag}"\nstatus_socket = "gw.sock"\nroutes = ["10.201.0.0/16"]\nnat = false\nuser = "root"\n{knob}'
         f'[credentials]\nissuer_public_keys = ["{encode_key(issuer.public_key().to_bytes())}"]\n'
     )
     (d / "cl.toml").write_text(
         f'[client]\ngateway_host = "{UB}"\ngateway_public_key = "{encode_key(gw.public)}"\n'
         f'private_key_file = "cl.key"\ncredential_file = "cl.cred"\nudp_port = 51820\ntcp_port = 8443\n'
         f'transport = "{transport}"\ntun_name = "vgbc{b.tag}"\nstate_dir = "state"\nstatus_socket = "cl.sock"\n'
-        f"apply_dns = false\n{knob}"
+        f'apply_dns = false\nuser = "root"\n{knob}'
     )
     py = sys.executable
     env = dict(os.environ, **{fastpath.ENV: "1" if compiled else "0"})

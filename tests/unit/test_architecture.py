@@ -29,15 +29,17 @@ LAYERS: dict[str, frozenset[str]] = {
     "tun": frozenset(),
     "netfilter": frozenset(),
     "transport": frozenset({"protocol", "fastpath"}),
-    "provider": frozenset({"protocol", "credentials", "config", "monitor"}),
+    "provider": frozenset({"protocol", "credentials", "config", "monitor", "systemd"}),
     # What an operator watches: log lines and the metrics endpoint.
     "monitor": frozenset(),
+    # Running under a service manager: notifications, the privilege drop, the unit files.
+    "systemd": frozenset({"config", "tun"}),
     # The daemons: they drive a core with I/O.
-    "driver": _CORE | {"fastpath", "tun", "netfilter", "transport", "monitor"},
-    "gateway": _CORE | _IO | {"driver", "monitor"},
-    "client": _CORE | _IO | {"driver", "monitor"},
+    "driver": _CORE | {"fastpath", "tun", "netfilter", "transport", "monitor", "systemd"},
+    "gateway": _CORE | _IO | {"driver", "monitor", "systemd"},
+    "client": _CORE | _IO | {"driver", "monitor", "systemd"},
     # Entry points and tools.
-    "cli": _CORE | {"provider", "gateway", "client", "monitor"},
+    "cli": _CORE | {"provider", "gateway", "client", "monitor", "systemd"},
     "testing": _CORE | _IO | _DAEMONS | {"cli", "monitor"},
     "demo": frozenset({"testing"}),
     "__main__": frozenset({"cli"}),

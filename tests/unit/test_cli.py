@@ -81,6 +81,7 @@ MISTAKES = [
     (["status", "--socket", "absent.sock"], "", None, "absent.sock: No such file"),
     (["check", "--config", "bad.toml"], "", "[nothing]\n", "one [gateway], [client] or [provider] table"),
     (["check", "--config", "."], "", None, "cannot read"),
+    (["install-units", "--dir", "not-a-key"], "", None, "not-a-key: File exists"),
     (["completion", "fish"], "", None, "invalid choice: 'fish'"),
     (["issuer"], "", None, "required: issuer_command"),
 ]

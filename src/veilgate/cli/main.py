@@ -202,6 +202,31 @@ def _file(action: argparse.Action) -> argparse.Action:
     return action
 
 
+def cmd_install_units(args: argparse.Namespace) -> int:
+    import subprocess
+
+    from veilgate.systemd.units import ensure_user, install_units
+
+    for path in install_units(Path(args.dir)):
+        print(f"wrote {path}")
+    if args.user:
+        try:
+            created = ensure_user(args.user)
+        except (OSError, subprocess.CalledProcessError) as exc:
+            detail = getattr(exc, "stderr", None) or exc
+            print(
+                f"veilgate install-units: cannot create user {args.user}: {str(detail).strip()}",
+                file=sys.stderr,
+            )
+            return 1
+        print(f"{'created' if created else 'kept the existing'} system user {args.user}")
+    print(
+        "next: systemctl daemon-reload; systemctl enable --now veilgate-gateway@NAME"
+        " (runs /etc/veilgate/NAME.toml)"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line (also read by the shell completion and the manual page)."""
     p = _Parser(
@@ -263,6 +288,18 @@ def build_parser() -> argparse.ArgumentParser:
     _file(g.add_argument("--config", required=True, help="the configuration file (TOML)"))
     add_log_options(g, argparse.SUPPRESS)
     g.set_defaults(func=cmd_provider_serve)
+
+    g = sub.add_parser(
+        "install-units", help="write the systemd units (veilgate-{gateway,client,provider}@.service)"
+    )
+    g.add_argument("--dir", default="/etc/systemd/system", help="where to write them (default: %(default)s)")
+    g.add_argument(
+        "--user",
+        nargs="?",
+        const="veilgate",
+        help="also create this system user for the daemons to run as (default name: veilgate)",
+    )
+    g.set_defaults(func=cmd_install_units)
 
     status.add_parser(sub)
 

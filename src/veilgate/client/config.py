@@ -48,9 +48,14 @@ class ClientConfig:
     failover_after: float = 15.0
     gateway_addresses: tuple[str, ...] = ()
     """More addresses of the gateway besides ``gateway_host``'s (provider mode: the document's ipv6)."""
+    user: str = "veilgate"
+    source: Path | None = None
+    """The file this configuration was read from (a reload reads it again)."""
 
 
-def load_client_config(path: str | Path) -> ClientConfig:
+def load_client_config(path: str | Path, secrets: tuple[bytes, bytes] | None = None) -> ClientConfig:
+    """``secrets``: the private key and credential already in use (a reload; their files are root's
+    alone and read at start only)."""
     root = load_toml(path)
     c = root.section("client", required=True)
     if "provider_url" in c.data:
@@ -66,8 +71,27 @@ def load_client_config(path: str | Path) -> ClientConfig:
             "the gateway's base64 public key (32 bytes)",
             c.data.get("gateway_public_key"),
         ) from None
-    private_key = read_key_file(c.path_value("private_key_file"), "client private key")
-    credential_file = c.path_value("credential_file")
+    private_key_file, credential_file = c.path_value("private_key_file"), c.path_value("credential_file")
+    if secrets is not None:
+        private_key, credential = secrets
+    else:
+        private_key, credential = _read_secrets(c, private_key_file, credential_file)
+    cfg = ClientConfig(
+        gateway_host=host,
+        gateway_public_key=gateway_key,
+        private_key=private_key,
+        credential=credential,
+        udp_port=c.port("udp_port", 51820),
+        tcp_port=c.port("tcp_port", 443),
+        **_common(c),
+    )
+    c.reject_unknown()
+    root.reject_unknown()
+    return cfg
+
+
+def _read_secrets(c: Section, private_key_file: Path, credential_file: Path) -> tuple[bytes, bytes]:
+    private_key = read_key_file(private_key_file, "client private key")
     try:
         credential_text = credential_file.read_text().strip()
     except OSError as exc:
@@ -82,18 +106,7 @@ def load_client_config(path: str | Path) -> ClientConfig:
             "a file holding a base64 credential from `veilgate issue`",
             str(credential_file),
         ) from None
-    cfg = ClientConfig(
-        gateway_host=host,
-        gateway_public_key=gateway_key,
-        private_key=private_key,
-        credential=credential,
-        udp_port=c.port("udp_port", 51820),
-        tcp_port=c.port("tcp_port", 443),
-        **_common(c),
-    )
-    c.reject_unknown()
-    root.reject_unknown()
-    return cfg
+    return private_key, credential
 
 
 _HOST_NAME = re.compile(
@@ -128,6 +141,8 @@ def _common(c: Section) -> dict[str, Any]:
         "log_level": c.choice("log_level", LEVELS, "info"),
         "log_format": c.choice("log_format", FORMATS, "text"),
         "metrics_listen": c.listen_address("metrics_listen"),
+        "user": c.get_str("user", "veilgate", 'a system user name, or "root" to keep running as root'),
+        "source": c.path,
     }
 
 

@@ -10,6 +10,7 @@ this module sees only what it passes on.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import ipaddress
 import logging
 import operator
@@ -21,9 +22,10 @@ from typing import Any
 
 from veilgate import fastpath
 from veilgate.client import addresses
-from veilgate.client.config import ClientConfig
+from veilgate.client.config import ClientConfig, load_client_config
 from veilgate.client.paths import TCP, UDP, Act, Action, PathManager
 from veilgate.client.system import SystemState, TunnelSetup
+from veilgate.config import ConfigError
 from veilgate.driver import Driver, Runtime, Wake, read_tun, read_udp, total
 from veilgate.fastpath.keypair import CompiledKeypair
 from veilgate.monitor.metrics import Metric, Value, families, split_counters
@@ -41,6 +43,8 @@ from veilgate.protocol.events import (
     ProbeAnswered,
 )
 from veilgate.protocol.keypair import Keypair
+from veilgate.systemd.notify import Service, changed_fields, set_log_level
+from veilgate.systemd.privileges import CAP_DAC_OVERRIDE, CAP_NET_ADMIN, RunAs, run_as
 from veilgate.transport import loop as event_loop
 from veilgate.transport.tcp import FramedConnection, connect_tcp
 from veilgate.transport.udp import UdpSender, enable_gro
@@ -434,6 +438,8 @@ class Client(Driver):
             if isinstance(event, ConfigReceived):
                 assert self.tun is not None
                 self.setup.apply(self.tun.name, event.config)
+                if self.service is not None:
+                    self.service.ready()  # the tunnel has its address and routes: it carries traffic
             elif isinstance(event, HandshakeCompleted):
                 self.counters["handshakes"] += 1
                 if not event.rekey:
@@ -499,7 +505,20 @@ class Client(Driver):
                 self.core.receive_opened(item.data)
         self.after_io(now)
 
-    # ------------------------------------------------------------ status
+    # ------------------------------------------------------------ reload and status
+
+    def reload(self) -> None:
+        """Read the configuration file again; only the log level changes at run time."""
+        self.config = reload_client_config(self.config, {"log_level"})
+
+    def summary(self) -> str:
+        """One line for the service manager: the state of the tunnel, no address."""
+        if not self.core.connected or self.applied is None:
+            return "connecting"
+        return (
+            f"connected over {self.paths.active}, {self.core.rx_bytes} B in, {self.core.tx_bytes} B out, "
+            f"{len(self.paths.switches)} path switches"
+        )
 
     def status(self) -> dict[str, object]:
         now = self.clock()
@@ -596,11 +615,50 @@ def client_metrics(
     return families("veilgate_client_", rows)
 
 
+def reload_client_config(config: ClientConfig, live: set[str]) -> ClientConfig:
+    """``config`` with the fields in ``live`` taken from its file again (unchanged if the file is bad)."""
+    if config.source is None:
+        return config
+    try:
+        new = load_client_config(config.source, (config.private_key, config.credential))
+    except ConfigError as exc:
+        log.error("reload refused, the running configuration stays: %s", exc)
+        return config
+    if bool(new.provider_url) != bool(config.provider_url):
+        log.warning("provider_url changed: restart to apply (veilgate client keeps the running value)")
+        return config
+    skip = {"gateway_host", "gateway_public_key", "private_key", "credential", "udp_port", "tcp_port"}
+    if config.provider_url:  # the supervisor fills these in for each gateway: not the file's
+        new = dataclasses.replace(new, **{k: getattr(config, k) for k in skip})
+    changes = changed_fields(config, new, live, "client")
+    if "log_level" in changes:
+        set_log_level(new.log_level)
+    log.info("configuration reloaded%s", ": " + ", ".join(sorted(changes)) if changes else ", no change")
+    return dataclasses.replace(config, **changes)  # type: ignore[arg-type]
+
+
+def client_run_as(config: ClientConfig) -> RunAs | None:
+    """Whom the client drops to, and why it keeps what it keeps.
+
+    After start the client still adds and deletes routes and addresses, applies and removes its kill
+    switch (nft) and, at exit, undoes all of it: CAP_NET_ADMIN. With ``apply_dns`` it rewrites the
+    root-owned /etc/resolv.conf in place when the tunnel comes up and restores it at exit:
+    CAP_DAC_OVERRIDE (a unit's ProtectSystem=strict leaves only that file and its own folders
+    writable). Its state folder and its status socket's folder are handed to its user.
+    """
+    keep = {CAP_NET_ADMIN} | ({CAP_DAC_OVERRIDE} if config.apply_dns else set())
+    cache = (config.state_dir / "provider",) if config.provider_url else ()
+    own = (config.state_dir, *cache, config.status_socket.parent)
+    return run_as(config.user, keep, own, source=config.source, field="client.user")
+
+
 def run_client(config: ClientConfig) -> int:
+    user = client_run_as(config)
     try:
         client = Client(config)
     except addresses.ResolveError as exc:
         log.error("%s (client.gateway_host)", exc)
         return 1
+    client.service = Service("client", user, client.reload, client.summary, ready_at_start=False)
     event_loop.run(client.run())
     return 0

@@ -29,7 +29,7 @@ from collections import Counter
 
 from veilgate.client.addresses import is_literal
 from veilgate.client.config import ClientConfig
-from veilgate.client.daemon import TOTALS, Client, client_metrics
+from veilgate.client.daemon import TOTALS, Client, client_metrics, client_run_as, reload_client_config
 from veilgate.client.prefetch import Identity, IdentityStash, fetch_time, quiet_margin, rotation_time
 from veilgate.client.ranking import rank_gateways
 from veilgate.client.system import SystemState
@@ -39,6 +39,7 @@ from veilgate.netfilter import NftTable, kill_switch_rules_for
 from veilgate.protocol.crypto import KeyPair
 from veilgate.provider.client import FetchedDocument, ProviderClient, ProviderUnavailable
 from veilgate.provider.document import GatewayEntry
+from veilgate.systemd.notify import Service
 from veilgate.transport import loop as event_loop
 
 log = logging.getLogger("veilgate.client")
@@ -73,6 +74,9 @@ class ProviderModeClient:
         self._ks_allowed: frozenset[tuple[str, str, int]] | None = None
         self._past: Counter[str] = Counter()
         """``Client.totals`` of the connections that ended: the metrics' totals never go down."""
+        self.service: Service | None = None
+        """Under a service manager: the privilege drop once the kill switch is on, READY=1 once the
+        first tunnel has its address, the watchdog and reload."""
 
     # ------------------------------------------------------------ provider
 
@@ -271,8 +275,12 @@ class ProviderModeClient:
         try:
             if self.config.kill_switch:
                 self._start_kill_switch()
+            if self.service is not None:
+                self.service.started(loop)
             await self._run()
         finally:
+            if self.service is not None:
+                self.service.stopping()
             self._stop_kill_switch()
 
     async def _run(self) -> None:
@@ -340,6 +348,7 @@ class ProviderModeClient:
         )
         self.gateway, self.credential = gateway, credential
         client = self.client = Client(cfg)
+        client.service = self.service
         self._session_identities = [Identity(key, credential)]
         self._update_status()
         log.info("connecting to gateway %s (%s)", gateway.name, gateway.location)
@@ -469,7 +478,20 @@ class ProviderModeClient:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stop.wait(), seconds)
 
+    def reload(self) -> None:
+        """Read the configuration file again: the log level, ``failover_after`` and ``provider_token``
+        change at run time (for the next failover and credential fetch)."""
+        self.config = reload_client_config(self.config, {"log_level", "failover_after", "provider_token"})
+
+    def summary(self) -> str:
+        client = self.client
+        state = client.summary() if client is not None else "choosing a gateway"
+        return f"{state}; {self.failovers} failovers, {self.rotations} identity rotations"
+
 
 def run_provider_client(config: ClientConfig) -> int:
-    event_loop.run(ProviderModeClient(config).run())
+    user = client_run_as(config)
+    supervisor = ProviderModeClient(config)
+    supervisor.service = Service("client", user, supervisor.reload, supervisor.summary, ready_at_start=False)
+    event_loop.run(supervisor.run())
     return 0

@@ -25,6 +25,7 @@ from typing import Any
 from veilgate import fastpath
 from veilgate.driver.host import Host, LinuxHost, Tun
 from veilgate.monitor.metrics import Metric, MetricsServer
+from veilgate.systemd.notify import Service
 from veilgate.transport.loop import add_compiled_reader, add_data_reader, remove_data_reader
 
 
@@ -66,6 +67,9 @@ class Driver(abc.ABC):
         self._watched: list[int] = []
         self._metrics: MetricsServer | None = None
         self.tun: Tun | None = None
+        self.service: Service | None = None
+        """Under a service manager (``run_gateway``, ``run_client``): the privilege drop, readiness,
+        watchdog and reload once ``start`` is done."""
 
     # ------------------------------------------------------------ what a side supplies
 
@@ -124,8 +128,12 @@ class Driver(abc.ABC):
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stopping.set)
         try:
+            if self.service is not None:
+                self.service.started(loop)
             await self._stopping.wait()
         finally:
+            if self.service is not None:
+                self.service.stopping()
             await self.stop()
 
     def request_stop(self) -> None:
@@ -221,7 +229,9 @@ class Driver(abc.ABC):
             self._status_server.close()
             self._status_server = None
         if self._status_path is not None:
-            with contextlib.suppress(FileNotFoundError):
+            # OSError: after the privilege drop a socket in a folder that was not handed over (one
+            # anyone may write to) stays; the next start replaces it.
+            with contextlib.suppress(OSError):
                 self._status_path.unlink()
             self._status_path = None
 

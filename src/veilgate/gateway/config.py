@@ -52,15 +52,19 @@ class GatewayConfig:
     max_sessions_per_credential: int = 1
     provider_url: str | None = None
     provider_fingerprint: str | None = None
+    user: str = "veilgate"
     source: Path | None = None
-    """The file this configuration was read from (for error messages)."""
+    """The file this configuration was read from (a reload reads it again)."""
 
 
-def load_gateway_config(path: str | Path) -> GatewayConfig:
+def load_gateway_config(path: str | Path, private_key: bytes | None = None) -> GatewayConfig:
+    """``private_key``: the key already in use (a reload; the key file is root's alone and read at
+    start only)."""
     root = load_toml(path)
     gw = root.section("gateway", required=True)
     key_file = gw.path_value("private_key_file")
-    private_key = read_key_file(key_file, "gateway private key")
+    if private_key is None:
+        private_key = read_key_file(key_file, "gateway private key")
     pool_v4 = gw.network("pool_v4", 4, DEFAULT_POOL_V4)
     pool_v6_text = gw.optional_str("pool_v6")
     pool_v6 = None if pool_v6_text == "" else gw.network("pool_v6", 6, DEFAULT_POOL_V6)
@@ -93,6 +97,7 @@ def load_gateway_config(path: str | Path) -> GatewayConfig:
         metrics_listen=gw.listen_address("metrics_listen"),
         max_tcp_connections=gw.get_int("max_tcp_connections", 4096, low=1, high=1_000_000),
         max_sessions_per_credential=gw.get_int("max_sessions_per_credential", 1, low=1, high=64),
+        user=gw.get_str("user", "veilgate", 'a system user name, or "root" to keep running as root'),
     )
     gw.reject_unknown()
 

@@ -12,6 +12,7 @@ address to a tunnel address, and nothing about clients is written to disk.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import ipaddress
 import logging
@@ -31,7 +32,7 @@ from veilgate.driver import Driver, Runtime, Wake, read_tun, read_udp, total
 from veilgate.driver.host import Firewall
 from veilgate.fastpath.keypair import CompiledKeypair
 from veilgate.gateway.compiled import CompiledGateway
-from veilgate.gateway.config import GatewayConfig
+from veilgate.gateway.config import GatewayConfig, load_gateway_config
 from veilgate.gateway.epochs import EpochSync
 from veilgate.gateway.listeners import Endpoint, Listeners, UdpSocket
 from veilgate.gateway.pool import AddressPool, PoolExhausted
@@ -45,6 +46,8 @@ from veilgate.protocol.events import HandshakeRefused, SessionEnded, SessionEsta
 from veilgate.protocol.gateway import GatewayProtocol, Session
 from veilgate.protocol.keypair import Keypair
 from veilgate.provider.client import ProviderClient
+from veilgate.systemd.notify import Service, changed_fields, set_log_level
+from veilgate.systemd.privileges import CAP_NET_ADMIN, CAP_NET_BIND_SERVICE, run_as
 from veilgate.transport import loop as event_loop
 from veilgate.transport.tcp import FramedConnection
 
@@ -58,6 +61,7 @@ class Gateway(Driver):
         ed25519 = CredentialVerifier(
             [IssuerPublicKey.from_bytes(k) for k in config.issuer_public_keys], max_skew=config.max_skew
         )
+        self.issuers = ed25519
         self.epochs = EpochVerifier([], DEFAULT_EPOCH_LENGTH, max_skew=config.max_skew)
         self.core = GatewayProtocol(
             KeyPair.from_private_bytes(config.private_key),
@@ -86,6 +90,7 @@ class Gateway(Driver):
         self._firewall: Firewall | None = None
         self._tun_wake = Wake()
         self._udp_wake = Wake()
+        self._refresh: asyncio.Future[bool] | None = None
 
     # ------------------------------------------------------------ lifecycle
 
@@ -342,7 +347,47 @@ class Gateway(Driver):
         index = session.current.local_index if session.current is not None else None
         log.debug("session %d (receiver index %s) assigned its addresses", session_id, index)
 
+    # ------------------------------------------------------------ reload
+
+    RELOADABLE = frozenset({"issuer_public_keys", "max_skew", "log_level", "dns", "routes", "lease"})
+    """What a reload applies to the running gateway (DNS, routes and lease: to sessions made after)."""
+
+    def reload(self) -> None:
+        """Read the configuration file again and apply what can change without dropping a session;
+        fetch the epoch keys from the provider again. A bad file changes nothing."""
+        if self.config.source is None:
+            return
+        try:
+            new = load_gateway_config(self.config.source, self.config.private_key)
+        except ConfigError as exc:
+            log.error("reload refused, the running configuration stays: %s", exc)
+            return
+        changes = changed_fields(self.config, new, set(self.RELOADABLE), "gateway")
+        if "issuer_public_keys" in changes:
+            keys = [IssuerPublicKey.from_bytes(k) for k in new.issuer_public_keys]
+            for key_id in set(self.issuers.key_ids) - {k.key_id for k in keys}:
+                self.issuers.remove(key_id)
+            for key in keys:
+                self.issuers.add(key)
+        if "max_skew" in changes:
+            self.issuers.max_skew = self.epochs.max_skew = new.max_skew
+        if "log_level" in changes:
+            set_log_level(new.log_level)
+        self.config = dataclasses.replace(self.config, **changes)  # type: ignore[arg-type]
+        log.info("configuration reloaded%s", ": " + ", ".join(sorted(changes)) if changes else ", no change")
+        if self.epoch_sync is not None:
+            self._refresh = asyncio.ensure_future(self.epoch_sync.refresh())
+
     # ------------------------------------------------------------ status
+
+    def summary(self) -> str:
+        """One line of aggregate figures for the service manager (no address, no key)."""
+        counters = total(self.core.counters, self.counters)
+        refused = sum(v for k, v in counters.items() if k.startswith("refused-"))
+        return (
+            f"{len(self.core.sessions)} sessions, {self.core.pending_handshakes} handshakes pending, "
+            f"{counters.get('sessions-established', 0)} established, {refused} refused"
+        )
 
     def status(self) -> dict[str, object]:
         """Aggregate figures only: no keys, no addresses, nothing per session. The totals count
@@ -495,7 +540,18 @@ class _WallClockCheck:
 
 
 def run_gateway(config: GatewayConfig) -> int:
-    event_loop.run(Gateway(config).run())
+    # After start the gateway still changes the network (nftables at exit, addresses and routes on
+    # its TUN device): CAP_NET_ADMIN. Its sockets are bound by then; CAP_NET_BIND_SERVICE stays only
+    # for a port below 1024 (a socket reopened there). It writes no file but its status socket.
+    keep = {CAP_NET_ADMIN} | (
+        {CAP_NET_BIND_SERVICE} if min(config.udp_port, config.tcp_port) < 1024 else set()
+    )
+    user = run_as(
+        config.user, keep, (config.status_socket.parent,), source=config.source, field="gateway.user"
+    )
+    gateway = Gateway(config)
+    gateway.service = Service("gateway", user, gateway.reload, gateway.summary)
+    event_loop.run(gateway.run())
     return 0
 
 

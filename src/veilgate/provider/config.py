@@ -32,6 +32,9 @@ class ProviderConfig:
     log_level: str = "info"
     log_format: str = "text"
     metrics_listen: tuple[str, int] | None = None
+    user: str = "veilgate"
+    source: Path | None = None
+    """The file this configuration was read from (a reload reads it again)."""
 
 
 def load_provider_config(path: str | Path) -> ProviderConfig:
@@ -51,6 +54,8 @@ def load_provider_config(path: str | Path) -> ProviderConfig:
         log_level=p.choice("log_level", LEVELS, "info"),
         log_format=p.choice("log_format", FORMATS, "text"),
         metrics_listen=p.listen_address("metrics_listen"),
+        user=p.get_str("user", "veilgate", 'a system user name, or "root" to keep running as root'),
+        source=Path(path),
     )
     try:
         ipaddress.ip_address(cfg.listen)

@@ -22,6 +22,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import dataclasses
 import datetime
 import hashlib
 import ipaddress
@@ -41,12 +42,15 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import NameOID
 
+from veilgate.config import ConfigError
 from veilgate.credentials.blindrsa import BlindRSAError, BlindRSAPrivateKey
 from veilgate.credentials.epochs import MIN_MODULUS_BITS, EpochKey, epoch_of, sign_blinded
 from veilgate.monitor.metrics import Metric, MetricsServer, families, split_counters
 from veilgate.protocol.cookie import RateLimiter, source_prefix
-from veilgate.provider.config import ProviderConfig
+from veilgate.provider.config import ProviderConfig, load_provider_config
 from veilgate.provider.document import ProviderDocument, sign_document
+from veilgate.systemd.notify import Service, changed_fields, set_log_level
+from veilgate.systemd.privileges import run_as
 
 log = logging.getLogger("veilgate.provider")
 
@@ -192,6 +196,8 @@ class ProviderService:
         self._rotation: asyncio.Task[None] | None = None
         self._status_server: asyncio.AbstractServer | None = None
         self._metrics: MetricsServer | None = None
+        self.service: Service | None = None
+        """Under a service manager: the privilege drop, readiness, watchdog and reload after ``start``."""
         self.rotate()
 
     # ------------------------------------------------------------ keys and document
@@ -421,12 +427,62 @@ class ProviderService:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         try:
+            if self.service is not None:
+                self.service.started(loop)
             await stop.wait()
         finally:
+            if self.service is not None:
+                self.service.stopping()
             await self.stop()
             log.info("provider stopped; issued %d credentials", self.counters["issued"])
 
+    # ------------------------------------------------------------ reload and status
+
+    RELOADABLE = frozenset(
+        {"name", "gateways", "tokens", "credentials_per_token_per_epoch", "open_rate_per_minute", "log_level"}
+    )
+    """What a reload applies to the running service: the document is signed again at once."""
+
+    def reload(self) -> None:
+        """Read the configuration file (and its tokens file) again; apply the gateway list and loads,
+        the tokens and limits, the log level. A bad file changes nothing."""
+        if self.config.source is None:
+            return
+        try:
+            new = load_provider_config(self.config.source)
+        except ConfigError as exc:
+            log.error("reload refused, the running configuration stays: %s", exc)
+            return
+        changes = changed_fields(self.config, new, set(self.RELOADABLE), "provider")
+        self.config = dataclasses.replace(self.config, **changes)  # type: ignore[arg-type]
+        if "log_level" in changes:
+            set_log_level(new.log_level)
+        if "open_rate_per_minute" in changes:
+            rate = new.open_rate_per_minute
+            self._ratelimit = RateLimiter(rate=rate / 60.0, burst=rate)
+        if "tokens" in changes:  # uses of tokens no longer listed are forgotten
+            self._token_uses = {k: v for k, v in self._token_uses.items() if k[0] in new.tokens}
+        if changes.keys() & {"name", "gateways"}:
+            self.rotate()
+        log.info("configuration reloaded%s", ": " + ", ".join(sorted(changes)) if changes else ", no change")
+
+    def summary(self) -> str:
+        """One line for the service manager: counts only."""
+        refused = sum(v for k, v in self.counters.items() if k.startswith("refused-"))
+        return (
+            f"{self.counters['issued']} credentials issued, {self.counters['documents']} documents served, "
+            f"{refused} requests refused, {len(self.config.gateways)} gateways listed"
+        )
+
 
 def run_provider(config: ProviderConfig) -> int:
-    asyncio.run(ProviderService(config).run())
+    # After start the service listens on a bound socket and writes only its state folder (the next
+    # epoch's key) and its status socket: no capability is kept.
+    own: tuple[Path, ...] = (config.state_dir, config.state_dir / "epochs")
+    if config.status_socket is not None:
+        own += (config.status_socket.parent,)
+    user = run_as(config.user, set(), own, source=config.source, field="provider.user")
+    service = ProviderService(config)
+    service.service = Service("provider", user, service.reload, service.summary)
+    asyncio.run(service.run())
     return 0

@@ -72,6 +72,10 @@ class Deployment:
         self.spy_records: dict[str, Path] = {}
         self.clients: dict[str, subprocess.Popen[Any]] = {}
         self.gateway_tun = f"vgt{topo.tag}"
+        self.user = "root"
+        """The ``user`` every daemon's configuration names (the tests' daemons keep root unless told)."""
+        self.env: dict[str, str] | None = None
+        """The environment daemons started from now on get (None: this process's)."""
 
     # ---- gateway
 
@@ -108,6 +112,7 @@ class Deployment:
             "nat": False,
             "status_socket": str(self.gateway_sock(name)),
             "log_level": "info",
+            "user": self.user,
         }
         if minimal:
             gw = {k: v for k, v in gw.items() if k in ("private_key_file", "tun_name", "status_socket")}
@@ -139,10 +144,10 @@ class Deployment:
         minimal = bool(overrides.pop("minimal", False))
         config = self.gateway_config(name, minimal=minimal, **overrides)
         log = (self.dir / f"{name}.log").open("a")
-        env = None
+        env = self.env
         if journal:
             st = os.fstat(log.fileno())
-            env = dict(os.environ, JOURNAL_STREAM=f"{st.st_dev}:{st.st_ino}")
+            env = dict(self.env or os.environ, JOURNAL_STREAM=f"{st.st_dev}:{st.st_ino}")
         command = [*self.veilgate, "gateway"]
         if spy:
             self.spy_records[name] = self.dir / f"{name}-spy.jsonl"
@@ -234,6 +239,7 @@ class Deployment:
             "rsa_bits": 2048,
             "status_socket": str(self.dir / "provider.sock"),
             "log_level": "info",
+            "user": self.user,
         }
         provider.update(overrides)
         if tokens is not None:
@@ -275,6 +281,7 @@ class Deployment:
             str(config),
             stdout=log,
             stderr=subprocess.STDOUT,
+            env=self.env,
         )
         wait_for(
             lambda: "provider up" in (self.dir / "provider.log").read_text(),
@@ -302,6 +309,7 @@ class Deployment:
             "reprobe_interval": 2.0,
             "failover_after": 6.0,
             "log_level": "info",
+            "user": self.user,
         }
         client.update(overrides)
         path = self.dir / f"{name}.toml"
@@ -338,6 +346,7 @@ class Deployment:
             "status_socket": str(self.client_socket(name)),
             "reprobe_interval": 2.0,
             "log_level": "info",
+            "user": self.user,
         }
         client.update(overrides)
         path = self.dir / f"{name}.toml"
@@ -370,7 +379,7 @@ class Deployment:
             str(config),
             stdout=log,
             stderr=subprocess.STDOUT,
-            env=env,
+            env=env if env is not None else self.env,
         )
         self.clients[name] = proc
         wait_for(

@@ -44,6 +44,17 @@ def _off_loop(fn: Callable[P, R]) -> Callable[P, R]:
     return wrapper
 
 
+def renew_worker() -> None:
+    """Start the worker thread anew: after a privilege drop, only threads started after it hold the
+    kept capabilities (capabilities are per thread, and the uid change strips the older ones')."""
+    global _worker
+    old, _worker = (
+        _worker,
+        concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="veilgate-netlink"),
+    )
+    old.shutdown(wait=True)
+
+
 def _index(ipr: IPRoute, name: str) -> int:
     found = ipr.link_lookup(ifname=name)
     if not found:

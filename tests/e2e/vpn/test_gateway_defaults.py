@@ -3,11 +3,13 @@ forwarding, NATs out of its default route's interface, and pushes its own tunnel
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from veilgate.systemd.units import ensure_user
 from veilgate.testing import Topology, netns
 from veilgate.testing.deploy import Deployment
 
@@ -17,7 +19,19 @@ pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture
-def bare(topo: Topology, tmp_path: Path) -> Iterator[Deployment]:
+def default_user() -> Iterator[None]:
+    """The minimum configuration runs as the default user, which the operator creates first
+    (`veilgate install-units --user`); removed again if this test made it."""
+    created = ensure_user("veilgate")
+    try:
+        yield
+    finally:
+        if created:
+            subprocess.run(["userdel", "veilgate"], capture_output=True, check=False)
+
+
+@pytest.fixture
+def bare(topo: Topology, tmp_path: Path, default_user: None) -> Iterator[Deployment]:
     """A deployment whose gateway host forwards nothing yet and has a default route toward the
     internet host, which knows no route back to the tunnel pools: only NAT brings answers home."""
     for key in ("net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding"):
@@ -59,7 +73,9 @@ def test_minimum_config_forwards_nats_and_pushes_dns(bare: Deployment) -> None:
     assert "no resolver listens on port 53 there" in log  # none runs in this test
 
 
-def test_nat_without_a_default_route_stops_with_one_line(topo: Topology, tmp_path: Path) -> None:
+def test_nat_without_a_default_route_stops_with_one_line(
+    topo: Topology, tmp_path: Path, default_user: None
+) -> None:
     deploy = Deployment(topo, tmp_path / "vg")
     config = deploy.gateway_config(minimal=True)
     result = topo.ns_run(topo.gateway, *deploy.veilgate, "gateway", "--config", str(config), check=False)
