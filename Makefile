@@ -8,11 +8,14 @@ PY := $(VENV)/bin/python
 # systemd-resolved (its shared library comes with systemd) on a private D-Bus system bus (dbus)
 # in a mount namespace (util-linux: unshare, nsenter). systemd also brings systemd-analyze, which
 # checks the unit files (tests/unit/test_service.py). groff-base renders the manual page (make man)
-# in its test.
+# in its test. The operator's guide test (tests/e2e/test_operator_guide.py) runs unbound, whose
+# shared libraries (libprotobuf-c1 the one not already there) are installed and which is unpacked.
 DEB_PACKAGES := iproute2 nftables conntrack iperf3 iputils-ping curl python3-venv gcc python3-dev libssl-dev \
-	dnsmasq-base tcpdump dbus systemd util-linux groff-base
-# Unpacked into the virtualenv, not installed: installing systemd-resolved replaces /etc/resolv.conf.
+	dnsmasq-base tcpdump dbus systemd util-linux groff-base libprotobuf-c1 libevent-2.1-7 libnghttp2-14
+# Unpacked into the virtualenv, not installed: installing systemd-resolved replaces /etc/resolv.conf;
+# installing unbound starts a resolver on the machine (its package starts the service).
 DEB_UNPACKED := systemd-resolved
+DEB_UNPACKED_RESOLVER := unbound dns-root-data
 STAMP_DEB := $(VENV)/.deb-stamp
 STAMP_UNPACKED := $(VENV)/.unpacked-stamp
 STAMP_PY := $(VENV)/.py-stamp
@@ -27,6 +30,7 @@ $(STAMP_DEB): Makefile
 
 $(STAMP_UNPACKED): Makefile $(STAMP_DEB)
 	@bash scripts/unpack-debian-packages.sh $(VENV)/debroot $(DEB_UNPACKED)
+	@bash scripts/unpack-debian-packages.sh $(VENV)/unbound-root $(DEB_UNPACKED_RESOLVER)
 	@touch $@
 
 # Every C source and the header of the compiled data path: an edit to any of them rebuilds it.
