@@ -58,6 +58,7 @@ def topo() -> Iterator[Topology]:
     with Topology() as t:
         yield t
 
+
 ROOT = Path(__file__).parents[2]
 GUIDE = ROOT / "docs" / "operator.md"
 UNBOUND_ROOT = ROOT / ".venv" / "unbound-root"
@@ -108,7 +109,21 @@ def world(topo: Topology, tmp_path: Path) -> Iterator[dict[str, MountHost]]:
     topo.ns_run(prov, "ip", "link", "set", "lo", "up")
     dev_p, dev_i = f"vg{topo.tag}p0", f"vg{topo.tag}ip"
     subprocess.run(
-        ["ip", "link", "add", dev_p, "netns", prov, "type", "veth", "peer", "name", dev_i, "netns", topo.internet],
+        [
+            "ip",
+            "link",
+            "add",
+            dev_p,
+            "netns",
+            prov,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            dev_i,
+            "netns",
+            topo.internet,
+        ],
         check=True,
     )
     topo.ns_run(prov, "ip", "addr", "add", f"{PROVIDER_V4}/24", "dev", dev_p)
@@ -135,11 +150,19 @@ def world(topo: Topology, tmp_path: Path) -> Iterator[dict[str, MountHost]]:
     env = {"PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(wheelhouse())}
     made = {
         name: MountHost(
-            topo, ns, name, tmp_path, hostname=hostname, hosts=hosts, env=env,
+            topo,
+            ns,
+            name,
+            tmp_path,
+            hostname=hostname,
+            hosts=hosts,
+            env=env,
             packages=packages if name == "gateway" else None,
         )
         for name, ns, hostname in (
-            ("provider", prov, "provider"), ("gateway", topo.gateway, "gw1"), ("client", topo.client, "client")
+            ("provider", prov, "provider"),
+            ("gateway", topo.gateway, "gw1"),
+            ("client", topo.client, "client"),
         )
     }
     try:
@@ -159,9 +182,20 @@ def wheelhouse() -> Path:
     where = ROOT / "build" / "guide-wheelhouse"
     dependencies = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     result = subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--quiet", "--only-binary=:all:", "--dest", str(where),
-         *dependencies],
-        capture_output=True, text=True, check=False,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            "--only-binary=:all:",
+            "--dest",
+            str(where),
+            *dependencies,
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert result.returncode == 0, result.stderr
     return where
@@ -226,8 +260,8 @@ def test_the_operator_guide_runs_as_written(world: dict[str, MountHost], topo: T
     # the user and its folder, and its first start (by the package) the root trust anchor file.
     gateway.sh(
         "useradd --system --user-group --no-create-home --home-dir /var/lib/unbound"
-        " --shell /usr/sbin/nologin unbound\nmkdir -p /var/lib/unbound\nchown unbound:unbound /var/lib/unbound\n"
-        "/usr/libexec/unbound-helper root_trust_anchor_update"
+        " --shell /usr/sbin/nologin unbound\nmkdir -p /var/lib/unbound\n"
+        "chown unbound:unbound /var/lib/unbound\n/usr/libexec/unbound-helper root_trust_anchor_update"
     )
     before_reload: dict[str, object] = {}
     started = time.monotonic()

@@ -65,7 +65,10 @@ class MountHost:
         self.dir.mkdir(parents=True, exist_ok=True)
         mounts = ["set -e", f"mount -t tmpfs -o mode=0700 vgguide {self.dir}"]
         for sub in OVERLAID:
-            upper, work = self.dir / f"{sub.replace('/', '-')}.upper", self.dir / f"{sub.replace('/', '-')}.work"
+            upper, work = (
+                self.dir / f"{sub.replace('/', '-')}.upper",
+                self.dir / f"{sub.replace('/', '-')}.work",
+            )
             lower = f"/{sub}"
             if packages is not None and (packages / sub).is_dir():
                 lower = f"{packages / sub}:/{sub}"
@@ -116,7 +119,9 @@ class MountHost:
         ]
 
     def start(self, script: str) -> subprocess.Popen[str]:
-        return subprocess.Popen(self.command(script), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        return subprocess.Popen(
+            self.command(script), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
 
     def sh(
         self, script: str, *, check: bool = True, timeout: float = 120, input: str | None = None

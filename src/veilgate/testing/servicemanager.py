@@ -154,8 +154,8 @@ def _environment(unit: Unit) -> dict[str, str]:
             if optional:
                 continue
             raise UnitError(f"{unit.name}: EnvironmentFile {path} missing")
-        for line in path.read_text().splitlines():
-            line = line.strip()
+        for raw in path.read_text().splitlines():
+            line = raw.strip()
             if line and not line.startswith("#") and "=" in line:
                 key, value = line.split("=", 1)
                 env[key.strip()] = value.strip().strip("\"'")
@@ -378,12 +378,12 @@ def reload(name: str) -> int:
         if subprocess.run(argv, check=False).returncode != 0 and not ignore:
             print(f"Job for {unit.name} failed: ExecReload failed.", file=sys.stderr)
             return 1
-    if unit.get("Type", "simple") == "notify":
-        if not _wait(unit.name, before, "RELOADING=1", 10) or not _wait(
-            unit.name, before, "READY=1", 30, since="RELOADING=1"
-        ):
-            print(f"Job for {unit.name} failed: the service stopped while reloading.", file=sys.stderr)
-            return 1
+    if unit.get("Type", "simple") == "notify" and (
+        not _wait(unit.name, before, "RELOADING=1", 10)
+        or not _wait(unit.name, before, "READY=1", 30, since="RELOADING=1")
+    ):
+        print(f"Job for {unit.name} failed: the service stopped while reloading.", file=sys.stderr)
+        return 1
     return 0
 
 
