@@ -31,8 +31,10 @@ OnClose = Callable[["FramedConnection"], None]
 class FramedConnection(asyncio.Protocol):
     """One TCP connection carrying framed datagrams. Hashable by identity."""
 
-    def __init__(self, on_datagrams: OnDatagrams, on_close: OnClose) -> None:
+    def __init__(self, on_datagrams: OnDatagrams, on_close: OnClose, carrier: str = "tcp") -> None:
         self.on_datagrams = on_datagrams
+        self.carrier = carrier
+        """``tcp``, or ``tls`` where this connection runs inside TLS (veilgate.transport.tls)."""
         self.on_close = on_close
         self.decoder = FrameDecoder()
         self.transport: asyncio.Transport | None = None
