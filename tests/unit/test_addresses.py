@@ -69,8 +69,8 @@ def test_network_change_keeps_the_path_and_tells_the_gateway() -> None:
     assert pm.network_changed(1.0) == [Action(Act.SEND_KEEPALIVE, UDP)]
     tcp = PathManager(mode=TCP)
     tcp.start(0.0)
-    tcp.tcp_connected(0.1)
+    tcp.stream_connected(0.1)
     tcp.response_on(TCP, 0.2)
     actions = [a.act for a in tcp.network_changed(1.0)]
-    assert actions == [Act.CLOSE_TCP, Act.OPEN_TCP] and tcp.active == TCP
-    assert [a.act for a in tcp.tcp_connected(1.1)] == [Act.SEND_HANDSHAKE, Act.SEND_KEEPALIVE]
+    assert actions == [Act.CLOSE_STREAM, Act.OPEN_STREAM] and tcp.active == TCP
+    assert [a.act for a in tcp.stream_connected(1.1)] == [Act.SEND_HANDSHAKE, Act.SEND_KEEPALIVE]

@@ -84,6 +84,13 @@ MISTAKES = [
     (["install-units", "--dir", "not-a-key"], "", None, "not-a-key: File exists"),
     (["completion", "fish"], "", None, "invalid choice: 'fish'"),
     (["issuer"], "", None, "required: issuer_command"),
+    (
+        ["tls-cert", "--cert", "gw.key", "--key", "tls.key", "--name", "www.example.org"],
+        "",
+        None,
+        "gw.key exists",
+    ),
+    (["tls-cert", "--cert", "gw.key", "--key", "tls.key", "--pin-only"], "", None, "not a readable PEM"),
 ]
 
 

@@ -38,7 +38,8 @@ def error_of(fn: object, path: Path) -> str:
 
 def test_gateway_defaults(keys: Path) -> None:
     cfg = load_gateway_config(gateway_toml(keys))
-    assert cfg.udp_port == 51820 and cfg.tcp_port == 443
+    assert cfg.udp_port == 51820 and cfg.tcp_port == 8443 and cfg.tls_port == 443
+    assert cfg.tls_cert_file is None  # no TLS carrier without a certificate
     assert str(cfg.pool_v4) == "10.201.0.0/16" and str(cfg.pool_v6) == "fd7a:201::/64"
     assert not cfg.client_to_client and cfg.private_key == bytes(range(32))
     assert cfg.metrics_listen is None and cfg.log_format == "text"
@@ -136,7 +137,7 @@ def test_client_defaults_and_errors(keys: Path) -> None:
     assert load_client_config(client_toml(keys, "kill_switch = true\nallow_lan = true")).allow_lan
     assert "client.allow_lan" in error_of(load_client_config, client_toml(keys, 'allow_lan = "yes"'))
     msg = error_of(load_client_config, client_toml(keys, 'transport = "quic"'))
-    assert "client.transport" in msg and "one of 'auto', 'udp', 'tcp'" in msg
+    assert "client.transport" in msg and "one of 'auto', 'udp', 'tls', 'tcp'" in msg
     msg = error_of(load_client_config, client_toml(keys, "udp_grace = 0"))
     assert "client.udp_grace" in msg
     assert cfg.rekey_after == 120.0

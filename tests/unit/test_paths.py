@@ -18,8 +18,8 @@ def test_udp_silent_races_tcp_and_tcp_wins() -> None:
     pm = PathManager(udp_grace=0.3)
     pm.start(0.0)
     assert pm.get_timer() == 0.3
-    assert pm.handle_timer(0.3) == [Action(Act.OPEN_TCP, TCP)]
-    assert pm.tcp_connected(0.31) == [Action(Act.SEND_HANDSHAKE, TCP)]
+    assert pm.handle_timer(0.3) == [Action(Act.OPEN_STREAM, TCP)]
+    assert pm.stream_connected(0.31) == [Action(Act.SEND_HANDSHAKE, TCP)]
     pm.response_on(TCP, 0.33)
     assert pm.active == TCP
     assert pm.switches[-1].new == TCP and abs(pm.switches[-1].took - 0.33) < 1e-9
@@ -29,9 +29,9 @@ def test_stall_on_udp_moves_to_tcp_then_back_when_probe_answers() -> None:
     pm = PathManager(reprobe_interval=5.0, tcp_linger=1.0)
     pm.start(0.0)
     pm.response_on(UDP, 0.01)
-    assert pm.stalled(10.0, silent_for=3.0) == [Action(Act.OPEN_TCP, TCP)]
+    assert pm.stalled(10.0, silent_for=3.0) == [Action(Act.OPEN_STREAM, TCP)]
     assert pm.active is None
-    assert pm.tcp_connected(10.01) == [Action(Act.SEND_HANDSHAKE, TCP)]
+    assert pm.stream_connected(10.01) == [Action(Act.SEND_HANDSHAKE, TCP)]
     pm.response_on(TCP, 10.02)
     assert pm.active == TCP and pm.switches[-1].why == "udp stalled"
     assert abs(pm.switches[-1].took - 3.02) < 1e-9  # from the last sign of life on UDP
@@ -40,26 +40,26 @@ def test_stall_on_udp_moves_to_tcp_then_back_when_probe_answers() -> None:
     assert pm.handle_timer(20.02) == [Action(Act.PROBE_UDP, UDP)]
     assert pm.probe_answered(UDP, 20.03) == [Action(Act.SEND_KEEPALIVE, UDP)]
     assert pm.active == UDP
-    assert pm.handle_timer(21.03) == [Action(Act.CLOSE_TCP)]
-    assert not pm.tcp_open
+    assert pm.handle_timer(21.03) == [Action(Act.CLOSE_STREAM)]
+    assert not pm.stream_open
 
 
 def test_tcp_closed_while_active_reconnects_with_backoff_and_tries_udp() -> None:
     pm = PathManager()
     pm.start(0.0)
     pm.handle_timer(0.3)
-    pm.tcp_connected(0.31)
+    pm.stream_connected(0.31)
     pm.response_on(TCP, 0.32)
-    assert pm.tcp_failed(5.0) == [Action(Act.SEND_HANDSHAKE, UDP)]
+    assert pm.stream_failed(5.0) == [Action(Act.SEND_HANDSHAKE, UDP)]
     assert pm.active is None
-    assert pm.handle_timer(5.5) == [Action(Act.OPEN_TCP, TCP)]
-    assert pm.tcp_failed(5.6) == [Action(Act.SEND_HANDSHAKE, UDP)]
+    assert pm.handle_timer(5.5) == [Action(Act.OPEN_STREAM, TCP)]
+    assert pm.stream_failed(5.6, was_open=False) == [Action(Act.SEND_HANDSHAKE, UDP)]
     assert pm.get_timer() == 5.6 + 1.0
 
 
 def test_forced_modes() -> None:
     pm = PathManager(mode=TCP)
-    assert pm.start(0.0) == [Action(Act.OPEN_TCP, TCP)]
+    assert pm.start(0.0) == [Action(Act.OPEN_STREAM, TCP)]
     pm = PathManager(mode=UDP)
     pm.start(0.0)
     assert pm.get_timer() is None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import errno
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -66,6 +67,36 @@ def cmd_pubkey(args: argparse.Namespace) -> int:
             print(f"veilgate pubkey: {exc} (make one with `veilgate genkey`)", file=sys.stderr)
             return 2
     print(encode_key(KeyPair.from_private_bytes(private).public))
+    return 0
+
+
+def cmd_tls_cert(args: argparse.Namespace) -> int:
+    """A self-signed certificate for the gateway's TLS carrier; prints the name and pin for clients."""
+    from veilgate.transport.tls import make_certificate, pem_pin
+
+    cert, key = Path(args.cert), Path(args.key)
+    if args.pin_only:
+        try:
+            print(f'tls_pin = "{pem_pin(cert.read_bytes())}"')
+        except (OSError, ValueError) as exc:
+            print(f"veilgate tls-cert: {cert}: not a readable PEM certificate ({exc})", file=sys.stderr)
+            return 2
+        return 0
+    if args.name is None:
+        print("veilgate tls-cert: give --name (the DNS name the certificate is for)", file=sys.stderr)
+        return 2
+    for out in (cert, key):
+        if out.exists() and not args.force:
+            print(f"veilgate tls-cert: {out} exists (use --force to replace it)", file=sys.stderr)
+            return 2
+    cert_pem, key_pem = make_certificate(args.name)
+    key.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(key_pem)
+    cert.write_bytes(cert_pem)
+    print(f'tls_name = "{args.name}"')
+    print(f'tls_pin = "{pem_pin(cert_pem)}"')
     return 0
 
 
@@ -249,6 +280,19 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("pubkey", help="print the public key of a private key (file or stdin)")
     _file(g.add_argument("--key", help="private key file (default: stdin)"))
     g.set_defaults(func=cmd_pubkey)
+
+    g = sub.add_parser(
+        "tls-cert",
+        help="make a self-signed certificate for the gateway's TLS carrier; prints tls_name and tls_pin",
+    )
+    g.add_argument("--name", help="the DNS name the certificate is for (the clients' SNI)")
+    _file(g.add_argument("--cert", required=True, help="the certificate file to write (PEM)"))
+    _file(g.add_argument("--key", required=True, help="the private key file to write (PEM, mode 0600)"))
+    g.add_argument("--force", action="store_true", help="replace the files if they exist")
+    g.add_argument(
+        "--pin-only", action="store_true", help="print the pin of the existing --cert and write nothing"
+    )
+    g.set_defaults(func=cmd_tls_cert)
 
     issuer = sub.add_parser("issuer", help="the credential issuer's key")
     isub = issuer.add_subparsers(dest="issuer_command", required=True)

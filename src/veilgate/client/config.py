@@ -25,7 +25,14 @@ class ClientConfig:
     private_key: bytes
     credential: bytes
     udp_port: int = 51820
-    tcp_port: int = 443
+    tcp_port: int = 8443
+    tls_port: int = 443
+    tls_name: str = ""
+    """The name the gateway's TLS certificate is for: the SNI of the TLS carrier."""
+    tls_pin: str = ""
+    """SHA-256 of the gateway's TLS key (SubjectPublicKeyInfo), hex; empty: no TLS carrier."""
+    plain_tcp: bool = True
+    """Whether ``auto`` falls back to plain TCP (after TLS, where it is configured)."""
     transport: str = "auto"
     udp_grace: float = 0.3
     reprobe_interval: float = 10.0
@@ -82,9 +89,14 @@ def load_client_config(path: str | Path, secrets: tuple[bytes, bytes] | None = N
         private_key=private_key,
         credential=credential,
         udp_port=c.port("udp_port", 51820),
-        tcp_port=c.port("tcp_port", 443),
+        tcp_port=c.port("tcp_port", 8443),
+        **_tls(c),
         **_common(c),
     )
+    if cfg.transport == "tls" and not cfg.tls_pin:
+        raise c.error(
+            "tls_pin", 'the gateway\'s TLS pin (`veilgate tls-cert` prints it) for transport = "tls"'
+        )
     c.reject_unknown()
     root.reject_unknown()
     return cfg
@@ -122,9 +134,29 @@ def _is_address(host: str) -> bool:
     return True
 
 
+def _tls(c: Section) -> dict[str, Any]:
+    """The TLS carrier: tls_name and tls_pin together, or neither; plain_tcp defaults to on without them."""
+    if ("tls_name" in c.data) != ("tls_pin" in c.data):
+        missing = "tls_pin" if "tls_name" in c.data else "tls_name"
+        raise c.error(
+            missing, "tls_name and tls_pin together (the gateway's `veilgate tls-cert` prints both)"
+        )
+    out: dict[str, Any] = {"tls_port": c.port("tls_port", 443), "plain_tcp": True}
+    if "tls_name" in c.data:
+        name = c.get_str("tls_name", expected="the gateway's TLS name")
+        if not _HOST_NAME.match(name) or _is_address(name):
+            raise c.error("tls_name", "a DNS name such as www.example.org", name)
+        pin = c.get_str("tls_pin", expected="64 hex digits")
+        if not re.fullmatch(r"[0-9a-fA-F]{64}", pin):
+            raise c.error("tls_pin", "the SHA-256 of the gateway's TLS key, 64 hex digits", pin)
+        out |= {"tls_name": name, "tls_pin": pin.lower(), "plain_tcp": False}
+    out["plain_tcp"] = c.get_bool("plain_tcp", out["plain_tcp"])
+    return out
+
+
 def _common(c: Section) -> dict[str, Any]:
     return {
-        "transport": c.choice("transport", ("auto", "udp", "tcp"), "auto"),
+        "transport": c.choice("transport", ("auto", "udp", "tls", "tcp"), "auto"),
         "udp_grace": c.get_float("udp_grace", 0.3, low=0.05, high=10),
         "reprobe_interval": c.get_float("reprobe_interval", 10.0, low=0.5, high=3600),
         "stall_timeout": c.get_float("stall_timeout", 3.0, low=0.5, high=120),
@@ -170,6 +202,7 @@ def _provider_mode(root: Section, c: Section) -> ClientConfig:
         provider_fingerprint=fingerprint,
         provider_token=c.optional_str("provider_token"),
         failover_after=c.get_float("failover_after", 15.0, low=2, high=3600),
+        plain_tcp=c.get_bool("plain_tcp", False),
         **_common(c),
     )
     c.reject_unknown()

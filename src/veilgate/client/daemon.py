@@ -1,6 +1,6 @@
-"""The client daemon: the driver around ``ClientProtocol`` and ``PathManager``, a TUN device, UDP and TCP.
+"""The client daemon: the driver around ``ClientProtocol`` and ``PathManager``, a TUN device, UDP, TLS and TCP.
 
-The core decides what to send, ``PathManager`` decides on which path (UDP or TCP), and this module
+The core decides what to send, ``PathManager`` decides on which path (UDP, TLS or plain TCP), and this module
 only carries out their decisions: it reads the TUN device and the sockets, sends what they say
 where they say, applies pushed configurations to the system (``system``), and restores the system
 on exit. Where the compiled data path runs, it serves an established session's UDP packets and
@@ -23,7 +23,7 @@ from typing import Any
 from veilgate import fastpath
 from veilgate.client import addresses
 from veilgate.client.config import ClientConfig, load_client_config
-from veilgate.client.paths import TCP, UDP, Act, Action, PathManager
+from veilgate.client.paths import STREAMS, TCP, TLS, UDP, Act, Action, PathManager
 from veilgate.client.system import SystemState, TunnelSetup
 from veilgate.config import ConfigError
 from veilgate.driver import Driver, Runtime, Wake, read_tun, read_udp, total
@@ -47,6 +47,7 @@ from veilgate.systemd.notify import Service, changed_fields, set_log_level
 from veilgate.systemd.privileges import CAP_DAC_OVERRIDE, CAP_NET_ADMIN, RunAs, run_as
 from veilgate.transport import loop as event_loop
 from veilgate.transport.tcp import FramedConnection, connect_tcp
+from veilgate.transport.tls import connect_tls
 from veilgate.transport.udp import UdpSender, enable_gro
 
 log = logging.getLogger("veilgate.client")
@@ -69,7 +70,10 @@ class Client(Driver):
             new_keypair=CompiledKeypair if self.compiled_wanted else Keypair,
         )
         self.paths = PathManager(
-            mode=config.transport, udp_grace=config.udp_grace, reprobe_interval=config.reprobe_interval
+            mode=config.transport,
+            streams=stream_carriers(config),
+            udp_grace=config.udp_grace,
+            reprobe_interval=config.reprobe_interval,
         )
         self.addresses: list[str] = self._resolve()
         """The gateway's addresses (its name resolved at start and when the network changes)."""
@@ -118,14 +122,14 @@ class Client(Driver):
                 "kill switch on: only traffic to the gateway%s leaves while the tunnel is down",
                 " and the local network" if cfg.allow_lan else "",
             )
-        if len(self.addresses) > 1 and cfg.transport != TCP:
+        if len(self.addresses) > 1 and cfg.transport not in STREAMS:
             self.gateway_ip = await addresses.pick_address(
                 self.addresses, cfg.udp_port, cfg.gateway_public_key
             )
             self.setup.gateway_host = self.gateway_ip
         tun = self.open_tun(cfg.tun_name, 1420)
         self._underlay = self.host.underlay_route(self.gateway_ip, cfg.tun_name)
-        if cfg.transport != TCP:
+        if cfg.transport not in STREAMS:
             self.udp = udp = self._udp_socket()
             self.udp_tx = UdpSender(udp, gso=cfg.udp_offload)
             if self.compiled_wanted:
@@ -146,10 +150,11 @@ class Client(Driver):
         self._do(self.paths.start(now), now)
         self.after_io(now)
         log.info(
-            "connecting to %s (udp %d, tcp %d, mode %s)",
+            "connecting to %s (udp %d, then %s; mode %s)",
             cfg.gateway_host,
             cfg.udp_port,
-            cfg.tcp_port,
+            ", ".join(f"{s} {cfg.tls_port if s == TLS else cfg.tcp_port}" for s in self.paths.streams)
+            or "no stream carrier",
             cfg.transport,
         )
 
@@ -180,7 +185,7 @@ class Client(Driver):
         allowed = [
             (a, proto, port)
             for a in self.addresses
-            for proto, port in (("udp", cfg.udp_port), ("tcp", cfg.tcp_port))
+            for proto, port in (("udp", cfg.udp_port), ("tcp", cfg.tls_port), ("tcp", cfg.tcp_port))
         ]
         lan = self.host.local_networks(cfg.tun_name) if cfg.allow_lan else []
         self.host.firewall(self.state.nft_table).apply(kill_switch_rules_for(cfg.tun_name, allowed, lan))
@@ -303,7 +308,7 @@ class Client(Driver):
         if path == UDP:
             if self.udp_tx is not None:
                 self.udp_tx.send(data)
-        elif self.tcp is not None:
+        elif self.tcp is not None and path == self.tcp.carrier:
             self.tcp.send(data)
 
     def _do(self, actions: list[Action], now: float) -> None:
@@ -312,10 +317,10 @@ class Client(Driver):
                 msg = self.core.handshake_message()
                 if msg is not None:
                     self._send(action.path, msg)
-            elif action.act is Act.OPEN_TCP:
+            elif action.act is Act.OPEN_STREAM:
                 if self._tcp_task is None or self._tcp_task.done():
-                    self._tcp_task = asyncio.ensure_future(self._open_tcp())
-            elif action.act is Act.CLOSE_TCP:
+                    self._tcp_task = asyncio.ensure_future(self._open_stream(action.path))
+            elif action.act is Act.CLOSE_STREAM:
                 if self.tcp is not None:
                     conn, self.tcp = self.tcp, None
                     conn.close()
@@ -329,21 +334,37 @@ class Client(Driver):
                 if data is not None:
                     self._send(action.path, data)
 
-    async def _open_tcp(self) -> None:
+    async def _open_stream(self, carrier: str) -> None:
+        """Connect the stream carrier ``carrier`` (TLS or plain TCP) to the gateway."""
         cfg = self.config
         try:
-            conn = await connect_tcp(
-                self.gateway_ip, cfg.tcp_port, self._on_tcp_datagrams, self._on_tcp_close, timeout=5.0
-            )
+            if carrier == TLS:
+                conn = await connect_tls(
+                    self.gateway_ip,
+                    cfg.tls_port,
+                    cfg.tls_name,
+                    cfg.tls_pin,
+                    cfg.gateway_public_key,
+                    self._on_tcp_datagrams,
+                    self._on_tcp_close,
+                    timeout=5.0,
+                )
+            else:
+                conn = await connect_tcp(
+                    self.gateway_ip, cfg.tcp_port, self._on_tcp_datagrams, self._on_tcp_close, timeout=5.0
+                )
         except (OSError, TimeoutError) as exc:
-            log.info("tcp connect to the gateway failed: %s", exc)
+            log.info("%s connect to the gateway failed: %s", carrier, exc or "timed out")
             now = self.clock()
-            self._do(self.paths.tcp_failed(now), now)
+            self._do(self.paths.stream_failed(now, was_open=False), now)
             self.after_io(now)
             return
+        if self.tcp is not None:  # a connection of an earlier attempt: this one replaces it
+            old, self.tcp = self.tcp, None
+            old.close()
         self.tcp = conn
         now = self.clock()
-        self._do(self.paths.tcp_connected(now), now)
+        self._do(self.paths.stream_connected(now), now)
         self.after_io(now)
 
     # ------------------------------------------------------------ input
@@ -377,7 +398,7 @@ class Client(Driver):
         now = self.clock()
         receive = self._receive
         for data in datagrams:
-            receive(TCP, data, now)
+            receive(conn.carrier, data, now)
         self.after_io(now)
 
     def _on_tcp_close(self, conn: FramedConnection) -> None:
@@ -385,8 +406,8 @@ class Client(Driver):
             return
         self.tcp = None
         now = self.clock()
-        log.info("tcp connection to the gateway closed")
-        self._do(self.paths.tcp_failed(now), now)
+        log.info("%s connection to the gateway closed", conn.carrier)
+        self._do(self.paths.stream_failed(now), now)
         self.after_io(now)
 
     def _on_tun_readable(self) -> None:
@@ -449,7 +470,12 @@ class Client(Driver):
                 was = self.paths.active
                 actions = self.paths.stalled(now, event.silent_for)
                 if was != self.paths.active:
-                    log.info("%s path stalled (nothing back for %.1f s); trying tcp", was, event.silent_for)
+                    log.info(
+                        "%s path stalled (nothing back for %.1f s); trying %s",
+                        was,
+                        event.silent_for,
+                        self.paths.stream,
+                    )
                 self._do(actions, now)
             elif isinstance(event, ProbeAnswered):
                 before = self.paths.active
@@ -550,15 +576,16 @@ class Client(Driver):
         } | self.extra_status
 
     def totals(self) -> dict[str, int]:
-        """Figures that only grow: handshakes, bytes, and the moves between UDP and TCP."""
+        """Figures that only grow: handshakes, bytes, and the moves between UDP and a stream carrier
+        (TLS or plain TCP: ``fallbacks_to_tcp`` counts both)."""
         return {
             "handshakes": self.counters["handshakes"],
             "rx_bytes": self.core.rx_bytes,
             "tx_bytes": self.core.tx_bytes,
-            "fallbacks_to_tcp": sum(1 for s in self.paths.switches if s.new == TCP)
+            "fallbacks_to_tcp": sum(1 for s in self.paths.switches if s.new in STREAMS)
             if self.paths.mode == "auto"
             else 0,
-            "returns_to_udp": sum(1 for s in self.paths.switches if s.new == UDP and s.old == TCP),
+            "returns_to_udp": sum(1 for s in self.paths.switches if s.new == UDP and s.old in STREAMS),
         }
 
     def metrics(self) -> Iterable[Metric]:
@@ -576,6 +603,12 @@ class Client(Driver):
         return total(counters, self.fast.counters()) if self.fast is not None else counters
 
 
+def stream_carriers(config: ClientConfig) -> tuple[str, ...]:
+    """The stream carriers ``auto`` falls back to, in order: TLS where the gateway's TLS name and pin
+    are known, then plain TCP where ``plain_tcp`` allows it."""
+    return ((TLS,) if config.tls_pin else ()) + ((TCP,) if config.plain_tcp else ())
+
+
 def client_metrics(
     client: Client | None, totals: Mapping[str, int], extra: Mapping[str, tuple[str, int]]
 ) -> list[Metric]:
@@ -590,14 +623,14 @@ def client_metrics(
             "gauge",
             "transport",
             "1 for the transport in use",
-            {UDP: transport == UDP, TCP: transport == TCP},
+            {UDP: transport == UDP, TLS: transport == TLS, TCP: transport == TCP},
             "transport",
         ),
         ("gauge", "data_path_compiled", "1: the compiled data path runs", bool(client and client.fast)),
         (
             "counter",
             "fallbacks_to_tcp",
-            "Moves to TCP because UDP did not answer",
+            "Moves to TLS or TCP because UDP did not answer",
             totals["fallbacks_to_tcp"],
         ),
         ("counter", "returns_to_udp", "Moves back to UDP once it answered again", totals["returns_to_udp"]),
@@ -627,7 +660,18 @@ def reload_client_config(config: ClientConfig, live: set[str]) -> ClientConfig:
     if bool(new.provider_url) != bool(config.provider_url):
         log.warning("provider_url changed: restart to apply (veilgate client keeps the running value)")
         return config
-    skip = {"gateway_host", "gateway_public_key", "private_key", "credential", "udp_port", "tcp_port"}
+    skip = {
+        "gateway_host",
+        "gateway_public_key",
+        "private_key",
+        "credential",
+        "udp_port",
+        "tcp_port",
+        "tls_port",
+        "tls_name",
+        "tls_pin",
+        "plain_tcp",
+    }
     if config.provider_url:  # the supervisor fills these in for each gateway: not the file's
         new = dataclasses.replace(new, **{k: getattr(config, k) for k in skip})
     changes = changed_fields(config, new, live, "client")

@@ -1,19 +1,23 @@
-"""Path selection between UDP and TCP, sans-IO.
+"""Path selection between UDP and the stream carriers (TLS, plain TCP), sans-IO.
 
 The protocol core does not care which path carries its datagrams; this small
-state machine decides, from what the driver observes, which path to use:
+state machine decides, from what the driver observes, which path to use. There
+are two slots: UDP, and one stream connection, whose carrier is taken in
+order from ``streams`` (by default TLS, then plain TCP where configured):
 
 - Start on UDP. If no handshake response came back within ``udp_grace``
-  seconds, race TCP: send the same handshake message on TCP too, and keep the
-  path whose response arrives first.
+  seconds, race the stream: send the same handshake message on it too, and
+  keep the path whose response arrives first.
 - On UDP, when the core reports a stalled path (data sent, nothing
-  authenticated back for a few seconds), move to TCP with the same session.
-- On TCP, probe UDP every ``reprobe_interval`` seconds with an authenticated
-  probe; when a probe is answered over UDP, move back to UDP (the driver then
-  sends a keepalive over UDP so the gateway follows at once) and close TCP
-  after ``tcp_linger`` seconds.
-- When TCP breaks (connection closed), reconnect it with backoff if it is the
-  active path, and try UDP at the same time.
+  authenticated back for a few seconds), move to the stream with the same session.
+- On the stream, probe UDP every ``reprobe_interval`` seconds with an
+  authenticated probe; when a probe is answered over UDP, move back to UDP (the
+  driver then sends a keepalive over UDP so the gateway follows at once) and
+  close the stream after ``tcp_linger`` seconds.
+- When a stream connect fails, or the stream stalls, the next carrier in
+  ``streams`` is tried (TLS, then plain TCP, then TLS again); when an open
+  stream closes it is reconnected on the same carrier, with backoff, and UDP
+  is tried at the same time.
 
 It takes observations and ``now`` and returns :class:`Action` values.
 """
@@ -24,7 +28,10 @@ import enum
 from dataclasses import dataclass
 
 UDP = "udp"
+TLS = "tls"
 TCP = "tcp"
+STREAMS = (TLS, TCP)
+MODES = ("auto", UDP, TLS, TCP)
 
 _INF = float("inf")
 
@@ -32,8 +39,9 @@ _INF = float("inf")
 class Act(enum.Enum):
     SEND_HANDSHAKE = "send-handshake"
     """Send the core's current handshake message on ``path``."""
-    OPEN_TCP = "open-tcp"
-    CLOSE_TCP = "close-tcp"
+    OPEN_STREAM = "open-stream"
+    """Connect the stream carrier ``path`` (``tls`` or ``tcp``)."""
+    CLOSE_STREAM = "close-stream"
     PROBE_UDP = "probe-udp"
     SEND_KEEPALIVE = "send-keepalive"
     """Send an authenticated keepalive on ``path`` (to move the gateway there)."""
@@ -61,52 +69,74 @@ class PathManager:
         self,
         *,
         mode: str = "auto",
+        streams: tuple[str, ...] = (TCP,),
         udp_grace: float = 0.3,
         reprobe_interval: float = 10.0,
         tcp_linger: float = 2.0,
         tcp_retry_max: float = 8.0,
     ) -> None:
-        if mode not in ("auto", UDP, TCP):
-            raise ValueError(f"mode must be auto, udp or tcp, not {mode!r}")
+        """``streams``: the stream carriers ``auto`` falls back to, in order; a forced ``tls`` or
+        ``tcp`` mode uses that carrier alone."""
+        if mode not in MODES:
+            raise ValueError(f"mode must be auto, udp, tls or tcp, not {mode!r}")
+        if mode in STREAMS:
+            streams = (mode,)
+        if any(s not in STREAMS for s in streams):
+            raise ValueError(f"streams must be tls and/or tcp, not {streams!r}")
         self.mode = mode
+        self.streams = streams if mode != UDP else ()
         self.udp_grace = udp_grace
         self.reprobe_interval = reprobe_interval
         self.tcp_linger = tcp_linger
         self.tcp_retry_max = tcp_retry_max
         self.active: str | None = None
         self.switches: list[Switch] = []
-        self.tcp_open = False
-        self._last = TCP if mode == TCP else UDP
+        self.stream_open = False
+        self._stream_index = 0
+        self._last = streams[0] if mode in STREAMS else UDP
         self._probes: dict[int, str] = {}
         self._race_at = _INF
         self._probe_at = _INF
-        self._close_tcp_at = _INF
-        self._tcp_retry_at = _INF
-        self._tcp_retry = 0.5
+        self._close_stream_at = _INF
+        self._stream_retry_at = _INF
+        self._stream_retry = 0.5
         self._searching_since: float | None = None
         self._why = "start"
+
+    @property
+    def stream(self) -> str:
+        """The stream carrier in use or tried next."""
+        return self.streams[self._stream_index] if self.streams else TCP
+
+    @property
+    def on_stream(self) -> bool:
+        return self.active is not None and self.active != UDP
+
+    @property
+    def forced_stream(self) -> bool:
+        return self.mode in STREAMS
 
     # ---- observations
 
     def start(self, now: float) -> list[Action]:
         self._searching_since = now
-        if self.mode == TCP:
-            return self._open_tcp()
+        if self.forced_stream:
+            return self._open_stream()
         self._race_at = now + self.udp_grace if self.mode == "auto" else _INF
         return []  # the first handshake message goes out on UDP with the core's other datagrams
 
     def handshake_started(self, now: float) -> list[Action]:
         """The core began a new handshake (first, retry, rekey or after a stall): where to send it.
 
-        On TCP it goes on TCP. Otherwise it races on every open path: on UDP (unless TCP is forced)
-        and on TCP once open, as before a path is chosen, and on UDP after a rekey stalled there
-        (the stall opened TCP, see ``stalled``; a flood can drop full-size datagrams while small
-        ones pass)."""
-        if self.active == TCP:
-            return [Action(Act.SEND_HANDSHAKE, TCP)] if self.tcp_open else []
-        actions = [] if self.mode == TCP else [Action(Act.SEND_HANDSHAKE, UDP)]
-        if self.tcp_open:
-            actions.append(Action(Act.SEND_HANDSHAKE, TCP))
+        On a stream it goes on that stream. Otherwise it races on every open path: on UDP (unless a
+        stream is forced) and on the stream once open, as before a path is chosen, and on UDP after
+        a rekey stalled there (the stall opened the stream, see ``stalled``; a flood can drop
+        full-size datagrams while small ones pass)."""
+        if self.on_stream:
+            return [Action(Act.SEND_HANDSHAKE, self.stream)] if self.stream_open else []
+        actions = [] if self.forced_stream else [Action(Act.SEND_HANDSHAKE, UDP)]
+        if self.stream_open:
+            actions.append(Action(Act.SEND_HANDSHAKE, self.stream))
         return actions
 
     @property
@@ -127,58 +157,66 @@ class PathManager:
         if self.active == UDP or self.active is None:
             self._why = "udp stalled"
             self._searching_since = now - silent_for
-            old = self.active
+            self._last_old = self.active
             self.active = None
-            self._last_old = old
-            actions = self._open_tcp() if not self.tcp_open else [Action(Act.SEND_HANDSHAKE, TCP)]
-            return actions
-        # Stalled on TCP: reconnect TCP and try UDP as well.
-        self._why = "tcp stalled"
+            if not self.stream_open:
+                return self._open_stream()
+            return [Action(Act.SEND_HANDSHAKE, self.stream)]
+        # Stalled on a stream: reconnect on the next stream carrier and try UDP as well.
+        self._why = f"{self.active} stalled"
         self._searching_since = now - silent_for
         self._last_old = self.active
         self.active = None
-        return [Action(Act.CLOSE_TCP), *self._open_tcp(), Action(Act.SEND_HANDSHAKE, UDP)]
+        self.stream_open = False
+        self._next_stream()
+        actions = [Action(Act.CLOSE_STREAM), *self._open_stream()]
+        if not self.forced_stream:
+            actions.append(Action(Act.SEND_HANDSHAKE, UDP))
+        return actions
 
-    def tcp_connected(self, now: float) -> list[Action]:
-        self.tcp_open = True
-        self._tcp_retry = 0.5
-        self._tcp_retry_at = _INF
-        if self.active == TCP:
-            # A new connection under an active TCP path (the network changed): an authenticated
+    def stream_connected(self, now: float) -> list[Action]:
+        self.stream_open = True
+        self._stream_retry = 0.5
+        self._stream_retry_at = _INF
+        if self.on_stream:
+            # A new connection under an active stream path (the network changed): an authenticated
             # keepalive moves the gateway to it at once.
-            return [Action(Act.SEND_HANDSHAKE, TCP), Action(Act.SEND_KEEPALIVE, TCP)]
+            return [Action(Act.SEND_HANDSHAKE, self.stream), Action(Act.SEND_KEEPALIVE, self.stream)]
         if self.active is None:
-            return [Action(Act.SEND_HANDSHAKE, TCP)]
+            return [Action(Act.SEND_HANDSHAKE, self.stream)]
         return []
 
     def network_changed(self, now: float) -> list[Action]:
         """The client's network changed (address, interface or route) and its UDP socket now sends
-        from the new address: tell the gateway on the active path, reconnect TCP if it is open (its
-        connection is bound to the old address)."""
+        from the new address: tell the gateway on the active path, reconnect the stream if it is
+        open (its connection is bound to the old address)."""
         actions: list[Action] = []
-        if self.tcp_open or self.active == TCP:
-            self.tcp_open = False
-            actions.append(Action(Act.CLOSE_TCP))
-            if self.active == TCP:
-                actions += self._open_tcp()
+        if self.stream_open or self.on_stream:
+            self.stream_open = False
+            actions.append(Action(Act.CLOSE_STREAM))
+            if self.on_stream:
+                actions += self._open_stream()
         if self.active == UDP:
             actions.append(Action(Act.SEND_KEEPALIVE, UDP))
-        elif self.active is None and self.mode != TCP:
+        elif self.active is None and not self.forced_stream:
             actions.append(Action(Act.SEND_HANDSHAKE, UDP))
         return actions
 
-    def tcp_failed(self, now: float) -> list[Action]:
-        """A TCP connect failed or an open connection closed."""
-        self.tcp_open = False
-        if self.active == TCP:
-            self._why = "tcp closed"
+    def stream_failed(self, now: float, *, was_open: bool = True) -> list[Action]:
+        """A stream connect failed (``was_open`` False: the next carrier is tried) or an open
+        connection closed (reconnected on the same carrier)."""
+        self.stream_open = False
+        if not was_open:
+            self._next_stream()
+        if self.on_stream:
+            self._why = f"{self.active} closed"
             self._searching_since = now
-            self._last_old = TCP
+            self._last_old = self.active
             self.active = None
         if self.active is None and self.mode != UDP:
-            self._tcp_retry_at = now + self._tcp_retry
-            self._tcp_retry = min(self._tcp_retry * 2, self.tcp_retry_max)
-            return [] if self.mode == TCP else [Action(Act.SEND_HANDSHAKE, UDP)]
+            self._stream_retry_at = now + self._stream_retry
+            self._stream_retry = min(self._stream_retry * 2, self.tcp_retry_max)
+            return [] if self.forced_stream else [Action(Act.SEND_HANDSHAKE, UDP)]
         return []
 
     def probe_sent(self, probe_id: int, path: str) -> None:
@@ -193,41 +231,41 @@ class PathManager:
         return [] if path is None else self.probe_answered(path, now)
 
     def probe_answered(self, path: str, now: float) -> list[Action]:
-        if path != UDP or self.active != TCP or self.mode != "auto":
+        if path != UDP or not self.on_stream or self.mode != "auto":
             return []
         self._why = "udp works again"
         self._searching_since = self._probe_sent_at
-        self._last_old = TCP
+        self._last_old = self.active
         self._set_active(UDP, now)
-        self._close_tcp_at = now + self.tcp_linger
+        self._close_stream_at = now + self.tcp_linger
         return [Action(Act.SEND_KEEPALIVE, UDP)]
 
     # ---- timers
 
     def get_timer(self) -> float | None:
-        t = min(self._race_at, self._probe_at, self._close_tcp_at, self._tcp_retry_at)
+        t = min(self._race_at, self._probe_at, self._close_stream_at, self._stream_retry_at)
         return None if t == _INF else t
 
     def handle_timer(self, now: float) -> list[Action]:
         actions: list[Action] = []
         if now >= self._race_at:
             self._race_at = _INF
-            if self.active is None and not self.tcp_open:
-                actions += self._open_tcp()
-        if now >= self._tcp_retry_at:
-            self._tcp_retry_at = _INF
-            if not self.tcp_open and (self.active in (None, TCP)):
-                actions += self._open_tcp()
+            if self.active is None and not self.stream_open:
+                actions += self._open_stream()
+        if now >= self._stream_retry_at:
+            self._stream_retry_at = _INF
+            if not self.stream_open and (self.active is None or self.on_stream):
+                actions += self._open_stream()
         if now >= self._probe_at:
-            self._probe_at = now + self.reprobe_interval if self.active == TCP else _INF
-            if self.active == TCP:
+            self._probe_at = now + self.reprobe_interval if self.on_stream else _INF
+            if self.on_stream:
                 self._probe_sent_at = now
                 actions.append(Action(Act.PROBE_UDP, UDP))
-        if now >= self._close_tcp_at:
-            self._close_tcp_at = _INF
-            if self.active == UDP and self.tcp_open:
-                self.tcp_open = False
-                actions.append(Action(Act.CLOSE_TCP))
+        if now >= self._close_stream_at:
+            self._close_stream_at = _INF
+            if self.active == UDP and self.stream_open:
+                self.stream_open = False
+                actions.append(Action(Act.CLOSE_STREAM))
         return actions
 
     # ---- internals
@@ -235,10 +273,14 @@ class PathManager:
     _last_old: str | None = None
     _probe_sent_at: float = 0.0
 
-    def _open_tcp(self) -> list[Action]:
-        if self.mode == UDP:
+    def _open_stream(self) -> list[Action]:
+        if not self.streams:
             return []
-        return [Action(Act.OPEN_TCP, TCP)]
+        return [Action(Act.OPEN_STREAM, self.stream)]
+
+    def _next_stream(self) -> None:
+        if self.streams:
+            self._stream_index = (self._stream_index + 1) % len(self.streams)
 
     def _set_active(self, path: str, now: float) -> None:
         since = self._searching_since if self._searching_since is not None else now
@@ -246,7 +288,7 @@ class PathManager:
         self.active = path
         self._searching_since = None
         self._race_at = _INF
-        if path == TCP and self.mode == "auto":
+        if path != UDP and self.mode == "auto":
             self._probe_at = now + self.reprobe_interval
         else:
             self._probe_at = _INF

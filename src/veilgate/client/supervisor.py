@@ -228,9 +228,10 @@ class ProviderModeClient:
                         "kill switch: gateway %s has no address literal (%s); skipped", gw.name, gw.host
                     )
                     continue
-                allowed.update({(gw.host, "udp", gw.udp_port), (gw.host, "tcp", gw.tcp_port)})
-                if gw.ipv6 and is_literal(gw.ipv6):
-                    allowed.update({(gw.ipv6, "udp", gw.udp_port), (gw.ipv6, "tcp", gw.tcp_port)})
+                for host in [gw.host] + ([gw.ipv6] if gw.ipv6 and is_literal(gw.ipv6) else []):
+                    allowed.update({(host, "udp", gw.udp_port), (host, "tcp", gw.tcp_port)})
+                    if gw.tls_port:
+                        allowed.add((host, "tcp", gw.tls_port))
         if frozenset(allowed) != self._ks_allowed:
             self._ks_table.apply(kill_switch_rules_for(self.config.tun_name, allowed))
             self._ks_allowed = frozenset(allowed)
@@ -341,6 +342,11 @@ class ProviderModeClient:
             gateway_public_key=gateway.public_key,
             udp_port=gateway.udp_port,
             tcp_port=gateway.tcp_port,
+            tls_port=gateway.tls_port or 443,
+            tls_name=gateway.tls_name,
+            tls_pin=gateway.tls_pin,
+            # Plain TCP where the gateway has it and no TLS carrier, or where the client asks for it.
+            plain_tcp=bool(gateway.tcp_port) and (self.config.plain_tcp or not gateway.tls_pin),
             private_key=key.private_bytes(),
             credential=credential.encode(),
             kill_switch=False,  # the supervisor's kill switch covers every gateway, see run()

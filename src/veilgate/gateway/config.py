@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from veilgate.config import ConfigError, load_toml, read_key_file
 from veilgate.config.keys import decode_key
+from veilgate.config.toml import Section
 from veilgate.credentials import IssuerPublicKey
 from veilgate.monitor.logs import FORMATS, LEVELS
+from veilgate.transport.tls import pem_pin
 
 DEFAULT_UDP_PORT = 51820
-DEFAULT_TCP_PORT = 443
+DEFAULT_TCP_PORT = 8443
+DEFAULT_TLS_PORT = 443
 DEFAULT_POOL_V4 = "10.201.0.0/16"
 DEFAULT_POOL_V6 = "fd7a:201::/64"
 DEFAULT_STATUS_SOCKET = "/run/veilgate/gateway.sock"
@@ -26,6 +30,16 @@ class GatewayConfig:
     listen6: str | None = "::"
     udp_port: int = DEFAULT_UDP_PORT
     tcp_port: int = DEFAULT_TCP_PORT
+    """The plain TCP carrier's port; 0: no plain TCP listener."""
+    tls_port: int = DEFAULT_TLS_PORT
+    tls_cert_file: Path | None = None
+    """The TLS carrier's certificate (PEM); None: no TLS listener."""
+    tls_key_file: Path | None = None
+    tls_name: str = ""
+    tls_pin: str = ""
+    """SHA-256 of the certificate's SubjectPublicKeyInfo (hex): what clients pin."""
+    cover_page: bytes | None = None
+    """The page the TLS port serves to web clients; None: the built-in one."""
     tun_name: str = "vg0"
     mtu: int = 1420
     pool_v4: ipaddress.IPv4Network = field(default_factory=lambda: ipaddress.IPv4Network(DEFAULT_POOL_V4))
@@ -79,7 +93,8 @@ def load_gateway_config(path: str | Path, private_key: bytes | None = None) -> G
         listen=gw.address("listen", 4, "0.0.0.0") or "0.0.0.0",
         listen6=gw.address("listen6", 6, "::", optional=True),
         udp_port=gw.port("udp_port", DEFAULT_UDP_PORT),
-        tcp_port=gw.port("tcp_port", DEFAULT_TCP_PORT),
+        tcp_port=gw.get_int("tcp_port", DEFAULT_TCP_PORT, low=0, high=65535),
+        tls_port=gw.port("tls_port", DEFAULT_TLS_PORT),
         tun_name=gw.interface_name("tun_name", "vg0") or "vg0",
         mtu=gw.get_int("mtu", 1420, low=1280, high=9000),
         pool_v4=pool_v4,
@@ -99,6 +114,7 @@ def load_gateway_config(path: str | Path, private_key: bytes | None = None) -> G
         max_sessions_per_credential=gw.get_int("max_sessions_per_credential", 1, low=1, high=64),
         user=gw.get_str("user", "veilgate", 'a system user name, or "root" to keep running as root'),
     )
+    _tls(gw, cfg)
     gw.reject_unknown()
 
     cred = root.section("credentials", required=True)
@@ -126,6 +142,46 @@ def load_gateway_config(path: str | Path, private_key: bytes | None = None) -> G
     cred.reject_unknown()
     root.reject_unknown()
     return cfg
+
+
+def _tls(gw: Section, cfg: GatewayConfig) -> None:
+    """The TLS carrier's fields: all of tls_cert_file, tls_key_file and tls_name, or none."""
+    given = [k for k in ("tls_cert_file", "tls_key_file", "tls_name") if k in gw.data]
+    if given and len(given) < 3:
+        missing = next(k for k in ("tls_cert_file", "tls_key_file", "tls_name") if k not in given)
+        raise gw.error(
+            missing, "tls_cert_file, tls_key_file and tls_name together (`veilgate tls-cert` makes them)"
+        )
+    if "cover_page" in gw.data:
+        page = gw.path_value("cover_page")
+        try:
+            cfg.cover_page = page.read_bytes()
+        except OSError as exc:
+            raise gw.error("cover_page", f"a readable HTML file ({exc.strerror})", str(page)) from None
+    if not given:
+        return
+    cfg.tls_name = gw.get_str("tls_name", expected="the DNS name the TLS certificate is for")
+    if not _DNS_NAME.match(cfg.tls_name):
+        raise gw.error("tls_name", "a DNS name such as www.example.org", cfg.tls_name)
+    cfg.tls_cert_file = gw.path_value("tls_cert_file")
+    cfg.tls_key_file = gw.path_value("tls_key_file")
+    try:
+        cfg.tls_pin = pem_pin(cfg.tls_cert_file.read_bytes())
+    except OSError as exc:
+        raise gw.error(
+            "tls_cert_file", f"a readable PEM certificate ({exc.strerror})", str(cfg.tls_cert_file)
+        ) from None
+    except ValueError:
+        raise gw.error(
+            "tls_cert_file", "a PEM certificate (`veilgate tls-cert` makes one)", str(cfg.tls_cert_file)
+        ) from None
+    if not cfg.tls_key_file.is_file():
+        raise gw.error("tls_key_file", "a readable PEM private key", str(cfg.tls_key_file))
+
+
+_DNS_NAME = re.compile(
+    r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$"
+)
 
 
 __all__ = ["ConfigError", "GatewayConfig", "load_gateway_config"]

@@ -84,7 +84,9 @@ class Gateway(Driver):
         self.pool6 = AddressPool(config.pool_v6) if config.pool_v6 is not None else None
         self.table = SessionTable(self.pool4, self.pool6)
         self.core.changed = set()  # the table follows every change of keys, endpoint or addresses
-        self.listeners = Listeners(config, self._on_tcp_datagrams)
+        self.listeners = Listeners(
+            config, self._on_tcp_datagrams, KeyPair.from_private_bytes(config.private_key).public
+        )
         self.fast: CompiledGateway | None = None
         """The compiled data path, when it runs: it serves the sessions reached over UDP."""
         self._firewall: Firewall | None = None
@@ -139,9 +141,10 @@ class Gateway(Driver):
         await self.serve_status(cfg.status_socket)
         await self.serve_metrics(cfg.metrics_listen)
         log.info(
-            "gateway up: udp %d, tcp %d, tun %s, pools %s%s, %s, DNS pushed: %s",
+            "gateway up: udp %d, tls %s, tcp %s, tun %s, pools %s%s, %s, DNS pushed: %s",
             cfg.udp_port,
-            cfg.tcp_port,
+            cfg.tls_port if cfg.tls_cert_file is not None else "off",
+            cfg.tcp_port or "off",
             tun.name,
             cfg.pool_v4,
             f" {cfg.pool_v6}" if cfg.pool_v6 else "",
@@ -459,7 +462,7 @@ class Gateway(Driver):
                     "gauge",
                     "sessions",
                     "Live sessions",
-                    {"udp": 0, "tcp": 0} | self.sessions_by_transport(),
+                    {"udp": 0, "tls": 0, "tcp": 0} | self.sessions_by_transport(),
                     "transport",
                 ),
                 ("counter", "sessions_opened", "Sessions opened", totals["sessions_opened"]),
@@ -544,7 +547,9 @@ def run_gateway(config: GatewayConfig) -> int:
     # its TUN device): CAP_NET_ADMIN. Its sockets are bound by then; CAP_NET_BIND_SERVICE stays only
     # for a port below 1024 (a socket reopened there). It writes no file but its status socket.
     keep = {CAP_NET_ADMIN} | (
-        {CAP_NET_BIND_SERVICE} if min(config.udp_port, config.tcp_port) < 1024 else set()
+        {CAP_NET_BIND_SERVICE}
+        if min(config.udp_port, config.tcp_port or 65535, config.tls_port) < 1024
+        else set()
     )
     user = run_as(
         config.user, keep, (config.status_socket.parent,), source=config.source, field="gateway.user"

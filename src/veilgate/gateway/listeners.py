@@ -15,7 +15,9 @@ import socket
 from typing import Any
 
 from veilgate.gateway.config import GatewayConfig
+from veilgate.transport.cover import DEFAULT_PAGE, CoverSite
 from veilgate.transport.tcp import FramedConnection, OnDatagrams, serve_tcp
+from veilgate.transport.tls import serve_tls, server_context
 from veilgate.transport.udp import UdpSender, enable_gro
 
 log = logging.getLogger("veilgate.gateway")
@@ -64,14 +66,15 @@ class UdpEndpoint:
 
 
 class TcpEndpoint:
-    """A client's TCP connection; equal only to itself."""
+    """A client's TCP or TLS connection; equal only to itself."""
 
-    __slots__ = ("conn", "flush_list")
-    transport = "tcp"
+    __slots__ = ("conn", "flush_list", "transport")
 
     def __init__(self, conn: FramedConnection, flush_list: list[FramedConnection]) -> None:
         self.conn = conn
         self.flush_list = flush_list
+        self.transport = conn.carrier
+        """``tcp`` or ``tls``."""
 
     def cookie_bytes(self) -> bytes:
         return address_bytes(self.conn.peer)
@@ -89,9 +92,11 @@ Endpoint = UdpEndpoint | TcpEndpoint
 
 
 class Listeners:
-    """The UDP sockets and TCP listeners on the configured addresses, and the TCP connections."""
+    """The UDP sockets, TLS and TCP listeners on the configured addresses, and the stream connections
+    (TLS ones once their gate let them through: until then they are the cover site's)."""
 
-    def __init__(self, config: GatewayConfig, on_tcp: OnDatagrams) -> None:
+    def __init__(self, config: GatewayConfig, on_tcp: OnDatagrams, gateway_public: bytes = b"") -> None:
+        self.gateway_public = gateway_public
         self.config = config
         self.udp: list[UdpSocket] = []
         self.tcp_servers: list[asyncio.AbstractServer] = []
@@ -101,8 +106,18 @@ class Listeners:
         self._memo: tuple[Any, UdpEndpoint] | None = None
 
     async def open(self) -> None:
-        """Bind UDP and listen on TCP on ``listen`` and ``listen6`` (IPv6 skipped where unavailable)."""
+        """Bind UDP and listen on TLS and TCP on ``listen`` and ``listen6`` (IPv6 skipped where unavailable)."""
         cfg = self.config
+        tls = None
+        if cfg.tls_cert_file is not None and cfg.tls_key_file is not None:
+            try:
+                tls = server_context(str(cfg.tls_cert_file), str(cfg.tls_key_file))
+            except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+                raise OSError(
+                    0,
+                    f"cannot load the TLS certificate {cfg.tls_cert_file} and key {cfg.tls_key_file}: {exc}",
+                ) from None
+        site = CoverSite(cfg.cover_page if cfg.cover_page is not None else DEFAULT_PAGE)
         for host in [cfg.listen, cfg.listen6]:
             if host is None:
                 continue
@@ -124,13 +139,24 @@ class Listeners:
                 ) from None
             sock.setblocking(False)
             self.udp.append(UdpSocket(sock, cfg.udp_offload))
-            try:
-                server = await serve_tcp(host, cfg.tcp_port, self._on_tcp, self._tcp_closed)
-            except OSError as exc:
-                raise OSError(
-                    exc.errno, f"cannot listen on TCP {host} port {cfg.tcp_port}: {exc.strerror}"
-                ) from None
-            self.tcp_servers.append(server)
+            if tls is not None:
+                try:
+                    server = await serve_tls(
+                        host, cfg.tls_port, tls, self.gateway_public, site, self._on_tcp, self._tcp_closed
+                    )
+                except OSError as exc:
+                    raise OSError(
+                        exc.errno, f"cannot listen on TLS {host} port {cfg.tls_port}: {exc.strerror}"
+                    ) from None
+                self.tcp_servers.append(server)
+            if cfg.tcp_port:
+                try:
+                    server = await serve_tcp(host, cfg.tcp_port, self._on_tcp, self._tcp_closed)
+                except OSError as exc:
+                    raise OSError(
+                        exc.errno, f"cannot listen on TCP {host} port {cfg.tcp_port}: {exc.strerror}"
+                    ) from None
+                self.tcp_servers.append(server)
 
     def close(self) -> None:
         for udp in self.udp:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import base64
 import binascii
 import ipaddress
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from veilgate.config import load_toml
+from veilgate.config.toml import Section
 from veilgate.monitor.logs import FORMATS, LEVELS
 from veilgate.provider.document import GatewayEntry
 
@@ -35,6 +37,24 @@ class ProviderConfig:
     user: str = "veilgate"
     source: Path | None = None
     """The file this configuration was read from (a reload reads it again)."""
+
+
+def _gateway_tls(s: Section) -> tuple[int, str, str]:
+    """A [[gateway]]'s TLS carrier: tls_name and tls_pin together (its `veilgate tls-cert` prints
+    both), or neither."""
+    if ("tls_name" in s.data) != ("tls_pin" in s.data):
+        missing = "tls_pin" if "tls_name" in s.data else "tls_name"
+        raise s.error(
+            missing, "tls_name and tls_pin together (the gateway's `veilgate tls-cert` prints both)"
+        )
+    if "tls_name" not in s.data:
+        s.get_int("tls_port", 443, low=1, high=65535)
+        return 0, "", ""
+    name = s.get_str("tls_name", expected="the DNS name of the gateway's TLS certificate")
+    pin = s.get_str("tls_pin", expected="64 hex digits")
+    if not re.fullmatch(r"[0-9a-fA-F]{64}", pin):
+        raise s.error("tls_pin", "the SHA-256 of the gateway's TLS key, 64 hex digits", pin)
+    return s.port("tls_port", 443), name, pin.lower()
 
 
 def load_provider_config(path: str | Path) -> ProviderConfig:
@@ -91,10 +111,11 @@ def load_provider_config(path: str | Path) -> ProviderConfig:
                 s.host("host", "the gateway's IPv4 address, or a name that resolves to one"),
                 key,
                 s.port("udp_port", 51820),
-                s.port("tcp_port", 443),
+                s.get_int("tcp_port", 8443, low=0, high=65535),
                 s.address("ipv6", 6, "", optional=True),
                 s.get_str("location", "unknown", "a location label"),
                 s.get_float("load", 0.0, low=0.0, high=1.0),
+                *_gateway_tls(s),
             )
         )
         s.reject_unknown()

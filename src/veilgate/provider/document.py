@@ -1,7 +1,7 @@
 """The provider document: what a client needs to know, signed by the provider's key.
 
 It lists the gateways (host, addresses, ports per transport, static public
-key, location, load hint), the issuer's epoch public keys with their epochs,
+key, TLS name and key pin, location, load hint), the issuer's epoch public keys with their epochs,
 and the document's own validity. It is JSON, signed with Ed25519 over its
 exact bytes; the envelope carries both::
 
@@ -44,6 +44,11 @@ class GatewayEntry:
     ipv6: str | None = None
     location: str = ""
     load: float = 0.0
+    tls_port: int = 0
+    """The TLS carrier's port; 0 (with empty name and pin): the gateway has no TLS carrier."""
+    tls_name: str = ""
+    tls_pin: str = ""
+    """SHA-256 of the gateway's TLS key (SubjectPublicKeyInfo), 64 hex digits."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -55,6 +60,9 @@ class GatewayEntry:
             "tcp_port": self.tcp_port,
             "location": self.location,
             "load": self.load,
+            "tls_port": self.tls_port,
+            "tls_name": self.tls_name,
+            "tls_pin": self.tls_pin,
         }
 
     @classmethod
@@ -62,6 +70,9 @@ class GatewayEntry:
         key = base64.b64decode(d["public_key"], validate=True)
         if len(key) != 32:
             raise DocumentError("gateway public key is not 32 bytes")
+        tls_pin = str(d.get("tls_pin", ""))
+        if tls_pin and (len(tls_pin) != 64 or any(ch not in "0123456789abcdef" for ch in tls_pin)):
+            raise DocumentError("gateway tls_pin is not 64 lowercase hex digits")
         return cls(
             str(d["name"]),
             str(d["host"]),
@@ -71,6 +82,9 @@ class GatewayEntry:
             d.get("ipv6"),
             str(d.get("location", "")),
             float(d.get("load", 0.0)),
+            int(d.get("tls_port", 0)),
+            str(d.get("tls_name", "")),
+            tls_pin,
         )
 
 

@@ -68,7 +68,7 @@ def pem_pin(certificate_pem: bytes) -> str:
 def make_certificate(name: str, days: int = 825) -> tuple[bytes, bytes]:
     """A self-signed ECDSA P-256 certificate for ``name``: (certificate PEM, private key PEM)."""
     key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
     cert = (
         x509.CertificateBuilder()
@@ -80,9 +80,7 @@ def make_certificate(name: str, days: int = 825) -> tuple[bytes, bytes]:
         .not_valid_after(now + datetime.timedelta(days=days))
         .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
-        )
+        .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .sign(key, hashes.SHA256())
     )
     key_pem = key.private_bytes(
