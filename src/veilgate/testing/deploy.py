@@ -76,6 +76,19 @@ class Deployment:
         """The ``user`` every daemon's configuration names (the tests' daemons keep root unless told)."""
         self.env: dict[str, str] | None = None
         """The environment daemons started from now on get (None: this process's)."""
+        self.tls: tuple[str, str] | None = None
+        """The gateway's TLS name and pin, once ``enable_tls`` made its certificate."""
+
+    def enable_tls(self, name: str = "www.example.org") -> tuple[str, str]:
+        """Give the gateway a TLS carrier (a self-signed certificate for ``name``) and the clients
+        made from now on its name and pin; returns them. Call before starting the gateway."""
+        from veilgate.transport.tls import make_certificate, pem_pin
+
+        cert, key = make_certificate(name)
+        (self.dir / "tls.crt").write_bytes(cert)
+        (self.dir / "tls.key").write_bytes(key)
+        self.tls = (name, pem_pin(cert))
+        return self.tls
 
     # ---- gateway
 
@@ -114,6 +127,12 @@ class Deployment:
             "log_level": "info",
             "user": self.user,
         }
+        if self.tls is not None:
+            gw.update(
+                tls_cert_file=str(self.dir / "tls.crt"),
+                tls_key_file=str(self.dir / "tls.key"),
+                tls_name=self.tls[0],
+            )
         if minimal:
             gw = {k: v for k, v in gw.items() if k in ("private_key_file", "tun_name", "status_socket")}
         elif self.provider_on_internet:
@@ -348,6 +367,8 @@ class Deployment:
             "log_level": "info",
             "user": self.user,
         }
+        if self.tls is not None and not forged:
+            client.update(tls_name=self.tls[0], tls_pin=self.tls[1])
         client.update(overrides)
         path = self.dir / f"{name}.toml"
         path.write_text(_toml({"client": client}))
