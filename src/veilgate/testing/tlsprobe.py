@@ -34,6 +34,13 @@ READ_FOR = 1.0
 """Seconds a probe waits for more after the last bytes it got."""
 
 
+BROWSER_GET = (
+    b"GET / HTTP/1.1\r\nHost: www.example.org\r\nUser-Agent: Mozilla/5.0 (X11; Linux x86_64; rv:128.0) "
+    b"Gecko/20100101 Firefox/128.0\r\nAccept: text/html,application/xhtml+xml\r\n"
+    b"Accept-Language: en-US,en;q=0.5\r\nConnection: keep-alive\r\n\r\n"
+)
+
+
 def tls_records(data: bytes) -> list[tuple[int, int]]:
     """(content type, length) of each TLS record in ``data`` (a trailing partial one as length -1)."""
     out = []
@@ -151,6 +158,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         "plain_http_get": lambda h, p: raw_probe(h, p, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"),
         "tls_http_get": lambda h, p: tls_probe(h, p, args.name, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"),
         "tls_random_bytes": lambda h, p: tls_probe(h, p, args.name, random_bytes),
+        "tls_random_head": lambda h, p: tls_probe(h, p, args.name, random_bytes + b"\r\n\r\n"),
+        "tls_browser_get": lambda h, p: tls_probe(h, p, args.name, BROWSER_GET),
         "tls_short_random": lambda h, p: tls_probe(h, p, args.name, random_bytes[:20]),
         "tls_h2_preface": lambda h, p: tls_probe(h, p, args.name, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"),
         "tls_nothing": lambda h, p: tls_probe(h, p, args.name, b""),

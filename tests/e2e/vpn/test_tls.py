@@ -160,13 +160,17 @@ def test_probes_get_exactly_what_the_cover_server_gives(tls_deploy: Deployment) 
         "plain_http_get",
         "tls_http_get",
         "tls_random_bytes",
+        "tls_random_head",
+        "tls_browser_get",
         "tls_short_random",
         "tls_h2_preface",
         "tls_nothing",
     ):
         assert seen[probe]["gateway"] == seen[probe]["reference"], probe
     assert base64.b64decode(seen["tls_http_get"]["gateway"]["data"]).endswith(DEFAULT_PAGE)
+    assert base64.b64decode(seen["tls_browser_get"]["gateway"]["data"]).endswith(DEFAULT_PAGE)
     assert base64.b64decode(seen["tls_h2_preface"]["gateway"]["data"]).startswith(b"HTTP/1.1 405 ")
+    assert base64.b64decode(seen["tls_random_head"]["gateway"]["data"]).startswith(b"HTTP/1.1 400 ")
     # Only the real client's connection got through the gate, and it sent no handshake.
     after = tls_deploy.gateway_status()
     assert after["sessions"] == 0 and after["totals"] == before
