@@ -41,6 +41,7 @@ CONTENDERS = (
     "veilgate-udp-nooffload",  # the same with udp_offload = false: what GSO/GRO are worth
     "veilgate-udp-python",  # the same on the pure-Python data path: what the compiled one is worth
     "veilgate-tcp",
+    "veilgate-tls",
     "wireguard-go",
     "openvpn-udp",
     "openvpn-tcp",
@@ -180,20 +181,29 @@ def veilgate(
     d = b.work / f"veilgate-{transport}{'' if offload else '-nooffload'}{'' if compiled else '-python'}"
     d.mkdir(exist_ok=True)
     knob = "" if offload else "udp_offload = false\n"
+    gw_tls = cl_tls = ""
+    if transport == "tls":
+        from veilgate.transport.tls import make_certificate, pem_pin
+
+        cert, key = make_certificate("www.example.org")
+        (d / "tls.crt").write_bytes(cert)
+        (d / "tls.key").write_bytes(key)
+        gw_tls = 'tls_cert_file = "tls.crt"\ntls_key_file = "tls.key"\ntls_name = "www.example.org"\n'
+        cl_tls = f'tls_name = "www.example.org"\ntls_pin = "{pem_pin(cert)}"\n'
     issuer, gw, cl = IssuerKey.generate(), KeyPair.generate(), KeyPair.generate()
     write_key_file(d / "gw.key", gw.private_bytes())
     write_key_file(d / "cl.key", cl.private_bytes())
     (d / "cl.cred").write_text(encode_key(issue(issuer, cl.public, time.time()).encode()) + "\n")
     (d / "gw.toml").write_text(
         f'[gateway]\nprivate_key_file = "gw.key"\nlisten = "{UB}"\nlisten6 = ""\nudp_port = 51820\n'
-        f'tcp_port = 8443\ntun_name = "vgbt{b.tag}"\nstatus_socket = "gw.sock"\nroutes = ["10.201.0.0/16"]\nnat = false\nuser = "root"\n{knob}'
+        f'tcp_port = 8443\ntun_name = "vgbt{b.tag}"\nstatus_socket = "gw.sock"\nroutes = ["10.201.0.0/16"]\nnat = false\nuser = "root"\n{knob}{gw_tls}'
         f'[credentials]\nissuer_public_keys = ["{encode_key(issuer.public_key().to_bytes())}"]\n'
     )
     (d / "cl.toml").write_text(
         f'[client]\ngateway_host = "{UB}"\ngateway_public_key = "{encode_key(gw.public)}"\n'
         f'private_key_file = "cl.key"\ncredential_file = "cl.cred"\nudp_port = 51820\ntcp_port = 8443\n'
         f'transport = "{transport}"\ntun_name = "vgbc{b.tag}"\nstate_dir = "state"\nstatus_socket = "cl.sock"\n'
-        f'apply_dns = false\nuser = "root"\n{knob}'
+        f'apply_dns = false\nuser = "root"\n{knob}{cl_tls}'
     )
     py = sys.executable
     env = dict(os.environ, **{fastpath.ENV: "1" if compiled else "0"})
@@ -434,6 +444,8 @@ def contender(b: Bench, name: str) -> contextlib.AbstractContextManager[tuple[st
         return veilgate(b, "udp", compiled=False)
     if name == "veilgate-tcp":
         return veilgate(b, "tcp")
+    if name == "veilgate-tls":
+        return veilgate(b, "tls")
     if name == "wireguard-go":
         return wireguard_go(b)
     return openvpn(b, name.split("-")[1])
