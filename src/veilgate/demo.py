@@ -5,8 +5,9 @@ Topology (all inside namespaces this demo creates and removes)::
     client ── ISP router (UDP can be blocked here) ── gateway ── internet host
 
 Steps: connect over UDP; ping and download from the internet host; block UDP
-at the router and watch the client move to TCP with the same session; unblock
-and watch it come back to UDP. Exits non-zero if any step fails.
+at the router and watch the client move to TLS on port 443 with the same
+session (the gateway shows web clients a plain HTTPS site there); unblock and
+watch it come back to UDP. Exits non-zero if any step fails.
 """
 
 from __future__ import annotations
@@ -88,6 +89,7 @@ def run(demo: Demo, topo: Topology, work: Path) -> None:
     print(f"  internet {topo.internet:14s} {netns.INTERNET_V4}, {netns.INTERNET_V6}")
 
     deploy = Deployment(topo, work / "vg")
+    tls_name, tls_pin = deploy.enable_tls("www.example.org")
     demo.step("provider service: signed provider document, blind credential issuance (RFC 9474)")
     fingerprint = deploy.start_provider(on_internet=True)
     print(f"  provider at {deploy.provider_url}, certificate fingerprint {fingerprint[:16]}...")
@@ -179,16 +181,32 @@ def run(demo: Demo, topo: Topology, work: Path) -> None:
     t_block = time.monotonic()
     topo.block_udp()
     print("  UDP blocked; a ping runs every 100 ms meanwhile")
-    took = wait_until(lambda: deploy.client_status("c1").get("transport") == "tcp", 20)
+    took = wait_until(lambda: deploy.client_status("c1").get("transport") == "tls", 20)
     demo.check(
-        "client moved to TCP by itself, same session",
+        "client moved to TLS (port 443) by itself, same session",
         took is not None,
         f"{took:.2f} s after the block" if took is not None else "not within 20 s",
     )
     flows = wait_until(lambda: ping(netns.INTERNET_V4, count=1), 10)
     if took is not None and flows is not None:
         print(f"  traffic flows again {time.monotonic() - t_block:.2f} s after the block")
-    download("over TCP")
+    download("over TLS")
+    page = topo.ns_run(
+        topo.client,
+        "curl",
+        "-sk",
+        "--max-time",
+        "5",
+        "--resolve",
+        f"{tls_name}:443:{netns.GATEWAY_V4}",
+        f"https://{tls_name}/",
+        check=False,
+    )
+    demo.check(
+        f"a browser at https://{tls_name}/ gets an ordinary web page (the gateway's TLS key pin "
+        f"{tls_pin[:16]}... is in the provider document)",
+        "<title>Welcome</title>" in page.stdout,
+    )
 
     demo.step("UDP comes back")
     t_unblock = time.monotonic()

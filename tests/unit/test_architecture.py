@@ -39,7 +39,7 @@ LAYERS: dict[str, frozenset[str]] = {
     "gateway": _CORE | _IO | {"driver", "monitor", "systemd"},
     "client": _CORE | _IO | {"driver", "monitor", "systemd"},
     # Entry points and tools.
-    "cli": _CORE | {"provider", "gateway", "client", "monitor", "systemd"},
+    "cli": _CORE | {"provider", "gateway", "client", "monitor", "systemd", "transport"},
     "testing": _CORE | _IO | _DAEMONS | {"cli", "monitor"},
     "demo": frozenset({"testing"}),
     "__main__": frozenset({"cli"}),

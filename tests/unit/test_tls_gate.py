@@ -119,7 +119,7 @@ def test_the_pin_is_the_key_not_the_certificate() -> None:
     other, _ = make_certificate("www.example.org")
     assert len(pem_pin(cert)) == 64 and pem_pin(cert) != pem_pin(other)
     assert b"BEGIN CERTIFICATE" in cert and b"PRIVATE KEY" in key
-    assert HELLO_LEN == len(make_hello(KEY, BINDING))
+    assert len(make_hello(KEY, BINDING)) == HELLO_LEN
 
 
 def test_auto_falls_back_to_tls_then_plain_tcp_then_tls_again() -> None:

@@ -1,4 +1,4 @@
-"""The client daemon: the driver around ``ClientProtocol`` and ``PathManager``, a TUN device, UDP, TLS and TCP.
+"""The client daemon: around ``ClientProtocol`` and ``PathManager``, a TUN device, UDP, TLS and TCP.
 
 The core decides what to send, ``PathManager`` decides on which path (UDP, TLS or plain TCP), and this module
 only carries out their decisions: it reads the TUN device and the sockets, sends what they say

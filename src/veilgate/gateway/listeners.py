@@ -106,7 +106,8 @@ class Listeners:
         self._memo: tuple[Any, UdpEndpoint] | None = None
 
     async def open(self) -> None:
-        """Bind UDP and listen on TLS and TCP on ``listen`` and ``listen6`` (IPv6 skipped where unavailable)."""
+        """Bind UDP and listen on TLS and TCP on ``listen`` and ``listen6`` (IPv6 skipped where
+        unavailable)."""
         cfg = self.config
         tls = None
         if cfg.tls_cert_file is not None and cfg.tls_key_file is not None:

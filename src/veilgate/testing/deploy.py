@@ -19,6 +19,7 @@ from veilgate.credentials import IssuerKey, issue
 from veilgate.protocol.crypto import KeyPair
 from veilgate.testing import netns
 from veilgate.testing.netns import Topology
+from veilgate.transport.tls import make_certificate, pem_pin
 
 
 def _toml_value(value: object) -> str:
@@ -82,8 +83,6 @@ class Deployment:
     def enable_tls(self, name: str = "www.example.org") -> tuple[str, str]:
         """Give the gateway a TLS carrier (a self-signed certificate for ``name``) and the clients
         made from now on its name and pin; returns them. Call before starting the gateway."""
-        from veilgate.transport.tls import make_certificate, pem_pin
-
         cert, key = make_certificate(name)
         (self.dir / "tls.crt").write_bytes(cert)
         (self.dir / "tls.key").write_bytes(key)
@@ -275,6 +274,8 @@ class Deployment:
                 "location": location,
                 "load": load,
             }
+            if self.tls is not None and name == "gateway":
+                entry.update(tls_port=443, tls_name=self.tls[0], tls_pin=self.tls[1])
             lines.append("[[gateway]]\n" + _toml({"x": entry}).split("\n", 1)[1])
         config = self.dir / "provider.toml"
         config.write_text("\n".join(lines))

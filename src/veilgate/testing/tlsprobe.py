@@ -24,6 +24,7 @@ import os
 import re
 import ssl
 import sys
+from pathlib import Path
 from typing import Any
 
 from veilgate.transport.cover import DEFAULT_PAGE, CoverSite
@@ -138,7 +139,7 @@ def _show(result: tuple[bytes, bool], *, records: bool = False) -> dict[str, Any
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
     gateway_key = base64.b64decode(args.gateway_key)
-    page = open(args.page, "rb").read() if args.page else DEFAULT_PAGE
+    page = Path(args.page).read_bytes() if args.page else DEFAULT_PAGE
     reference = await serve_tls(
         "127.0.0.1",
         0,

@@ -96,9 +96,10 @@ class CoverConnection:
                 status = 431 if exc.error_status_hint == 431 else 400
                 out += self._send(status, _ERROR_BODY[status], head=False, close=True)
             self.closed = True
-        if conn.our_state is h11.MUST_CLOSE or conn.their_state in (h11.MUST_CLOSE, h11.CLOSED):
-            if conn.our_state is not h11.SEND_BODY:
-                self.closed = True
+        if (
+            conn.our_state is h11.MUST_CLOSE or conn.their_state in (h11.MUST_CLOSE, h11.CLOSED)
+        ) and conn.our_state is not h11.SEND_BODY:
+            self.closed = True
         return b"".join(out), self.closed
 
     def _respond(self, request: h11.Request) -> list[bytes]:
