@@ -40,7 +40,7 @@ def bare(topo: Topology, tmp_path: Path, default_user: None) -> Iterator[Deploym
     topo.ns_run(topo.gateway, "ip", "-6", "route", "add", "default", "via", netns.INTERNET_V6)
     topo.ns_run(topo.internet, "ip", "route", "del", netns.TUNNEL_POOL_V4)
     topo.ns_run(topo.internet, "ip", "-6", "route", "del", netns.TUNNEL_POOL_V6)
-    d = Deployment(topo, tmp_path / "vg", tcp_port=443)  # the default ports
+    d = Deployment(topo, tmp_path / "vg", tcp_port=8443)  # the default ports
     try:
         yield d
     finally:
