@@ -339,7 +339,20 @@ def check_serving(hosts: dict[str, MountHost], topo: Topology) -> dict[str, obje
         assert {metric, metric.removesuffix("_total")} & served, (
             f"docs/operator.md names {metric}, not served:\n{provider_metrics}"
         )
-    return {"gateway": gateway_figures(gateway), "client": status}
+    figures = {"gateway": gateway_figures(gateway), "client": status}
+    # TCP 443 is an ordinary web site to a browser, and the VPN over TLS to a client whose UDP is blocked.
+    page = client.sh("curl -sk --max-time 5 https://gw1.example.org/").stdout
+    assert "<title>Welcome</title>" in page and "veilgate" not in page.lower(), page
+    topo.block_udp()
+    try:
+        deadline = time.monotonic() + 20
+        while json.loads(client.sh("veilgate status client --json").stdout)["transport"] != "tls":
+            assert time.monotonic() < deadline, "the client did not move to TLS when UDP was blocked"
+            time.sleep(0.2)
+        assert client.sh(ping, check=False).returncode == 0, "no ping through the tunnel over TLS"
+    finally:
+        topo.unblock_udp()
+    return figures
 
 
 def check_reload_kept_the_session(
