@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from veilgate.client.paths import TCP, UDP, Act, Action, PathManager
+from veilgate.client.paths import SWITCHES_KEPT, TCP, UDP, Act, Action, PathManager
 
 
 def test_udp_answers_first() -> None:
@@ -73,3 +73,27 @@ def test_rekey_goes_on_the_active_path() -> None:
     pm.start(0.0)
     pm.response_on(UDP, 0.1)
     assert pm.handshake_started(120.0) == [Action(Act.SEND_HANDSHAKE, UDP)]
+
+
+def test_a_flapping_network_keeps_a_bounded_history_and_exact_counts() -> None:
+    """Months of a flaky network: status keeps the last changes only, the counts stay exact."""
+    pm = PathManager(reprobe_interval=5.0, tcp_linger=1.0)
+    pm.start(0.0)
+    pm.response_on(UDP, 0.01)
+    now = 0.01
+    rounds = 3 * SWITCHES_KEPT
+    for _ in range(rounds):
+        now += 10.0
+        pm.stalled(now, silent_for=3.0)
+        pm.stream_connected(now + 0.01)
+        pm.response_on(TCP, now + 0.02)
+        now += 5.02
+        assert pm.handle_timer(now) == [Action(Act.PROBE_UDP, UDP)]
+        pm.probe_answered(UDP, now + 0.01)
+        now += 1.01
+        pm.handle_timer(now)
+        assert pm.active == UDP
+    assert len(pm.switches) == SWITCHES_KEPT
+    assert pm.switch_count == 1 + 2 * rounds
+    assert (pm.fallbacks, pm.returns) == (rounds, rounds)
+    assert pm.switches[-1].new == UDP and pm.switches[-2].new == TCP

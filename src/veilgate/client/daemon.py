@@ -486,11 +486,10 @@ class Client(Driver):
                 log.warning("connection lost; reconnecting")
             elif isinstance(event, HandshakeTimeout):
                 log.warning("the gateway has not answered for 90 s; still trying")
-        switches = self.paths.switches
-        while self._logged_switches < len(switches):
-            sw = switches[self._logged_switches]
-            self._logged_switches += 1
+        new = min(self.paths.switch_count - self._logged_switches, len(self.paths.switches))
+        for sw in list(self.paths.switches)[len(self.paths.switches) - new :]:
             log.info("on %s (%s, %.2f s)", sw.new, sw.why, sw.took)
+        self._logged_switches = self.paths.switch_count
 
     # ------------------------------------------------------------ the compiled data path
 
@@ -543,7 +542,7 @@ class Client(Driver):
             return "connecting"
         return (
             f"connected over {self.paths.active}, {self.core.rx_bytes} B in, {self.core.tx_bytes} B out, "
-            f"{len(self.paths.switches)} path switches"
+            f"{self.paths.switch_count} path switches"
         )
 
     def status(self) -> dict[str, object]:
@@ -582,10 +581,8 @@ class Client(Driver):
             "handshakes": self.counters["handshakes"],
             "rx_bytes": self.core.rx_bytes,
             "tx_bytes": self.core.tx_bytes,
-            "fallbacks_to_tcp": sum(1 for s in self.paths.switches if s.new in STREAMS)
-            if self.paths.mode == "auto"
-            else 0,
-            "returns_to_udp": sum(1 for s in self.paths.switches if s.new == UDP and s.old in STREAMS),
+            "fallbacks_to_tcp": self.paths.fallbacks,
+            "returns_to_udp": self.paths.returns,
         }
 
     def metrics(self) -> Iterable[Metric]:

@@ -25,6 +25,7 @@ It takes observations and ``now`` and returns :class:`Action` values.
 from __future__ import annotations
 
 import enum
+from collections import deque
 from dataclasses import dataclass
 
 UDP = "udp"
@@ -64,6 +65,10 @@ class Switch:
     took: float
 
 
+SWITCHES_KEPT = 64
+"""How many recent path changes status shows (a laptop on a flaky network changes paths for weeks)."""
+
+
 class PathManager:
     def __init__(
         self,
@@ -90,7 +95,14 @@ class PathManager:
         self.tcp_linger = tcp_linger
         self.tcp_retry_max = tcp_retry_max
         self.active: str | None = None
-        self.switches: list[Switch] = []
+        self.switches: deque[Switch] = deque(maxlen=SWITCHES_KEPT)
+        """The most recent path changes."""
+        self.switch_count = 0
+        """Path changes since the start (the ``switches`` kept are the last of them)."""
+        self.fallbacks = 0
+        """Moves from UDP (or from no path yet, in ``auto``) to a stream carrier."""
+        self.returns = 0
+        """Moves from a stream carrier back to UDP."""
         self.stream_open = False
         self._stream_index = 0
         self._last = streams[0] if mode in STREAMS else UDP
@@ -285,6 +297,11 @@ class PathManager:
     def _set_active(self, path: str, now: float) -> None:
         since = self._searching_since if self._searching_since is not None else now
         self.switches.append(Switch(now, self._last_old, path, self._why, now - since))
+        self.switch_count += 1
+        if path in STREAMS and self.mode == "auto":
+            self.fallbacks += 1
+        elif path == UDP and self._last_old in STREAMS:
+            self.returns += 1
         self.active = path
         self._searching_since = None
         self._race_at = _INF
