@@ -101,16 +101,21 @@ class Net:
         up: Link | None = None,
         down: Link | None = None,
         auto_assign: bool = True,
+        obfuscation: bool = False,
+        keypair: KeypairFactory = KEYPAIR,
     ) -> None:
         self.now = 1000.0
         self.gateway_key = gateway_key or KeyPair.generate()
-        self.gateway = gateway or GatewayProtocol(self.gateway_key, AcceptAll(), new_keypair=KEYPAIR)
+        self.gateway = gateway or GatewayProtocol(
+            self.gateway_key, AcceptAll(), new_keypair=keypair, obfuscation=obfuscation
+        )
         self.client_key = client_key or KeyPair.generate()
         self.client = ClientProtocol(
             self.client_key,
             pinned_gateway_key or self.gateway_key.public,
             credential if credential is not None else b"ok:" + self.client_key.public,
-            new_keypair=KEYPAIR,
+            new_keypair=keypair,
+            obfuscation=obfuscation,
         )
         self.up = up or Link()
         self.down = down or Link()

@@ -438,7 +438,7 @@ class Client(Driver):
     def pump(self, now: float) -> None:
         self._process_events(now)
         for data in self.core.datagrams_to_send():
-            if messages.message_type(data) == messages.TYPE_HANDSHAKE_INIT:
+            if self.core.is_initiation(data):
                 for action in self.paths.handshake_started(now):
                     self._send(action.path, data)
             else:

@@ -18,6 +18,9 @@ from typing import TypeAlias
 try:
     from veilgate.fastpath._fastpath import (
         CONTROL_MARKER,
+        HP_KEY_LEN,
+        HP_MASKED_HEAD,
+        HP_SAMPLE_OFFSET,
         KIND_TUN,
         KIND_UDP,
         PADDING_MULTIPLE,
@@ -66,6 +69,9 @@ __all__ = [
     "KIND_TUN",
     "KIND_UDP",
     "PADDING_MULTIPLE",
+    "HP_KEY_LEN",
+    "HP_MASKED_HEAD",
+    "HP_SAMPLE_OFFSET",
     "PENDING_DATAGRAM",
     "PENDING_OPENED",
     "PENDING_TUN",

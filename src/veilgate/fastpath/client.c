@@ -96,6 +96,7 @@ static PyMethodDef ClientPath_methods[] = {
     {"take", (PyCFunction)ClientPath_take, METH_NOARGS, "take() -> (list of Pending, Activity or None)"},
     {"counters", (PyCFunction)ClientPath_counters, METH_NOARGS, "cumulative drop and I/O counters"},
     {"tun_ready", Path_tun_ready, METH_NOARGS, "serve a readable TUN device"},
+    {"protect", Path_protect, METH_O, "protect(header_key): received datagrams carry header protection"},
     {"udp_ready", (PyCFunction)ClientPath_udp_ready, METH_NOARGS, "serve a readable UDP socket"},
     {NULL, NULL, 0, NULL},
 };

@@ -54,6 +54,9 @@
 #define TAGLEN 16
 #define TRANSPORT_MIN_LEN (TRANSPORT_HEADER_LEN + TAGLEN) /* a keepalive */
 #define PADDING_MULTIPLE 16
+#define HP_KEY_LEN 16    /* header protection: AES-128-ECB over a sample (docs/protocol.md 13) */
+#define HP_SAMPLE_OFFSET 16 /* the sample: the first 16 bytes of the AEAD output */
+#define HP_MASKED_HEAD 8 /* bytes 0..7 masked with the gateway-wide key, 8..15 with the session's */
 #define CONTROL_MARKER 0xF0 /* first byte of an opened control message (an IP packet starts 0x4_ or 0x6_) */
 
 /* ------------------------------------------------------------------ keypair limits (WireGuard's) */
@@ -125,6 +128,7 @@ typedef struct {
     PyObject_HEAD
     EVP_CIPHER_CTX *seal_ctx;
     EVP_CIPHER_CTX *open_ctx;
+    EVP_CIPHER_CTX *hp_hdr, *hp_seal, *hp_open; /* header protection, when on: AES-128-ECB */
     uint32_t remote_index;
     uint32_t local_index;
     double created;
@@ -144,7 +148,9 @@ extern PyTypeObject KeysType;
 
 int keys_state(const Keys *k, double now);
 Py_ssize_t keys_seal(Keys *k, const unsigned char *in, Py_ssize_t n, unsigned char *out);
-int keys_open(Keys *k, const unsigned char *d, Py_ssize_t n, unsigned char *out);
+int keys_open(Keys *k, const unsigned char *d, Py_ssize_t n, unsigned char *out, unsigned long long counter);
+EVP_CIPHER_CTX *hp_new(const unsigned char *key);
+int hp_mask(EVP_CIPHER_CTX *ctx, const unsigned char *sample, unsigned char *mask);
 void keyset_clear(KeySet *ks);
 int keyset_assign(KeySet *ks, PyObject *send, PyObject *recv);
 Keys *keyset_receiver(const KeySet *ks, uint32_t index);
@@ -238,6 +244,7 @@ struct Path {
     PyObject *pending;  /* list of Pending for the Python core */
     unsigned char *in;  /* a received datagram or a TUN packet; NULL until initialised */
     unsigned char *out; /* sealed datagrams laid end to end (a GSO run) or one opened packet */
+    EVP_CIPHER_CTX *hp_hdr; /* the gateway-wide header-protection key, when obfuscation is on */
     /* Counters, cumulative. */
     unsigned long long drop_decrypt, drop_replay, drop_not_ip, drop_source;
     unsigned long long tun_write_error, tun_read_error, udp_recv_error;
@@ -261,6 +268,7 @@ PyObject *path_counters(const Path *p);
 PyObject *link_take(Link *link);
 PyObject *path_uninitialised(void);
 PyObject *Path_tun_ready(PyObject *self, PyObject *unused);
+PyObject *Path_protect(PyObject *self, PyObject *arg);
 
 #define REQUIRE_INIT(self)                                                      \
     do {                                                                        \

@@ -176,6 +176,7 @@ static PyMethodDef GatewayPath_methods[] = {
     {"take", (PyCFunction)GatewayPath_take, METH_NOARGS, "take() -> (list of Pending, list of touched Peers)"},
     {"counters", (PyCFunction)GatewayPath_counters, METH_NOARGS, "cumulative drop and I/O counters"},
     {"tun_ready", Path_tun_ready, METH_NOARGS, "serve a readable TUN device"},
+    {"protect", Path_protect, METH_O, "protect(header_key): received datagrams carry header protection"},
     {"udp_ready", (PyCFunction)GatewayPath_udp_ready, METH_O, "udp_ready(sock): serve a readable socket"},
     {NULL, NULL, 0, NULL},
 };

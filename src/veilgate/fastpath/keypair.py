@@ -13,6 +13,7 @@ from veilgate import fastpath
 from veilgate.protocol.constants import REJECT_AFTER_MESSAGES
 from veilgate.protocol.errors import DecryptError, LocalProtocolError, RemoteProtocolError
 from veilgate.protocol.keypair import Keypair
+from veilgate.protocol.obfs import counter_key
 
 _REPLAYED: Final = 1
 """What ``Keys.open`` returns for a replayed or too old counter (any other int: a forgery)."""
@@ -29,6 +30,15 @@ class CompiledKeypair(Keypair):
 
     def _init_keys(self, send_key: bytes, recv_key: bytes) -> None:
         self.keys = fastpath.Keys(send_key, recv_key, self.local_index, self.remote_index, self.created)
+
+    def protect(self, header_key: bytes, send_key: bytes, recv_key: bytes) -> None:
+        self.keys.protect(header_key, counter_key(send_key), counter_key(recv_key))
+
+    def unmask_counter(self, data: bytes) -> int:
+        counter = self.keys.unmask_counter(data)
+        if counter is None:
+            raise LocalProtocolError("header protection is off for this keypair")
+        return counter
 
     @property
     def send_counter(self) -> int:

@@ -29,9 +29,29 @@ int keys_state(const Keys *k, double now) {
     return KEYS_USABLE;
 }
 
+/* A header-protection context: AES-128-ECB under ``key`` (HP_KEY_LEN bytes), no padding; NULL on failure. */
+EVP_CIPHER_CTX *hp_new(const unsigned char *key) {
+    EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
+    if (ctx == NULL) return NULL;
+    if (EVP_EncryptInit_ex(ctx, EVP_aes_128_ecb(), NULL, key, NULL) != 1 || EVP_CIPHER_CTX_set_padding(ctx, 0) != 1) {
+        EVP_CIPHER_CTX_free(ctx);
+        return NULL;
+    }
+    return ctx;
+}
+
+/* mask = AES-128-ECB(key, sample), 16 bytes each; -1 if the cipher failed. */
+int hp_mask(EVP_CIPHER_CTX *ctx, const unsigned char *sample, unsigned char *mask) {
+    int len = 0;
+    return EVP_EncryptUpdate(ctx, mask, &len, sample, 16) == 1 && len == 16 ? 0 : -1;
+}
+
 static void Keys_dealloc(Keys *self) {
     if (self->seal_ctx) EVP_CIPHER_CTX_free(self->seal_ctx); /* OpenSSL clears the key schedule */
     if (self->open_ctx) EVP_CIPHER_CTX_free(self->open_ctx);
+    if (self->hp_hdr) EVP_CIPHER_CTX_free(self->hp_hdr);
+    if (self->hp_seal) EVP_CIPHER_CTX_free(self->hp_seal);
+    if (self->hp_open) EVP_CIPHER_CTX_free(self->hp_open);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -143,15 +163,23 @@ Py_ssize_t keys_seal(Keys *k, const unsigned char *in, Py_ssize_t n, unsigned ch
         EVP_EncryptFinal_ex(k->seal_ctx, body + len, &fin) != 1 ||
         EVP_CIPHER_CTX_ctrl(k->seal_ctx, EVP_CTRL_AEAD_GET_TAG, TAGLEN, body + padded) != 1)
         return -1;
+    if (k->hp_hdr != NULL) { /* header protection: the sample is the first 16 bytes of the AEAD output */
+        unsigned char m1[16], m2[16];
+        if (hp_mask(k->hp_hdr, body, m1) < 0 || hp_mask(k->hp_seal, body, m2) < 0) return -1;
+        for (int i = 0; i < HP_MASKED_HEAD; i++) {
+            out[i] ^= m1[i];
+            out[HP_MASKED_HEAD + i] ^= m2[i];
+        }
+    }
     return TRANSPORT_HEADER_LEN + padded + TAGLEN;
 }
 
-/* Authenticate and decrypt a transport datagram of ``n`` >= TRANSPORT_MIN_LEN bytes into ``out``. */
-int keys_open(Keys *k, const unsigned char *d, Py_ssize_t n, unsigned char *out) {
-    unsigned long long counter = le64(d + 8);
+/* Authenticate and decrypt a transport datagram of ``n`` >= TRANSPORT_MIN_LEN bytes into ``out``;
+ * ``counter`` is its counter (bytes 8..15, unmasked when header protection is on). */
+int keys_open(Keys *k, const unsigned char *d, Py_ssize_t n, unsigned char *out, unsigned long long counter) {
     if (!replay_check(k, counter)) return OPEN_REPLAY;
     unsigned char nonce[12] = {0};
-    memcpy(nonce + 4, d + 8, 8);
+    put_le64(nonce + 4, counter);
     int ct = (int)(n - TRANSPORT_MIN_LEN), len = 0, fin = 0;
     if (EVP_DecryptInit_ex(k->open_ctx, NULL, NULL, NULL, nonce) != 1 ||
         EVP_CIPHER_CTX_ctrl(k->open_ctx, EVP_CTRL_AEAD_SET_TAG, TAGLEN, (void *)(d + n - TAGLEN)) != 1 ||
@@ -200,7 +228,7 @@ static PyObject *Keys_open(Keys *self, PyObject *arg) {
     }
     res = PyBytes_FromStringAndSize(NULL, in.len - TRANSPORT_MIN_LEN);
     if (res == NULL) goto out;
-    int rc = keys_open(self, in.buf, in.len, (unsigned char *)PyBytes_AS_STRING(res));
+    int rc = keys_open(self, in.buf, in.len, (unsigned char *)PyBytes_AS_STRING(res), le64((unsigned char *)in.buf + 8));
     if (rc != OPEN_OK) {
         Py_DECREF(res);
         res = PyLong_FromLong(rc);
@@ -216,7 +244,49 @@ static PyObject *Keys_get_top(Keys *self, void *closure) {
     return PyLong_FromUnsignedLongLong(self->top);
 }
 
+/* protect(header_key, send_counter_key, recv_counter_key): header protection on, once. */
+static PyObject *Keys_protect(Keys *self, PyObject *args) {
+    Py_buffer keys[3];
+    if (!PyArg_ParseTuple(args, "y*y*y*", &keys[0], &keys[1], &keys[2])) return NULL;
+    PyObject *res = NULL;
+    if (keys[0].len != HP_KEY_LEN || keys[1].len != HP_KEY_LEN || keys[2].len != HP_KEY_LEN) {
+        PyErr_SetString(PyExc_ValueError, "header-protection keys are 16 bytes");
+    } else if (self->hp_hdr != NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "header protection is turned on once");
+    } else {
+        self->hp_hdr = hp_new(keys[0].buf);
+        self->hp_seal = hp_new(keys[1].buf);
+        self->hp_open = hp_new(keys[2].buf);
+        if (self->hp_hdr == NULL || self->hp_seal == NULL || self->hp_open == NULL) {
+            PyErr_SetString(PyExc_RuntimeError, "OpenSSL refused AES-128-ECB");
+        } else {
+            res = Py_NewRef(Py_None);
+        }
+    }
+    for (int i = 0; i < 3; i++) PyBuffer_Release(&keys[i]);
+    return res;
+}
+
+/* unmask_counter(datagram) -> the counter of a protected datagram, or None (protection off or too short). */
+static PyObject *Keys_unmask_counter(Keys *self, PyObject *arg) {
+    Py_buffer in;
+    if (PyObject_GetBuffer(arg, &in, PyBUF_SIMPLE) < 0) return NULL;
+    PyObject *res;
+    unsigned char m[16];
+    const unsigned char *d = in.buf;
+    if (self->hp_open == NULL || in.len < TRANSPORT_MIN_LEN || hp_mask(self->hp_open, d + HP_SAMPLE_OFFSET, m) < 0)
+        res = Py_NewRef(Py_None);
+    else
+        res = PyLong_FromUnsignedLongLong(le64(d + 8) ^ le64(m));
+    PyBuffer_Release(&in);
+    return res;
+}
+
 static PyMethodDef Keys_methods[] = {
+    {"protect", (PyCFunction)Keys_protect, METH_VARARGS,
+     "protect(header_key, send_counter_key, recv_counter_key): turn header protection on"},
+    {"unmask_counter", (PyCFunction)Keys_unmask_counter, METH_O,
+     "unmask_counter(datagram) -> counter of a protected datagram, or None"},
     {"seal", (PyCFunction)Keys_seal, METH_O, "seal(payload) -> datagram (header, ciphertext, tag)"},
     {"open", (PyCFunction)Keys_open, METH_O,
      "open(datagram) -> plaintext, or 1 for a replayed or too old counter, 2 for a forgery"},

@@ -31,6 +31,8 @@ void path_clear(Path *p) {
     PyMem_Free(p->in);
     PyMem_Free(p->out);
     p->in = p->out = NULL;
+    if (p->hp_hdr != NULL) EVP_CIPHER_CTX_free(p->hp_hdr);
+    p->hp_hdr = NULL;
 }
 
 /* The path's next socket; its number, or -1 with an exception set. */
@@ -146,4 +148,25 @@ PyObject *Path_tun_ready(PyObject *self, PyObject *unused) {
     REQUIRE_INIT(self);
     if (path_tun_ready(PATH_OF(self)) < 0) return NULL;
     Py_RETURN_NONE;
+}
+
+/* protect(header_key): from now on received transport datagrams carry header protection under this
+ * gateway-wide key (docs/protocol.md 13); the sessions' Keys carry their own counter keys. */
+PyObject *Path_protect(PyObject *self, PyObject *arg) {
+    REQUIRE_INIT(self);
+    Path *p = PATH_OF(self);
+    Py_buffer key;
+    if (PyObject_GetBuffer(arg, &key, PyBUF_SIMPLE) < 0) return NULL;
+    PyObject *res = NULL;
+    if (key.len != HP_KEY_LEN) {
+        PyErr_SetString(PyExc_ValueError, "the header-protection key is 16 bytes");
+    } else if (p->hp_hdr != NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "header protection is turned on once");
+    } else if ((p->hp_hdr = hp_new(key.buf)) == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "OpenSSL refused AES-128-ECB");
+    } else {
+        res = Py_NewRef(Py_None);
+    }
+    PyBuffer_Release(&key);
+    return res;
 }

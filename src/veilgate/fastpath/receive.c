@@ -54,15 +54,31 @@ static int is_transport(const unsigned char *d, Py_ssize_t n) {
 /* One received datagram; -1 on a Python error. ``src`` is NULL on a connected socket. */
 static int path_datagram(Path *p, int sock, const unsigned char *d, Py_ssize_t n,
                          const struct sockaddr_storage *src, socklen_t srclen, double now) {
-    if (!is_transport(d, n)) return pend(p, PENDING_DATAGRAM, d, n, sock, src, srclen, 0);
-    uint32_t index = le32(d + 4);
+    const unsigned char *h = d; /* the header in the clear */
+    unsigned char head[HP_MASKED_HEAD];
+    if (p->hp_hdr != NULL) { /* header protection: bytes 0..7 under the gateway-wide key */
+        unsigned char m[16];
+        if (n < TRANSPORT_MIN_LEN || hp_mask(p->hp_hdr, d + HP_SAMPLE_OFFSET, m) < 0)
+            return pend(p, PENDING_DATAGRAM, d, n, sock, src, srclen, 0);
+        for (int i = 0; i < HP_MASKED_HEAD; i++) head[i] = d[i] ^ m[i];
+        h = head;
+    }
+    if (!is_transport(h, n)) return pend(p, PENDING_DATAGRAM, d, n, sock, src, srclen, 0);
+    uint32_t index = le32(h + 4);
     Link *link = p->ops->receiver(p, index, sock, src);
     if (link == NULL && PyErr_Occurred()) return -1;
     Keys *k = link != NULL ? keyset_receiver(&link->keys, index) : NULL;
     /* Unknown, or expired as the core counts it (the core drops it): the Python core decides. */
-    if (k == NULL || keys_state(k, now) == KEYS_EXPIRED) return pend(p, PENDING_DATAGRAM, d, n, sock, src, srclen, 0);
+    if (k == NULL || keys_state(k, now) == KEYS_EXPIRED || (p->hp_hdr != NULL) != (k->hp_open != NULL))
+        return pend(p, PENDING_DATAGRAM, d, n, sock, src, srclen, 0);
+    unsigned long long counter = le64(d + 8);
+    if (k->hp_open != NULL) { /* bytes 8..15 under the session's counter key */
+        unsigned char m[16];
+        if (hp_mask(k->hp_open, d + HP_SAMPLE_OFFSET, m) < 0) return pend(p, PENDING_DATAGRAM, d, n, sock, src, srclen, 0);
+        counter ^= le64(m);
+    }
     unsigned char *pt = p->out;
-    int rc = keys_open(k, d, n, pt);
+    int rc = keys_open(k, d, n, pt, counter);
     if (rc == OPEN_REPLAY) {
         p->drop_replay++;
         return 0;

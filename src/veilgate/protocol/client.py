@@ -44,6 +44,7 @@ from veilgate.protocol.events import (
 )
 from veilgate.protocol.handshake import FinalPayload, InitiatorHandshake
 from veilgate.protocol.keypair import EXPIRED, USABLE, Keypair, KeypairFactory
+from veilgate.protocol.obfs import Obfuscation
 from veilgate.protocol.timers import ClientTimers
 
 _INF = float("inf")
@@ -61,6 +62,7 @@ class ClientProtocol:
         handshake_retry: float = HANDSHAKE_RETRY_INITIAL,
         rekey_after: float = REKEY_AFTER_TIME,
         new_keypair: KeypairFactory = Keypair,
+        obfuscation: bool = False,
     ) -> None:
         if len(gateway_public) != 32:
             raise LocalProtocolError("the gateway's public key is 32 bytes")
@@ -71,6 +73,8 @@ class ClientProtocol:
         self.stall_timeout = stall_timeout
         self.rekey_after = rekey_after
         self.new_keypair = new_keypair
+        self.obfs = Obfuscation(gateway_public) if obfuscation else None
+        """With obfuscation on (docs/protocol.md 13), every datagram in and out is obfuscated."""
         self.cookies = CookieGenerator(gateway_public)
         self.config: control.TunnelConfig | None = None
         self.counters: collections.Counter[str] = collections.Counter()
@@ -83,6 +87,7 @@ class ClientProtocol:
         self._keypairs: dict[int, Keypair] = {}
         self._handshake: InitiatorHandshake | None = None
         self._final: bytes | None = None
+        self._init_sent: bytes | None = None
         self._resume_token: bytes | None = None
         self._rotate = False
 
@@ -149,8 +154,12 @@ class ClientProtocol:
         depend on the path.
         """
         if self._handshake is not None:
-            return self._handshake.init_message
-        return self._final
+            return self._wrap(self._handshake.init_message)
+        return None if self._final is None else self._wrap(self._final)
+
+    def is_initiation(self, data: bytes) -> bool:
+        """Whether ``data``, from ``datagrams_to_send``, is the message 1 this core sent last."""
+        return data is self._init_sent
 
     def next_event(self) -> Event | None:
         return self._events.popleft() if self._events else None
@@ -202,6 +211,9 @@ class ClientProtocol:
     def receive_datagram(self, data: bytes, now: float) -> bytes | None:
         """Process one datagram from the gateway; returns an IP packet to deliver, if any."""
         try:
+            obfs = self.obfs
+            if obfs is not None:
+                data = self._unobfuscate(obfs, data)
             msg_type = messages.message_type(data)
             if msg_type == messages.TYPE_TRANSPORT:
                 if len(data) < messages.TRANSPORT_MIN_LEN:
@@ -216,6 +228,22 @@ class ClientProtocol:
         except RemoteProtocolError as exc:
             self.counters["drop-" + exc.reason] += 1
         return None
+
+    def _unobfuscate(self, obfs: Obfuscation, data: bytes) -> bytes:
+        """The message an obfuscated datagram carries, in the clear (docs/protocol.md 13)."""
+        head = obfs.unmask_head(data)
+        if head is not None:
+            kp = self._keypairs.get(int.from_bytes(head[4:8], "little"))
+            if kp is None:
+                raise RemoteProtocolError("unknown receiver index", "unknown-index")
+            return head + kp.unmask_counter(data).to_bytes(8, "little") + data[16:]
+        message = obfs.unwrap(data)
+        if message is None or message[:4] == messages.HDR_TRANSPORT:
+            raise RemoteProtocolError("not an obfuscated message", "obfs")
+        return message
+
+    def _wrap(self, message: bytes) -> bytes:
+        return message if self.obfs is None else self.obfs.wrap(message)
 
     # ------------------------------------------------------------ compiled data path
 
@@ -284,7 +312,7 @@ class ClientProtocol:
         if self._handshake is not None and now >= timers.retry_at:
             self._begin_handshake(now, retry=True)
         if self._final is not None and now >= timers.final_retry_at:
-            self._out.append(self._final)
+            self._out.append(self._wrap(self._final))
             timers.final_sent(now)
         if (
             timers.attempt_started is not None
@@ -330,7 +358,8 @@ class ClientProtocol:
         self._final = None  # a newer handshake supersedes an unconfirmed message 3
         index = self._new_index()
         self._handshake = InitiatorHandshake(self.static, self.gateway_public, index, self.cookies, now)
-        self._out.append(self._handshake.init_message)
+        self._init_sent = self._wrap(self._handshake.init_message)
+        self._out.append(self._init_sent)
         self.timers.handshake_initiated(now, retry=retry, rekey=self.connected)
 
     def _new_index(self) -> int:
@@ -358,11 +387,13 @@ class ClientProtocol:
         final, result = hs.write_final(FinalPayload(self.credential, resume))
         self._handshake = None
         kp = self.new_keypair(result.send_key, result.recv_key, hs.local_index, hs.remote_index, now, True)
+        if self.obfs is not None:
+            kp.protect(self.obfs.header_key, result.send_key, result.recv_key)
         self._keypairs[kp.local_index] = kp
         self._resume_token = result.resume_token
         self._rotate = False
         self._final = final
-        self._out.append(final)
+        self._out.append(self._wrap(final))
         self.timers.session_derived(now)
         if self.current is None or self.current.state(now) is EXPIRED:
             # Nothing to keep sending on: use the new keypair at once (data may follow message 3).

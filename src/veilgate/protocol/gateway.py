@@ -53,6 +53,7 @@ from veilgate.protocol.events import (
 )
 from veilgate.protocol.handshake import ResponderHandshake
 from veilgate.protocol.keypair import EXPIRED, Keypair, KeypairFactory
+from veilgate.protocol.obfs import Obfuscation
 from veilgate.protocol.pending import PendingHandshakes
 from veilgate.protocol.session import CredentialBindings, Endpoint, Session
 from veilgate.protocol.timers import GatewayTimers
@@ -87,6 +88,7 @@ class GatewayProtocol:
         max_sessions_per_credential: int = 1,
         random_index: Callable[[], int] = lambda: secrets.randbits(32),
         new_keypair: KeypairFactory = Keypair,
+        obfuscation: bool = False,
     ) -> None:
         self.static = static
         self.public = static.public
@@ -94,6 +96,8 @@ class GatewayProtocol:
         self.under_load_rate = under_load_rate
         self.max_pending = max_pending
         self.new_keypair = new_keypair
+        self.obfs = Obfuscation(self.public) if obfuscation else None
+        """With obfuscation on (docs/protocol.md 13), every datagram in and out is obfuscated."""
         self.force_under_load = False
         self.counters: collections.Counter[str] = collections.Counter()
         self.sessions: dict[int, Session] = {}
@@ -184,6 +188,9 @@ class GatewayProtocol:
         Bad input is dropped and counted, never raised.
         """
         try:
+            obfs = self.obfs
+            if obfs is not None:
+                data = self._unobfuscate(obfs, data)
             if data[:4] == messages.HDR_TRANSPORT and len(data) >= messages.TRANSPORT_MIN_LEN:
                 return self._receive_transport(data, endpoint, now)
             msg_type = messages.message_type(data)
@@ -198,6 +205,22 @@ class GatewayProtocol:
         except RemoteProtocolError as exc:
             self.counters["drop-" + exc.reason] += 1
         return None
+
+    def _unobfuscate(self, obfs: Obfuscation, data: bytes) -> bytes:
+        """The message an obfuscated datagram carries, in the clear (docs/protocol.md 13)."""
+        head = obfs.unmask_head(data)
+        if head is not None:
+            kp = self._keypairs.get(_U32.unpack_from(head, 4)[0])
+            if kp is None:
+                raise RemoteProtocolError("unknown receiver index", "unknown-index")
+            return head + kp.unmask_counter(data).to_bytes(8, "little") + data[16:]
+        message = obfs.unwrap(data)
+        if message is None or message[:4] == messages.HDR_TRANSPORT:
+            raise RemoteProtocolError("not an obfuscated message", "obfs")
+        return message
+
+    def _wrap(self, message: bytes) -> bytes:
+        return message if self.obfs is None else self.obfs.wrap(message)
 
     # ------------------------------------------------------------ compiled data path
 
@@ -258,7 +281,7 @@ class GatewayProtocol:
         if self.under_load(now):
             if not proven:
                 sender = _U32.unpack_from(data, 4)[0]
-                self._out.append((self._cookies.make_reply(data, sender, source, now), endpoint))
+                self._out.append((self._wrap(self._cookies.make_reply(data, sender, source, now)), endpoint))
                 self.counters["cookie-sent"] += 1
                 return
             if not self._ratelimit.allow(source_prefix(source[:-2]), now):
@@ -270,7 +293,7 @@ class GatewayProtocol:
         index = self._new_index()
         hs = ResponderHandshake(self.static, messages.HandshakeInit.decode(data), index, now, endpoint)
         self._pending.add(hs, proven)
-        self._out.append((hs.write_response(), endpoint))
+        self._out.append((self._wrap(hs.write_response()), endpoint))
         self.timers.response_sent(index, now)
         self.counters["handshake-responses"] += 1
 
@@ -307,6 +330,8 @@ class GatewayProtocol:
             session = Session(next(self._session_ids), key, endpoint, now)
             self.sessions[session.id] = session
         kp = self.new_keypair(result.send_key, result.recv_key, hs.local_index, hs.remote_index, now, False)
+        if self.obfs is not None:
+            kp.protect(self.obfs.header_key, result.send_key, result.recv_key)
         kp.final_digest = _digest(data)
         kp.owner = session
         self._keypairs[kp.local_index] = kp

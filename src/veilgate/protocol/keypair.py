@@ -25,6 +25,7 @@ from veilgate.protocol.constants import (
 )
 from veilgate.protocol.errors import DecryptError, LocalProtocolError, RemoteProtocolError
 from veilgate.protocol.messages import TRANSPORT_HEADER_LEN, TYPE_TRANSPORT
+from veilgate.protocol.obfs import HeaderProtection
 from veilgate.protocol.replay import ReplayWindow
 
 _HDR = struct.Struct("<BBHIQ")
@@ -59,6 +60,7 @@ class Keypair:
         "_seal",
         "created",
         "final_digest",
+        "hp",
         "initiator",
         "local_index",
         "owner",
@@ -83,6 +85,7 @@ class Keypair:
         self.final_digest = b""
         self.owner: Any = None
         """The gateway's Session this keypair belongs to."""
+        self.hp: HeaderProtection | None = None
         self._init_keys(send_key, recv_key)
 
     def _init_keys(self, send_key: bytes, recv_key: bytes) -> None:
@@ -91,6 +94,18 @@ class Keypair:
         self._open = ChaCha20Poly1305(recv_key).decrypt
         self.send_counter = 0
         self.replay = ReplayWindow()
+
+    def protect(self, header_key: bytes, send_key: bytes, recv_key: bytes) -> None:
+        """Turn on header protection (docs/protocol.md 13): every datagram sealed from now on is
+        masked, and ``unmask_counter`` reads the counter of a received one."""
+        self.hp = HeaderProtection(header_key, send_key, recv_key)
+
+    def unmask_counter(self, data: bytes) -> int:
+        """The counter of a protected transport datagram addressed to this keypair."""
+        hp = self.hp
+        if hp is None:
+            raise LocalProtocolError("header protection is off for this keypair")
+        return hp.counter(data)
 
     def state(self, now: float) -> KeypairState:
         """The keypair rule: usable, due for a rekey by its send counter, or expired by age or counter.
@@ -119,7 +134,9 @@ class Keypair:
         if pad:
             plaintext = plaintext + _ZEROS[:pad]
         header = _HDR.pack(TYPE_TRANSPORT, 1, 0, self.remote_index, counter)
-        return header + self._seal(_NONCE_PREFIX + header[8:], plaintext, None)
+        datagram = header + self._seal(_NONCE_PREFIX + header[8:], plaintext, None)
+        hp = self.hp
+        return datagram if hp is None else hp.protect(datagram)
 
     def open(self, data: bytes, counter: int) -> bytes:
         """Authenticate and decrypt a transport datagram addressed to this keypair.
