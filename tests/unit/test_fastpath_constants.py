@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from veilgate import fastpath
-from veilgate.protocol import constants, control, crypto, ip, messages
+from veilgate.protocol import constants, control, crypto, ip, messages, obfs
 
 pytestmark = pytest.mark.skipif(not fastpath.BUILT, reason="the compiled data path is not built")
 
@@ -31,6 +31,9 @@ def test_every_exported_constant_equals_its_python_twin() -> None:
         "TRANSPORT_MIN_LEN": messages.TRANSPORT_MIN_LEN,
         "TAGLEN": crypto.TAGLEN,
         "CONTROL_MARKER": control.CONTROL_MARKER,
+        "HP_KEY_LEN": obfs.HP_KEY_LEN,
+        "HP_SAMPLE_OFFSET": obfs.SAMPLE_OFFSET,
+        "HP_MASKED_HEAD": obfs.MASKED_HEAD_LEN,
     }
     # The kinds have no Python twin: their values are the interface (PENDING_* and KIND_* are what
     # take() and Poller.add use; ROUTE_NONE is Peer.update's "not over UDP").

@@ -4,6 +4,7 @@ opens what the other sealed."""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 
 import pytest
@@ -27,21 +28,24 @@ K1, K2 = bytes(range(32)), bytes(range(32, 64))
 GW = KeyPair.generate()
 
 
+_Carry = Callable[[bytes, float], list[tuple[float, bytes]]]
+
+
 def capture(net: Net) -> tuple[list[bytes], list[bytes]]:
     """Record every datagram on the wire, both ways."""
     up: list[bytes] = []
     down: list[bytes] = []
     carry_up, carry_down = net.up.carry, net.down.carry
 
-    def rec(log: list[bytes], carry: Callable[[bytes, float], list[tuple[float, bytes]]]) -> object:
+    def rec(log: list[bytes], carry: _Carry) -> _Carry:
         def f(data: bytes, now: float) -> list[tuple[float, bytes]]:
             log.append(data)
             return carry(data, now)
 
         return f
 
-    net.up.carry = rec(up, carry_up)  # type: ignore[method-assign]
-    net.down.carry = rec(down, carry_down)  # type: ignore[method-assign]
+    net.up.carry = rec(up, carry_up)  # type: ignore[method-assign,assignment]
+    net.down.carry = rec(down, carry_down)  # type: ignore[method-assign,assignment]
     return up, down
 
 
@@ -67,7 +71,9 @@ def test_traffic_passes_both_ways_and_nothing_fixed_shows(factory: KeypairFactor
         for offset in range(16):
             assert len({d[offset] for d in wire}) > 1, offset
         # Consecutive datagrams share no fixed pattern: their XOR is not constant.
-        xors = {bytes(a ^ b for a, b in zip(x[:16], y[:16], strict=True)) for x, y in zip(wire, wire[1:])}
+        xors = {
+            bytes(a ^ b for a, b in zip(x[:16], y[:16], strict=True)) for x, y in itertools.pairwise(wire)
+        }
         assert len(xors) == len(wire) - 1
         assert not any(d[:4] == messages.HDR_TRANSPORT for d in wire)
     assert net.gateway.counters["drop-obfs"] == 0 and net.client.counters["drop-obfs"] == 0
@@ -96,7 +102,9 @@ def test_handshake_sizes_vary_and_mac1_still_holds() -> None:
         assert net.client.connected
         sizes.add((len(up[0]), len(down[0]), len(up[1])))
         assert all(len(d) <= HS_WIRE_MAX for d in up[:2] + down[:1])
-    assert len({s[0] for s in sizes}) > 2 and len({s[1] for s in sizes}) > 2 and len({s[2] for s in sizes}) > 2
+    assert (
+        len({s[0] for s in sizes}) > 2 and len({s[1] for s in sizes}) > 2 and len({s[2] for s in sizes}) > 2
+    )
     assert net.gateway.counters["handshakes"] == 1
 
 
@@ -154,7 +162,7 @@ _NETS: dict[KeypairFactory, Net] = {}
 
 @pytest.mark.parametrize("factory", FACTORIES)
 def test_bit_flips_of_real_datagrams_are_dropped_and_counted(factory: KeypairFactory) -> None:
-    net, up, down = session(factory)
+    net, up, _ = session(factory)
     net.client_send(ipv4_packet(net.client_ip, "198.51.100.1", b"z" * 40))
     net.run(0.1)
     for d in up:
@@ -171,7 +179,9 @@ def test_a_plain_client_cannot_talk_to_an_obfuscated_gateway() -> None:
     plain = Net(gateway=net.gateway, gateway_key=net.gateway_key)
     plain.connect()
     assert not plain.client.connected
-    assert net.gateway.counters["drop-obfs"] >= 1
+    # Mostly "obfs"; now and then a plain message unwraps to garbage and is dropped for that.
+    assert sum(v for k, v in net.gateway.counters.items() if k.startswith("drop-")) >= 1
+    assert net.gateway.counters["handshake-responses"] == 0
 
 
 def test_off_by_default_the_wire_is_unchanged() -> None:
@@ -179,3 +189,57 @@ def test_off_by_default_the_wire_is_unchanged() -> None:
     up, _ = capture(net)
     net.connect()
     assert up[0][:4] == messages.HDR_INIT and len(up[0]) == messages.INIT_LEN
+
+
+# ---------------------------------------------------------------------- the compiled loops
+
+
+@pytest.mark.skipif(not fastpath.BUILT, reason="the compiled data path is not built")
+def test_compiled_client_loops_speak_the_protected_format() -> None:
+    from tests.unit.test_fastpath import ClientRig, ipv4, serve, settle  # noqa: PLC0415
+
+    obfs = Obfuscation(GW.public)
+    rig = ClientRig()
+    try:
+        rig.path.protect(obfs.header_key)
+        rig.mine.protect(obfs.header_key, K1, K2)
+        rig.gateway.protect(obfs.header_key, K2, K1)
+        rig.path.set_keys(rig.mine.keys, (rig.mine.keys,))
+        # TUN -> UDP: sealed and protected in C, opened by the pure-Python keypair.
+        sent = []
+        for i in range(3):
+            packet = ipv4("10.0.0.2", "10.9.9.9", bytes([i]) * 40)
+            rig.host.send(packet)
+            sent.append(packet)
+        serve(rig.path.tun_ready)
+        settle()
+        for i, packet in enumerate(sent):
+            d = rig.gw.recv(2000)
+            head = obfs.unmask_head(d)
+            assert head is not None and d[:4] != messages.HDR_TRANSPORT
+            counter = rig.gateway.unmask_counter(d)
+            assert counter == i
+            assert (
+                rig.gateway.open(head + counter.to_bytes(8, "little") + d[16:], counter)[: len(packet)]
+                == packet
+            )
+        # UDP -> TUN: protected by the pure-Python keypair, opened in C.
+        reply = ipv4("10.9.9.9", "10.0.0.2", b"back" * 10)
+        rig.gateway_sends(reply)
+        settle()
+        serve(rig.path.udp_ready)
+        assert rig.host.recv(2000) == reply
+        # Garbage and an unprotected datagram go to Python untouched; a forgery is counted.
+        rig.gw.send(b"\x05\x01\x00\x00" + bytes(60))
+        forged = bytearray(rig.gateway.seal(reply))
+        forged[-1] ^= 1
+        rig.gw.send(bytes(forged))
+        settle()
+        serve(rig.path.udp_ready)
+        pending, _ = rig.path.take()
+        assert [p.kind for p in pending] == [fastpath.PENDING_DATAGRAM]
+        assert rig.path.counters()["drop-decrypt"] == 1
+        with pytest.raises(BlockingIOError):
+            rig.host.recv(2000)
+    finally:
+        rig.close()

@@ -44,6 +44,7 @@ class ClientConfig:
     allow_lan: bool = False
     apply_dns: bool = True
     udp_offload: bool = True
+    obfuscation: bool = False
     state_dir: Path = Path(DEFAULT_STATE_DIR)
     status_socket: Path = Path(DEFAULT_STATUS_SOCKET)
     log_level: str = "info"
@@ -168,6 +169,7 @@ def _common(c: Section) -> dict[str, Any]:
         "allow_lan": c.get_bool("allow_lan", False),
         "apply_dns": c.get_bool("apply_dns", True),
         "udp_offload": c.get_bool("udp_offload", True),
+        "obfuscation": c.get_bool("obfuscation", False),
         "state_dir": c.path_value("state_dir", DEFAULT_STATE_DIR),
         "status_socket": c.path_value("status_socket", DEFAULT_STATUS_SOCKET),
         "log_level": c.choice("log_level", LEVELS, "info"),

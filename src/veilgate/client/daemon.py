@@ -30,7 +30,6 @@ from veilgate.driver import Driver, Runtime, Wake, read_tun, read_udp, total
 from veilgate.fastpath.keypair import CompiledKeypair
 from veilgate.monitor.metrics import Metric, Value, families, split_counters
 from veilgate.netfilter import kill_switch_rules_for
-from veilgate.protocol import messages
 from veilgate.protocol.client import ClientProtocol
 from veilgate.protocol.control import TunnelConfig
 from veilgate.protocol.crypto import KeyPair
@@ -68,6 +67,7 @@ class Client(Driver):
             stall_timeout=config.stall_timeout,
             rekey_after=config.rekey_after,
             new_keypair=CompiledKeypair if self.compiled_wanted else Keypair,
+            obfuscation=config.obfuscation,
         )
         self.paths = PathManager(
             mode=config.transport,
@@ -134,6 +134,8 @@ class Client(Driver):
             self.udp_tx = UdpSender(udp, gso=cfg.udp_offload)
             if self.compiled_wanted:
                 fast = fastpath.ClientPath(tun.fd, udp.fileno(), cfg.udp_offload, self._gro)
+                if self.core.obfs is not None:
+                    fast.protect(self.core.obfs.header_key)
                 if self.watch_compiled(tun.fd, fast, fastpath.KIND_TUN):
                     self.watch_compiled(udp.fileno(), fast, fastpath.KIND_UDP)
                     self.fast = fast
@@ -351,7 +353,12 @@ class Client(Driver):
                 )
             else:
                 conn = await connect_tcp(
-                    self.gateway_ip, cfg.tcp_port, self._on_tcp_datagrams, self._on_tcp_close, timeout=5.0
+                    self.gateway_ip,
+                    cfg.tcp_port,
+                    self._on_tcp_datagrams,
+                    self._on_tcp_close,
+                    timeout=5.0,
+                    stream_key=self.core.obfs.stream_key if self.core.obfs is not None else None,
                 )
         except (OSError, TimeoutError) as exc:
             log.info("%s connect to the gateway failed: %s", carrier, exc or "timed out")

@@ -19,15 +19,22 @@ from veilgate.protocol.crypto import KeyPair
 from veilgate.protocol.errors import RemoteProtocolError
 from veilgate.protocol.handshake import InitiatorHandshake
 from veilgate.protocol.messages import CookieReply, HandshakeResp, decode
+from veilgate.protocol.obfs import Obfuscation
 from veilgate.provider.document import GatewayEntry
 
 
 class _Probe(asyncio.DatagramProtocol):
-    def __init__(self, index: int) -> None:
+    def __init__(self, index: int, obfs: Obfuscation | None) -> None:
         self.index = index
+        self.obfs = obfs
         self.answered: asyncio.Future[float] = asyncio.get_running_loop().create_future()
 
     def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
+        if self.obfs is not None:
+            unwrapped = self.obfs.unwrap(data)
+            if unwrapped is None:
+                return
+            data = unwrapped
         try:
             message = decode(data)
         except RemoteProtocolError:
@@ -42,14 +49,17 @@ class _Probe(asyncio.DatagramProtocol):
 
 async def handshake_rtt(gateway: GatewayEntry, timeout: float = 1.0) -> float | None:
     """Time a handshake initiation to ``gateway`` over UDP until its answer (response or cookie reply)."""
-    return await probe_rtt(gateway.host, gateway.udp_port, gateway.public_key, timeout)
+    return await probe_rtt(gateway.host, gateway.udp_port, gateway.public_key, timeout, gateway.obfuscation)
 
 
-async def probe_rtt(host: str, port: int, public_key: bytes, timeout: float = 1.0) -> float | None:
+async def probe_rtt(
+    host: str, port: int, public_key: bytes, timeout: float = 1.0, obfuscation: bool = False
+) -> float | None:
     """Time a handshake initiation to the gateway with ``public_key`` at ``host`` (an address)."""
     loop = asyncio.get_running_loop()
     index = secrets.randbits(32)
-    probe = _Probe(index)
+    obfs = Obfuscation(public_key) if obfuscation else None
+    probe = _Probe(index, obfs)
     try:
         transport, _ = await loop.create_datagram_endpoint(lambda: probe, remote_addr=(host, port))
     except OSError:
@@ -63,7 +73,7 @@ async def probe_rtt(host: str, port: int, public_key: bytes, timeout: float = 1.
             time.monotonic(),
         )
         t0 = time.monotonic()
-        transport.sendto(init.init_message)
+        transport.sendto(init.init_message if obfs is None else obfs.wrap(init.init_message))
         try:
             return await asyncio.wait_for(probe.answered, timeout) - t0
         except TimeoutError:

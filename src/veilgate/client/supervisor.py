@@ -347,6 +347,7 @@ class ProviderModeClient:
             tls_pin=gateway.tls_pin,
             # Plain TCP where the gateway has it and no TLS carrier, or where the client asks for it.
             plain_tcp=bool(gateway.tcp_port) and (self.config.plain_tcp or not gateway.tls_pin),
+            obfuscation=gateway.obfuscation,
             private_key=key.private_bytes(),
             credential=credential.encode(),
             kill_switch=False,  # the supervisor's kill switch covers every gateway, see run()

@@ -42,6 +42,8 @@ class CompiledGateway:
         routes = cast(dict[bytes, fastpath.Peer], table.routes)
         indices = cast(dict[int, fastpath.Peer], table.indices)
         self.path = fastpath.GatewayPath(tun_fd, routes, indices, client_to_client)
+        if core.obfs is not None:
+            self.path.protect(core.obfs.header_key)
         self.listeners = listeners
         self.core = core
         table.attach(fastpath.Peer, self.update_peer)

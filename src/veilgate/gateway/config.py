@@ -55,6 +55,7 @@ class GatewayConfig:
     client_to_client: bool = False
     nat: bool = True
     udp_offload: bool = True
+    obfuscation: bool = False
     nat_interface: str | None = None
     """None: the interface of the default route when the gateway starts."""
     max_skew: int = 120
@@ -105,6 +106,7 @@ def load_gateway_config(path: str | Path, private_key: bytes | None = None) -> G
         client_to_client=gw.get_bool("client_to_client", False),
         nat=gw.get_bool("nat", True),
         udp_offload=gw.get_bool("udp_offload", True),
+        obfuscation=gw.get_bool("obfuscation", False),
         nat_interface=gw.interface_name("nat_interface"),
         status_socket=gw.path_value("status_socket", DEFAULT_STATUS_SOCKET),
         log_level=gw.choice("log_level", LEVELS, "info"),

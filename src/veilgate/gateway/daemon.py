@@ -68,6 +68,7 @@ class Gateway(Driver):
             _WallClockCheck(AnyCredentialVerifier(ed25519, self.epochs)),
             max_sessions_per_credential=config.max_sessions_per_credential,
             new_keypair=CompiledKeypair if self.compiled_wanted else Keypair,
+            obfuscation=config.obfuscation,
         )
         self.counters: Counter[str] = Counter()
         self.provider = (
@@ -85,7 +86,10 @@ class Gateway(Driver):
         self.table = SessionTable(self.pool4, self.pool6)
         self.core.changed = set()  # the table follows every change of keys, endpoint or addresses
         self.listeners = Listeners(
-            config, self._on_tcp_datagrams, KeyPair.from_private_bytes(config.private_key).public
+            config,
+            self._on_tcp_datagrams,
+            KeyPair.from_private_bytes(config.private_key).public,
+            self.core.obfs.stream_key if self.core.obfs is not None else None,
         )
         self.fast: CompiledGateway | None = None
         """The compiled data path, when it runs: it serves the sessions reached over UDP."""

@@ -95,9 +95,17 @@ class Listeners:
     """The UDP sockets, TLS and TCP listeners on the configured addresses, and the stream connections
     (TLS ones once their gate let them through: until then they are the cover site's)."""
 
-    def __init__(self, config: GatewayConfig, on_tcp: OnDatagrams, gateway_public: bytes = b"") -> None:
+    def __init__(
+        self,
+        config: GatewayConfig,
+        on_tcp: OnDatagrams,
+        gateway_public: bytes = b"",
+        stream_key: bytes | None = None,
+    ) -> None:
         self.gateway_public = gateway_public
         self.config = config
+        self.stream_key = stream_key
+        """With obfuscation on: the key that masks TCP length prefixes."""
         self.udp: list[UdpSocket] = []
         self.tcp_servers: list[asyncio.AbstractServer] = []
         self.tcp: dict[FramedConnection, TcpEndpoint] = {}
@@ -152,7 +160,9 @@ class Listeners:
                 self.tcp_servers.append(server)
             if cfg.tcp_port:
                 try:
-                    server = await serve_tcp(host, cfg.tcp_port, self._on_tcp, self._tcp_closed)
+                    server = await serve_tcp(
+                        host, cfg.tcp_port, self._on_tcp, self._tcp_closed, self.stream_key
+                    )
                 except OSError as exc:
                     raise OSError(
                         exc.errno, f"cannot listen on TCP {host} port {cfg.tcp_port}: {exc.strerror}"

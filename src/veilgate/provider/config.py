@@ -116,6 +116,7 @@ def load_provider_config(path: str | Path) -> ProviderConfig:
                 s.get_str("location", "unknown", "a location label"),
                 s.get_float("load", 0.0, low=0.0, high=1.0),
                 *_gateway_tls(s),
+                s.get_bool("obfuscation", False),
             )
         )
         s.reject_unknown()

@@ -49,6 +49,8 @@ class GatewayEntry:
     tls_name: str = ""
     tls_pin: str = ""
     """SHA-256 of the gateway's TLS key (SubjectPublicKeyInfo), 64 hex digits."""
+    obfuscation: bool = False
+    """Whether the gateway obfuscates its wire format (docs/protocol.md 13)."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -63,6 +65,7 @@ class GatewayEntry:
             "tls_port": self.tls_port,
             "tls_name": self.tls_name,
             "tls_pin": self.tls_pin,
+            "obfuscation": self.obfuscation,
         }
 
     @classmethod
@@ -85,6 +88,7 @@ class GatewayEntry:
             int(d.get("tls_port", 0)),
             str(d.get("tls_name", "")),
             tls_pin,
+            d.get("obfuscation", False) is True,
         )
 
 

@@ -14,7 +14,13 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
-from veilgate.transport.framing import FrameDecoder, FramingError, encode_frame
+from veilgate.transport.framing import (
+    FrameDecoder,
+    FramingError,
+    MaskedFrameDecoder,
+    MaskedFrameEncoder,
+    encode_frame,
+)
 
 log = logging.getLogger("veilgate.transport")
 
@@ -31,12 +37,19 @@ OnClose = Callable[["FramedConnection"], None]
 class FramedConnection(asyncio.Protocol):
     """One TCP connection carrying framed datagrams. Hashable by identity."""
 
-    def __init__(self, on_datagrams: OnDatagrams, on_close: OnClose, carrier: str = "tcp") -> None:
+    def __init__(
+        self,
+        on_datagrams: OnDatagrams,
+        on_close: OnClose,
+        carrier: str = "tcp",
+        stream_key: bytes | None = None,
+    ) -> None:
         self.on_datagrams = on_datagrams
         self.carrier = carrier
         """``tcp``, or ``tls`` where this connection runs inside TLS (veilgate.transport.tls)."""
         self.on_close = on_close
-        self.decoder = FrameDecoder()
+        self.decoder = FrameDecoder() if stream_key is None else MaskedFrameDecoder(stream_key)
+        self._encode = encode_frame if stream_key is None else MaskedFrameEncoder(stream_key).encode
         self.transport: asyncio.Transport | None = None
         self.peer: tuple[Any, ...] = ("", 0)
         self.frames_in = 0
@@ -87,7 +100,7 @@ class FramedConnection(asyncio.Protocol):
         if transport.get_write_buffer_size() > WRITE_HIGH_WATER:
             self.dropped += 1
             return
-        transport.write(encode_frame(datagram))
+        transport.write(self._encode(datagram))
         self.frames_out += 1
 
     def queue(self, datagram: bytes) -> bool:
@@ -95,7 +108,7 @@ class FramedConnection(asyncio.Protocol):
         (one system call for a burst instead of one per frame). True when the queue was empty,
         so the caller knows to flush this connection later."""
         first = not self._pending
-        self._pending.append(encode_frame(datagram))
+        self._pending.append(datagram)
         return first
 
     def flush(self) -> None:
@@ -111,16 +124,17 @@ class FramedConnection(asyncio.Protocol):
         if room <= 0:
             self.dropped += len(pending)
             return
-        data = b"".join(pending)
-        if len(data) > room:  # keep the frames that fit; drop the rest, as send() would
-            kept, size = 0, 0
-            while size + len(pending[kept]) <= room:
-                size += len(pending[kept])
-                kept += 1
+        # Framed only when known to be written: a masked prefix takes keystream, which a frame
+        # dropped after framing would leave the peer out of step with.
+        kept, size = 0, 0
+        while kept < len(pending) and size + len(pending[kept]) + 2 <= room:
+            size += len(pending[kept]) + 2
+            kept += 1
+        if kept < len(pending):  # keep the frames that fit; drop the rest, as send() would
             self.dropped += len(pending) - kept
-            data = data[:size]
             pending = pending[:kept]
-        transport.write(data)
+        encode = self._encode
+        transport.write(b"".join([encode(d) for d in pending]))
         self.frames_out += len(pending)
 
     def close(self) -> None:
@@ -136,8 +150,11 @@ class FramedConnection(asyncio.Protocol):
         return self is other
 
 
-async def serve_tcp(host: str, port: int, on_datagrams: OnDatagrams, on_close: OnClose) -> asyncio.Server:
-    """Listen for framed connections; each gets its own FramedConnection."""
+async def serve_tcp(
+    host: str, port: int, on_datagrams: OnDatagrams, on_close: OnClose, stream_key: bytes | None = None
+) -> asyncio.Server:
+    """Listen for framed connections; each gets its own FramedConnection (``stream_key``: with
+    masked length prefixes, docs/protocol.md 13)."""
     loop = asyncio.get_running_loop()
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -147,14 +164,24 @@ async def serve_tcp(host: str, port: int, on_datagrams: OnDatagrams, on_close: O
     sock.bind((host, port))
     sock.listen(1024)
     sock.setblocking(False)
-    return await loop.create_server(lambda: FramedConnection(on_datagrams, on_close), sock=sock)
+    return await loop.create_server(
+        lambda: FramedConnection(on_datagrams, on_close, stream_key=stream_key), sock=sock
+    )
 
 
 async def connect_tcp(
-    host: str, port: int, on_datagrams: OnDatagrams, on_close: OnClose, timeout: float = 5.0
+    host: str,
+    port: int,
+    on_datagrams: OnDatagrams,
+    on_close: OnClose,
+    timeout: float = 5.0,
+    stream_key: bytes | None = None,
 ) -> FramedConnection:
     loop = asyncio.get_running_loop()
     _, conn = await asyncio.wait_for(
-        loop.create_connection(lambda: FramedConnection(on_datagrams, on_close), host, port), timeout
+        loop.create_connection(
+            lambda: FramedConnection(on_datagrams, on_close, stream_key=stream_key), host, port
+        ),
+        timeout,
     )
     return conn
