@@ -66,3 +66,18 @@ def test_any_frames_any_chunking(frames: list[bytes], step: int) -> None:
     for i in range(0, len(stream), step):
         got += d.feed(stream[i : i + step])
     assert got == frames
+
+
+def test_masked_frames_round_trip_byte_by_byte_and_hide_their_prefixes() -> None:
+    from veilgate.transport.framing import MaskedFrameDecoder, MaskedFrameEncoder  # noqa: PLC0415
+
+    key = bytes(range(32))
+    enc = MaskedFrameEncoder(key)
+    datagrams = [bytes([i]) * (100 + i) for i in range(20)]
+    stream = b"".join(enc.encode(d) for d in datagrams)
+    plain = b"".join(encode_frame(d) for d in datagrams)
+    assert len(stream) == len(plain) + 12 and plain[:2] not in (stream[12:14],)
+    dec = MaskedFrameDecoder(key)
+    got = [f for i in range(len(stream)) for f in dec.feed(stream[i : i + 1])]
+    assert got == datagrams
+    assert MaskedFrameDecoder(bytes(32)).feed(stream) != datagrams

@@ -13,7 +13,9 @@ from .test_vpn import ping
 pytestmark = pytest.mark.e2e
 
 
-def test_obfuscated_session_over_udp_falls_back_to_tcp_and_returns(deploy: Deployment, data_path: str) -> None:
+def test_obfuscated_session_over_udp_falls_back_to_tcp_and_returns(
+    deploy: Deployment, data_path: str
+) -> None:
     topo = deploy.topo
     deploy.stop_gateway()
     deploy.start_gateway(obfuscation=True)
