@@ -1,4 +1,4 @@
-"""Obfuscation of the wire format (docs/protocol.md 13): round trips, what an observer sees, and
+"""Obfuscation of the wire format (docs/protocol.md 14): round trips, what an observer sees, and
 bad input dropped and counted. Both keypair kinds (pure Python and compiled) are run, and each
 opens what the other sealed."""
 

@@ -54,7 +54,7 @@
 #define TAGLEN 16
 #define TRANSPORT_MIN_LEN (TRANSPORT_HEADER_LEN + TAGLEN) /* a keepalive */
 #define PADDING_MULTIPLE 16
-#define HP_KEY_LEN 16    /* header protection: AES-128-ECB over a sample (docs/protocol.md 13) */
+#define HP_KEY_LEN 16    /* header protection: AES-128-ECB over a sample (docs/protocol.md 14) */
 #define HP_SAMPLE_OFFSET 16 /* the sample: the first 16 bytes of the AEAD output */
 #define HP_MASKED_HEAD 8 /* bytes 0..7 masked with the gateway-wide key, 8..15 with the session's */
 #define CONTROL_MARKER 0xF0 /* first byte of an opened control message (an IP packet starts 0x4_ or 0x6_) */

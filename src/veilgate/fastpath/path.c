@@ -151,7 +151,7 @@ PyObject *Path_tun_ready(PyObject *self, PyObject *unused) {
 }
 
 /* protect(header_key): from now on received transport datagrams carry header protection under this
- * gateway-wide key (docs/protocol.md 13); the sessions' Keys carry their own counter keys. */
+ * gateway-wide key (docs/protocol.md 14); the sessions' Keys carry their own counter keys. */
 PyObject *Path_protect(PyObject *self, PyObject *arg) {
     REQUIRE_INIT(self);
     Path *p = PATH_OF(self);

@@ -74,7 +74,7 @@ class ClientProtocol:
         self.rekey_after = rekey_after
         self.new_keypair = new_keypair
         self.obfs = Obfuscation(gateway_public) if obfuscation else None
-        """With obfuscation on (docs/protocol.md 13), every datagram in and out is obfuscated."""
+        """With obfuscation on (docs/protocol.md 14), every datagram in and out is obfuscated."""
         self.cookies = CookieGenerator(gateway_public)
         self.config: control.TunnelConfig | None = None
         self.counters: collections.Counter[str] = collections.Counter()
@@ -230,7 +230,7 @@ class ClientProtocol:
         return None
 
     def _unobfuscate(self, obfs: Obfuscation, data: bytes) -> bytes:
-        """The message an obfuscated datagram carries, in the clear (docs/protocol.md 13)."""
+        """The message an obfuscated datagram carries, in the clear (docs/protocol.md 14)."""
         head = obfs.unmask_head(data)
         if head is not None:
             kp = self._keypairs.get(int.from_bytes(head[4:8], "little"))

@@ -97,7 +97,7 @@ class GatewayProtocol:
         self.max_pending = max_pending
         self.new_keypair = new_keypair
         self.obfs = Obfuscation(self.public) if obfuscation else None
-        """With obfuscation on (docs/protocol.md 13), every datagram in and out is obfuscated."""
+        """With obfuscation on (docs/protocol.md 14), every datagram in and out is obfuscated."""
         self.force_under_load = False
         self.counters: collections.Counter[str] = collections.Counter()
         self.sessions: dict[int, Session] = {}
@@ -207,7 +207,7 @@ class GatewayProtocol:
         return None
 
     def _unobfuscate(self, obfs: Obfuscation, data: bytes) -> bytes:
-        """The message an obfuscated datagram carries, in the clear (docs/protocol.md 13)."""
+        """The message an obfuscated datagram carries, in the clear (docs/protocol.md 14)."""
         head = obfs.unmask_head(data)
         if head is not None:
             kp = self._keypairs.get(_U32.unpack_from(head, 4)[0])

@@ -96,7 +96,7 @@ class Keypair:
         self.replay = ReplayWindow()
 
     def protect(self, header_key: bytes, send_key: bytes, recv_key: bytes) -> None:
-        """Turn on header protection (docs/protocol.md 13): every datagram sealed from now on is
+        """Turn on header protection (docs/protocol.md 14): every datagram sealed from now on is
         masked, and ``unmask_counter`` reads the counter of a received one."""
         self.hp = HeaderProtection(header_key, send_key, recv_key)
 

@@ -1,4 +1,4 @@
-"""Keyed obfuscation of the wire format (docs/protocol.md section 13), sans-IO.
+"""Keyed obfuscation of the wire format (docs/protocol.md section 14), sans-IO.
 
 With obfuscation on, no message shows a fixed byte, a fixed size or a counter:
 

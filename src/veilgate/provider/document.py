@@ -50,7 +50,7 @@ class GatewayEntry:
     tls_pin: str = ""
     """SHA-256 of the gateway's TLS key (SubjectPublicKeyInfo), 64 hex digits."""
     obfuscation: bool = False
-    """Whether the gateway obfuscates its wire format (docs/protocol.md 13)."""
+    """Whether the gateway obfuscates its wire format (docs/protocol.md 14)."""
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -75,7 +75,7 @@ class FrameDecoder:
 
 
 class MaskedFrameEncoder:
-    """Frames with masked length prefixes (docs/protocol.md 13): the first call sends
+    """Frames with masked length prefixes (docs/protocol.md 14): the first call sends
     ``STREAM_NONCE_LEN`` random bytes before its frame; every length prefix is XORed with the next
     two bytes of ``ChaCha20(stream_key, nonce)``."""
 

@@ -154,7 +154,7 @@ async def serve_tcp(
     host: str, port: int, on_datagrams: OnDatagrams, on_close: OnClose, stream_key: bytes | None = None
 ) -> asyncio.Server:
     """Listen for framed connections; each gets its own FramedConnection (``stream_key``: with
-    masked length prefixes, docs/protocol.md 13)."""
+    masked length prefixes, docs/protocol.md 14)."""
     loop = asyncio.get_running_loop()
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)

@@ -1,4 +1,4 @@
-"""Obfuscation (docs/protocol.md 13) end to end: a client and a gateway with it on pass traffic over
+"""Obfuscation (docs/protocol.md 14) end to end: a client and a gateway with it on pass traffic over
 UDP, fall back to TCP when UDP is blocked and return, on both data paths (conftest)."""
 
 from __future__ import annotations
