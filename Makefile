@@ -10,8 +10,12 @@ PY := $(VENV)/bin/python
 # checks the unit files (tests/unit/test_service.py). groff-base renders the manual page (make man)
 # in its test. The operator's guide test (tests/e2e/test_operator_guide.py) runs unbound, whose
 # shared libraries (libprotobuf-c1 the one not already there) are installed and which is unpacked.
+# The classification tests (tests/e2e/vpn/test_dpi.py, make dpi) capture with tcpdump and classify with
+# nDPI's ndpiReader (libndpi-bin, which brings libndpi4.2; its other libraries, libpcap0.8 and
+# libgcrypt20, come with tcpdump and apt) against openssl s_server (openssl).
 DEB_PACKAGES := iproute2 nftables conntrack iperf3 iputils-ping curl python3-venv gcc python3-dev libssl-dev \
-	dnsmasq-base tcpdump dbus systemd util-linux groff-base libprotobuf-c1 libevent-2.1-7 libnghttp2-14
+	dnsmasq-base tcpdump dbus systemd util-linux groff-base libprotobuf-c1 libevent-2.1-7 libnghttp2-14 \
+	libndpi-bin openssl
 # Unpacked into the virtualenv, not installed: installing systemd-resolved replaces /etc/resolv.conf;
 # installing unbound starts a resolver on the machine (its package starts the service).
 DEB_UNPACKED := systemd-resolved
@@ -20,7 +24,7 @@ STAMP_DEB := $(VENV)/.deb-stamp
 STAMP_UNPACKED := $(VENV)/.unpacked-stamp
 STAMP_PY := $(VENV)/.py-stamp
 
-.PHONY: test demo bench bench-core bench-latency bench-flood fuzz lint typecheck unit e2e clean deps man wheel
+.PHONY: test demo bench bench-core bench-latency bench-flood dpi fuzz lint typecheck unit e2e clean deps man wheel
 
 deps: $(STAMP_DEB) $(STAMP_UNPACKED) $(STAMP_PY)
 
@@ -87,6 +91,11 @@ bench-latency: deps
 
 bench-flood: deps
 	$(PY) bench/flood.py
+
+# What deep packet inspection says about each carrier (nDPI's ndpiReader and the published rules for
+# fully encrypted traffic); not part of `make test`. Raw output in bench/results/dpi-<date>.txt.
+dpi: deps
+	$(PY) bench/dpi.py
 
 # Coverage-guided fuzzing of every parser of untrusted bytes (fuzz/, atheris); not part of `make test`,
 # which runs each target for a few seconds (tests/unit/test_fuzz_smoke.py). FUZZ_EXECS=N per target.
