@@ -54,7 +54,9 @@ class Capture:
         if shutil.which("tcpdump") is None:
             raise RuntimeError("tcpdump is not installed (make deps installs it)")
         log = self.log.open("w")
-        # -U: each packet is written as it arrives; -Z root: keep the right to write the file.
+        # --immediate-mode and -U: each packet is taken and written as it arrives (without them a
+        # short capture ends with its packets still in the kernel's buffer); -Z root: keep the
+        # right to write the file.
         self.proc = self.topo.spawn(
             self.ns,
             "tcpdump",
@@ -62,6 +64,7 @@ class Capture:
             self.interface,
             "-w",
             str(self.path),
+            "--immediate-mode",
             "-U",
             "-n",
             "-s",
