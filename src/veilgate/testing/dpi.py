@@ -31,6 +31,8 @@ from typing import Any
 
 import dpkt
 
+from veilgate.config.keys import encode_key, write_key_file
+from veilgate.protocol.crypto import KeyPair
 from veilgate.testing import fet, netns
 from veilgate.testing.deploy import Deployment
 from veilgate.testing.netns import Topology
@@ -396,12 +398,12 @@ def start_web(topo: Topology, root: Path, size: int = 256 * 1024) -> str:
     return url
 
 
-def session(topo: Topology, workdir: Path, carrier: Carrier, **client: object) -> CarrierReport:
+def session(topo: Topology, workdir: Path, carrier: Carrier) -> CarrierReport:
     """A client session on ``carrier`` in ``topo``, captured on the router and classified.
 
     The gateway listens for the carrier on its port (the other transport keeps its usual port);
     the client is held to the carrier's transport, connects, pings the internet host three times
-    and fetches a 256 KB file, then leaves; ``client``: more client settings.
+    and fetches a 256 KB file, then leaves.
     """
     udp_port, tcp_port = 51820, 8443
     if carrier.transport == "udp":
@@ -416,14 +418,12 @@ def session(topo: Topology, workdir: Path, carrier: Carrier, **client: object) -
     deploy.start_gateway()
     try:
         with Capture(topo, topo.router, client_side_interface(topo), pcap):
-            deploy.make_client("c1", transport=carrier.transport, **client)
+            deploy.make_client("c1", transport=carrier.transport)
             deploy.start_client("c1")
             try:
                 deploy.wait_client("c1", transport=carrier.transport, timeout=15)
                 topo.ns_run(topo.client, "ping", "-c", "3", "-i", "0.2", "-W", "2", netns.INTERNET_V4)
-                topo.ns_run(
-                    topo.client, "curl", "-sS", "--fail", "--max-time", "20", "-o", "/dev/null", url
-                )
+                topo.ns_run(topo.client, "curl", "-sS", "--fail", "--max-time", "20", "-o", "/dev/null", url)
             finally:
                 deploy.stop_client("c1")
     finally:
@@ -434,9 +434,6 @@ def session(topo: Topology, workdir: Path, carrier: Carrier, **client: object) -
 
 def veilgate_knows_transport(transport: str, workdir: Path, veilgate: list[str] | None = None) -> bool:
     """Whether this veilgate's client accepts ``transport = <transport>`` (``veilgate check``)."""
-    from veilgate.config.keys import encode_key, write_key_file
-    from veilgate.protocol.crypto import KeyPair
-
     workdir.mkdir(parents=True, exist_ok=True)
     key = workdir / "probe.key"
     write_key_file(key, KeyPair.generate().private_bytes())

@@ -60,8 +60,10 @@ def test_nDPI_knows_the_vpn_protocols_it_is_asked_about() -> None:
 def test_harness_https_is_tls_to_ndpi_and_exempt_from_the_fet_rules(topo: Topology, tmp_path: Path) -> None:
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
-        + ["-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=veilgate.test"],
+        [
+            *("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"),
+            *("-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=veilgate.test"),
+        ],
         check=True,
         capture_output=True,
     )
@@ -84,7 +86,9 @@ def test_harness_https_is_tls_to_ndpi_and_exempt_from_the_fet_rules(topo: Topolo
     _wait_listening(topo, topo.gateway, 4443)
     pcap = tmp_path / "https.pcap"
     with dpi.Capture(topo, topo.router, dpi.client_side_interface(topo), pcap):
-        topo.ns_run(topo.client, "curl", "-sSk", "--fail", "-o", "/dev/null", f"https://{netns.GATEWAY_V4}:4443/")
+        topo.ns_run(
+            topo.client, "curl", "-sSk", "--fail", "-o", "/dev/null", f"https://{netns.GATEWAY_V4}:4443/"
+        )
     server = f"{netns.GATEWAY_V4}:4443"
     report = dpi.analyse(dpi.Carrier("https", 4443), pcap, server)
     flow = _flow_to(report.flows, server)
@@ -100,15 +104,16 @@ def test_harness_random_bytes_are_flagged_and_a_vpn_port_is_labelled_by_port_alo
         topo.gateway,
         sys.executable,
         "-c",
-        "import socket; s = socket.create_server(('%s', 4444)); c, _ = s.accept(); "
-        "[None for _ in iter(lambda: c.recv(4096), b'')]" % netns.GATEWAY_V4,
+        f"import socket; s = socket.create_server(('{netns.GATEWAY_V4}', 4444)); c, _ = s.accept(); "
+        "[None for _ in iter(lambda: c.recv(4096), b'')]",
     )
     _wait_listening(topo, topo.gateway, 4444)
+    gw = netns.GATEWAY_V4
     send = (
         "import socket, sys; data = bytes.fromhex(sys.argv[1]); "
-        "s = socket.create_connection(('%s', 4444)); s.sendall(data); s.close(); "
-        "u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.sendto(data, ('%s', 51820))"
-    ) % (netns.GATEWAY_V4, netns.GATEWAY_V4)
+        f"s = socket.create_connection(('{gw}', 4444)); s.sendall(data); s.close(); "
+        f"u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.sendto(data, ('{gw}', 51820))"
+    )
     pcap = tmp_path / "random.pcap"
     with dpi.Capture(topo, topo.router, dpi.client_side_interface(topo), pcap):
         topo.ns_run(topo.client, sys.executable, "-c", send, payload.hex())
@@ -170,4 +175,6 @@ def test_the_default_udp_carrier_is_not_labelled_a_vpn(topo: Topology, tmp_path:
 @pytest.mark.parametrize("port", [8443, 443])
 def test_the_tcp_carrier_is_not_flagged_as_fully_encrypted(topo: Topology, tmp_path: Path, port: int) -> None:
     for flow in _carrier(topo, tmp_path, "tcp", port):
-        assert flow.verdict is not None and not flow.verdict.flagged, flow.verdict.summary()
+        verdict = flow.verdict
+        assert verdict is not None
+        assert not verdict.flagged, verdict.summary()
