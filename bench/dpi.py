@@ -1,7 +1,7 @@
 """What deep packet inspection says about each carrier: ``make dpi``. Not a test; run as root.
 
-For each carrier (UDP on 51820, 443 and 1194; TCP on 443, 8443 and 1194; TLS on 443 when this
-veilgate has it) a session runs in network namespaces (connect, three pings, a 256 KB download)
+For each carrier (UDP on 51820, 443 and 1194; plain TCP on its port 8443, on 443 and on 1194;
+TLS on 443 when this veilgate has it) a session runs in network namespaces (connect, three pings, a 256 KB download)
 while the router captures; then nDPI's ndpiReader classifies each flow and the published rules for
 fully encrypted traffic (Wu et al., USENIX Security 2023) judge the first packet the client sent
 on it. Prints one block per carrier; the raw ndpiReader output and a summary of each capture are

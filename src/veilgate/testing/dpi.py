@@ -401,24 +401,31 @@ def start_web(topo: Topology, root: Path, size: int = 256 * 1024) -> str:
 def session(topo: Topology, workdir: Path, carrier: Carrier) -> CarrierReport:
     """A client session on ``carrier`` in ``topo``, captured on the router and classified.
 
-    The gateway listens for the carrier on its port (the other transport keeps its usual port);
+    The gateway listens for the carrier on its port (the others keep their usual ports; a TLS
+    carrier gets a self-signed certificate whose name and pin the client is given);
     the client is held to the carrier's transport, connects, pings the internet host three times
     and fetches a 256 KB file, then leaves.
     """
     udp_port, tcp_port = 51820, 8443
+    tls_port = 0
     if carrier.transport == "udp":
         udp_port = carrier.port
         tcp_port = 8443 if carrier.port != 8443 else 8444
-    else:
+    elif carrier.transport == "tcp":
         tcp_port = carrier.port
         udp_port = 51820 if carrier.port != 51820 else 51821
+    else:
+        tls_port = carrier.port
     deploy = Deployment(topo, workdir / "vg", udp_port=udp_port, tcp_port=tcp_port)
+    if carrier.transport == "tls":
+        deploy.enable_tls()
     url = start_web(topo, workdir / "www")
     pcap = workdir / f"{carrier.transport}-{carrier.port}.pcap"
-    deploy.start_gateway()
+    tls: dict[str, Any] = {"tls_port": tls_port} if tls_port else {}
+    deploy.start_gateway(**tls)
     try:
         with Capture(topo, topo.router, client_side_interface(topo), pcap):
-            deploy.make_client("c1", transport=carrier.transport)
+            deploy.make_client("c1", transport=carrier.transport, **tls)
             deploy.start_client("c1")
             try:
                 deploy.wait_client("c1", transport=carrier.transport, timeout=15)
@@ -447,6 +454,9 @@ def veilgate_knows_transport(transport: str, workdir: Path, veilgate: list[str] 
         f'private_key_file = "{key}"\n'
         f'credential_file = "{cred}"\n'
         f'transport = "{transport}"\n'
+        # What a TLS carrier needs besides (a name and a 32-byte pin); other transports ignore them.
+        'tls_name = "www.example.org"\n'
+        f'tls_pin = "{"00" * 32}"\n'
     )
     command = veilgate or [sys.executable, "-m", "veilgate"]
     result = subprocess.run(

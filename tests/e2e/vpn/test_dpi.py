@@ -139,7 +139,9 @@ def _carrier(topo: Topology, tmp_path: Path, transport: str, port: int) -> list[
     return flows
 
 
-@pytest.mark.parametrize(("transport", "port"), [("udp", 51820), ("udp", 443), ("tcp", 8443), ("tcp", 443)])
+@pytest.mark.parametrize(
+    ("transport", "port"), [("udp", 51820), ("udp", 443), ("tcp", 8443), ("tcp", 443), ("tls", 443)]
+)
 def test_no_carrier_is_recognised_as_a_vpn_from_its_bytes(
     topo: Topology, tmp_path: Path, transport: str, port: int
 ) -> None:
@@ -150,13 +152,20 @@ def test_no_carrier_is_recognised_as_a_vpn_from_its_bytes(
             assert flow.ndpi.confidence != "DPI", flow.label
 
 
-@pytest.mark.parametrize(("transport", "port"), [("udp", 443), ("tcp", 443), ("tcp", 8443)])
+@pytest.mark.parametrize(("transport", "port"), [("udp", 443), ("tcp", 443), ("tcp", 8443), ("tls", 443)])
 def test_on_ports_no_vpn_owns_no_carrier_is_labelled_a_vpn(
     topo: Topology, tmp_path: Path, transport: str, port: int
 ) -> None:
     vpns = set(dpi.vpn_protocols())
     for flow in _carrier(topo, tmp_path, transport, port):
         assert flow.ndpi is not None and not flow.ndpi.names & vpns, flow.label
+
+
+def test_the_tls_carrier_is_tls_to_ndpi_and_exempt_from_the_fet_rules(topo: Topology, tmp_path: Path) -> None:
+    (flow,) = _carrier(topo, tmp_path, "tls", 443)
+    assert flow.ndpi is not None and flow.ndpi.master == "TLS" and flow.ndpi.confidence == "DPI", flow.label
+    verdict = flow.verdict
+    assert verdict is not None and not verdict.flagged and "Ex5" in verdict.exemptions, verdict
 
 
 @pytest.mark.xfail(
