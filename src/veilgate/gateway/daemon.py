@@ -552,7 +552,8 @@ def run_gateway(config: GatewayConfig) -> int:
     # for a port below 1024 (a socket reopened there). It writes no file but its status socket.
     keep = {CAP_NET_ADMIN} | (
         {CAP_NET_BIND_SERVICE}
-        if min(config.udp_port, config.tcp_port or 65535, config.tls_port) < 1024
+        if min(config.udp_port, config.tcp_port or 65535, config.tls_port if config.tls_cert_file else 65535)
+        < 1024
         else set()
     )
     user = run_as(
