@@ -405,7 +405,8 @@ def session(topo: Topology, workdir: Path, carrier: Carrier) -> CarrierReport:
 
     The gateway listens for the carrier on its port (the others keep their usual ports; a TLS
     carrier gets a self-signed certificate whose name and pin the client is given);
-    the client is held to the carrier's transport (with obfuscation where the carrier has it), connects, pings the internet host three times
+    the client is held to the carrier's transport (with obfuscation where the carrier has it), connects,
+    pings the internet host three times
     and fetches a 256 KB file, then leaves.
     """
     udp_port, tcp_port = 51820, 8443
