@@ -27,6 +27,10 @@ CARRIERS = [
     dpi.Carrier("tcp", 8443),
     dpi.Carrier("tcp", 1194),
     dpi.Carrier("tls", 443),
+    dpi.Carrier("udp", 51820, obfuscation=True),
+    dpi.Carrier("udp", 1194, obfuscation=True),
+    dpi.Carrier("tcp", 8443, obfuscation=True),
+    dpi.Carrier("tcp", 1194, obfuscation=True),
 ]
 
 
@@ -60,7 +64,7 @@ def main() -> int:
     raw: list[str] = []
     with tempfile.TemporaryDirectory(prefix="vg-dpi-") as tmp:
         for carrier in CARRIERS:
-            work = Path(tmp) / f"{carrier.transport}-{carrier.port}"
+            work = Path(tmp) / f"{carrier.transport}-{carrier.port}{'-obfs' if carrier.obfuscation else ''}"
             if carrier.transport not in ("udp", "tcp") and not dpi.veilgate_knows_transport(
                 carrier.transport, work / "probe"
             ):

@@ -45,6 +45,10 @@ class ClientConfig:
     apply_dns: bool = True
     udp_offload: bool = True
     obfuscation: bool = False
+    tcp_shape_frames: int = 8
+    """With obfuscation: how many first frames on a plain TCP connection are padded (0: none)."""
+    tcp_shape_jitter: float = 0.0
+    """With obfuscation: up to this many seconds of random delay before each of them."""
     state_dir: Path = Path(DEFAULT_STATE_DIR)
     status_socket: Path = Path(DEFAULT_STATUS_SOCKET)
     log_level: str = "info"
@@ -170,6 +174,8 @@ def _common(c: Section) -> dict[str, Any]:
         "apply_dns": c.get_bool("apply_dns", True),
         "udp_offload": c.get_bool("udp_offload", True),
         "obfuscation": c.get_bool("obfuscation", False),
+        "tcp_shape_frames": c.get_int("tcp_shape_frames", 8, low=0, high=64),
+        "tcp_shape_jitter": c.get_int("tcp_shape_jitter_ms", 0, low=0, high=100) / 1000,
         "state_dir": c.path_value("state_dir", DEFAULT_STATE_DIR),
         "status_socket": c.path_value("status_socket", DEFAULT_STATUS_SOCKET),
         "log_level": c.choice("log_level", LEVELS, "info"),

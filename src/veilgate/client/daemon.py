@@ -30,6 +30,7 @@ from veilgate.driver import Driver, Runtime, Wake, read_tun, read_udp, total
 from veilgate.fastpath.keypair import CompiledKeypair
 from veilgate.monitor.metrics import Metric, Value, families, split_counters
 from veilgate.netfilter import kill_switch_rules_for
+from veilgate.protocol import covers
 from veilgate.protocol.client import ClientProtocol
 from veilgate.protocol.control import TunnelConfig
 from veilgate.protocol.crypto import KeyPair
@@ -45,7 +46,7 @@ from veilgate.protocol.keypair import Keypair
 from veilgate.systemd.notify import Service, changed_fields, set_log_level
 from veilgate.systemd.privileges import CAP_DAC_OVERRIDE, CAP_NET_ADMIN, RunAs, run_as
 from veilgate.transport import loop as event_loop
-from veilgate.transport.tcp import FramedConnection, connect_tcp
+from veilgate.transport.tcp import FramedConnection, Shaping, connect_tcp
 from veilgate.transport.tls import connect_tls
 from veilgate.transport.udp import UdpSender, enable_gro
 
@@ -178,6 +179,12 @@ class Client(Driver):
         except OSError:
             udp.close()
             raise
+        if self.config.obfuscation:
+            # The flow's first datagram: an ICE connectivity check (docs/protocol.md 14.4).
+            try:
+                udp.send(covers.stun_binding_request(covers.cover_key(self.config.gateway_public_key)))
+            except OSError as exc:
+                log.debug("the udp cover datagram was not sent: %s", exc)
         return udp
 
     def _apply_kill_switch(self) -> None:
@@ -359,6 +366,9 @@ class Client(Driver):
                     self._on_tcp_close,
                     timeout=5.0,
                     stream_key=self.core.obfs.stream_key if self.core.obfs is not None else None,
+                    cover_key=covers.cover_key(cfg.gateway_public_key) if cfg.obfuscation else None,
+                    shaping=Shaping(cfg.tcp_shape_frames, cfg.tcp_shape_jitter),
+                    host_name=cfg.gateway_host,
                 )
         except (OSError, TimeoutError) as exc:
             log.info("%s connect to the gateway failed: %s", carrier, exc or "timed out")

@@ -14,6 +14,7 @@ import asyncio
 import secrets
 import time
 
+from veilgate.protocol import covers
 from veilgate.protocol.cookie import CookieGenerator
 from veilgate.protocol.crypto import KeyPair
 from veilgate.protocol.errors import RemoteProtocolError
@@ -73,6 +74,8 @@ async def probe_rtt(
             time.monotonic(),
         )
         t0 = time.monotonic()
+        if obfs is not None:  # the flow's first datagram, as on the client's own socket
+            transport.sendto(covers.stun_binding_request(covers.cover_key(public_key)))
         transport.sendto(init.init_message if obfs is None else obfs.wrap(init.init_message))
         try:
             return await asyncio.wait_for(probe.answered, timeout) - t0

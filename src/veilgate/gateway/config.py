@@ -56,6 +56,10 @@ class GatewayConfig:
     nat: bool = True
     udp_offload: bool = True
     obfuscation: bool = False
+    tcp_shape_frames: int = 8
+    """With obfuscation: how many first frames on a plain TCP connection are padded (0: none)."""
+    tcp_shape_jitter: float = 0.0
+    """With obfuscation: up to this many seconds of random delay before each of them."""
     nat_interface: str | None = None
     """None: the interface of the default route when the gateway starts."""
     max_skew: int = 120
@@ -107,6 +111,8 @@ def load_gateway_config(path: str | Path, private_key: bytes | None = None) -> G
         nat=gw.get_bool("nat", True),
         udp_offload=gw.get_bool("udp_offload", True),
         obfuscation=gw.get_bool("obfuscation", False),
+        tcp_shape_frames=gw.get_int("tcp_shape_frames", 8, low=0, high=64),
+        tcp_shape_jitter=gw.get_int("tcp_shape_jitter_ms", 0, low=0, high=100) / 1000,
         nat_interface=gw.interface_name("nat_interface"),
         status_socket=gw.path_value("status_socket", DEFAULT_STATUS_SOCKET),
         log_level=gw.choice("log_level", LEVELS, "info"),

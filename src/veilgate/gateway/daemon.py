@@ -90,6 +90,7 @@ class Gateway(Driver):
             self._on_tcp_datagrams,
             KeyPair.from_private_bytes(config.private_key).public,
             self.core.obfs.stream_key if self.core.obfs is not None else None,
+            self.counters,
         )
         self.fast: CompiledGateway | None = None
         """The compiled data path, when it runs: it serves the sessions reached over UDP."""

@@ -12,11 +12,13 @@ import asyncio
 import errno
 import logging
 import socket
+from collections import Counter
 from typing import Any
 
 from veilgate.gateway.config import GatewayConfig
+from veilgate.protocol import covers
 from veilgate.transport.cover import DEFAULT_PAGE, CoverSite
-from veilgate.transport.tcp import FramedConnection, OnDatagrams, serve_tcp
+from veilgate.transport.tcp import FramedConnection, OnDatagrams, Shaping, serve_tcp
 from veilgate.transport.tls import serve_tls, server_context
 from veilgate.transport.udp import UdpSender, enable_gro
 
@@ -101,8 +103,13 @@ class Listeners:
         on_tcp: OnDatagrams,
         gateway_public: bytes = b"",
         stream_key: bytes | None = None,
+        counters: Counter[str] | None = None,
     ) -> None:
         self.gateway_public = gateway_public
+        self.counters: Counter[str] = counters if counters is not None else Counter()
+        """Where connections refused for their first bytes are counted (``drop-cover``)."""
+        self.cover_key = covers.cover_key(gateway_public) if stream_key is not None else None
+        self.shaping = Shaping(config.tcp_shape_frames, config.tcp_shape_jitter) if stream_key else None
         self.config = config
         self.stream_key = stream_key
         """With obfuscation on: the key that masks TCP length prefixes."""
@@ -161,7 +168,13 @@ class Listeners:
             if cfg.tcp_port:
                 try:
                     server = await serve_tcp(
-                        host, cfg.tcp_port, self._on_tcp, self._tcp_closed, self.stream_key
+                        host,
+                        cfg.tcp_port,
+                        self._on_tcp,
+                        self._tcp_closed,
+                        self.stream_key,
+                        self.cover_key,
+                        self.shaping,
                     )
                 except OSError as exc:
                     raise OSError(
@@ -210,6 +223,8 @@ class Listeners:
     def _tcp_closed(self, conn: FramedConnection) -> None:
         """A connection closed; a session on it stays until it expires or the client moves."""
         self.tcp.pop(conn, None)
+        if conn.bad_head:
+            self.counters["drop-cover"] += 1
 
     def flush(self) -> None:
         """Send everything queued on every socket and connection."""

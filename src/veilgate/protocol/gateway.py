@@ -32,7 +32,7 @@ import struct
 from collections.abc import Callable
 from typing import Protocol
 
-from veilgate.protocol import control, ip, messages
+from veilgate.protocol import control, covers, ip, messages
 from veilgate.protocol.activity import Activity
 from veilgate.protocol.constants import (
     MAX_PENDING_HANDSHAKES,
@@ -97,6 +97,7 @@ class GatewayProtocol:
         self.max_pending = max_pending
         self.new_keypair = new_keypair
         self.obfs = Obfuscation(self.public) if obfuscation else None
+        self._cover_key = covers.cover_key(self.public)
         """With obfuscation on (docs/protocol.md 14), every datagram in and out is obfuscated."""
         self.force_under_load = False
         self.counters: collections.Counter[str] = collections.Counter()
@@ -190,6 +191,11 @@ class GatewayProtocol:
         try:
             obfs = self.obfs
             if obfs is not None:
+                if covers.looks_like_stun(data):  # a flow's cover (docs/protocol.md 14.4): never answered
+                    if not covers.is_cover_request(self._cover_key, data):
+                        raise RemoteProtocolError("a STUN message not from a client", "cover")
+                    self.counters["cover-discarded"] += 1
+                    return None
                 data = self._unobfuscate(obfs, data)
             if data[:4] == messages.HDR_TRANSPORT and len(data) >= messages.TRANSPORT_MIN_LEN:
                 return self._receive_transport(data, endpoint, now)

@@ -298,14 +298,16 @@ def first_packets(pcap: Path) -> list[FirstPacket]:
 
 @dataclass(frozen=True)
 class Carrier:
-    """How the client reaches the gateway: ``transport`` (udp, tcp, tls) on ``port``."""
+    """How the client reaches the gateway: ``transport`` (udp, tcp, tls) on ``port``, with the
+    obfuscation layer (docs/protocol.md 14) on or off."""
 
     transport: str
     port: int
+    obfuscation: bool = False
 
     @property
     def name(self) -> str:
-        return f"{self.transport}/{self.port}"
+        return f"{self.transport}/{self.port}{' obfuscated' if self.obfuscation else ''}"
 
 
 @dataclass
@@ -403,7 +405,8 @@ def session(topo: Topology, workdir: Path, carrier: Carrier) -> CarrierReport:
 
     The gateway listens for the carrier on its port (the others keep their usual ports; a TLS
     carrier gets a self-signed certificate whose name and pin the client is given);
-    the client is held to the carrier's transport, connects, pings the internet host three times
+    the client is held to the carrier's transport (with obfuscation where the carrier has it), connects,
+    pings the internet host three times
     and fetches a 256 KB file, then leaves.
     """
     udp_port, tcp_port = 51820, 8443
@@ -422,6 +425,8 @@ def session(topo: Topology, workdir: Path, carrier: Carrier) -> CarrierReport:
     url = start_web(topo, workdir / "www")
     pcap = workdir / f"{carrier.transport}-{carrier.port}.pcap"
     tls: dict[str, Any] = {"tls_port": tls_port} if tls_port else {}
+    if carrier.obfuscation:
+        tls["obfuscation"] = True
     deploy.start_gateway(**tls)
     try:
         with Capture(topo, topo.router, client_side_interface(topo), pcap):

@@ -27,10 +27,6 @@ pytestmark = [
     ),
 ]
 
-NO_OBFUSCATION = (
-    "no obfuscation layer yet: the carriers send their handshake as it is, uniformly random bytes"
-)
-
 
 @pytest.fixture(autouse=True)
 def data_path() -> str:
@@ -168,22 +164,31 @@ def test_the_tls_carrier_is_tls_to_ndpi_and_exempt_from_the_fet_rules(topo: Topo
     assert verdict is not None and not verdict.flagged and "Ex5" in verdict.exemptions, verdict
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="nDPI names any UDP flow to 51820 it cannot identify WireGuard, from the port alone "
-    "(Match by port): the default UDP port is WireGuard's, and no obfuscation layer yet gives "
-    "nDPI's inspection something else to recognise",
-)
-def test_the_default_udp_carrier_is_not_labelled_a_vpn(topo: Topology, tmp_path: Path) -> None:
+# ---- with obfuscation (docs/protocol.md 14.4): the flow's first bytes are an ordinary protocol's
+
+
+@pytest.mark.parametrize(("transport", "port"), [("udp", 51820), ("udp", 1194), ("tcp", 8443)])
+def test_obfuscated_carriers_are_not_labelled_a_vpn_even_on_vpn_ports(
+    topo: Topology, tmp_path: Path, transport: str, port: int
+) -> None:
     vpns = set(dpi.vpn_protocols())
-    for flow in _carrier(topo, tmp_path, "udp", 51820):
-        assert flow.ndpi is not None and not flow.ndpi.names & vpns, flow.label
+    report = dpi.session(topo, tmp_path, dpi.Carrier(transport, port, obfuscation=True))
+    flows = report.carrier_flows()
+    assert len(flows) == 1, [(f.label, f.first) for f in report.flows]
+    ndpi = flows[0].ndpi
+    assert ndpi is not None and not ndpi.names & vpns, flows[0].label
+    # Recognised from its bytes, not guessed from the port.
+    assert ndpi.confidence == "DPI", flows[0].label
+    assert ndpi.master == ("STUN" if transport == "udp" else "HTTP"), flows[0].label
 
 
-@pytest.mark.xfail(strict=True, reason=NO_OBFUSCATION)
-@pytest.mark.parametrize("port", [8443, 443])
-def test_the_tcp_carrier_is_not_flagged_as_fully_encrypted(topo: Topology, tmp_path: Path, port: int) -> None:
-    for flow in _carrier(topo, tmp_path, "tcp", port):
-        verdict = flow.verdict
-        assert verdict is not None
-        assert not verdict.flagged, verdict.summary()
+@pytest.mark.parametrize("port", [8443, 443, 1194])
+def test_the_obfuscated_tcp_carrier_is_not_flagged_as_fully_encrypted(
+    topo: Topology, tmp_path: Path, port: int
+) -> None:
+    report = dpi.session(topo, tmp_path, dpi.Carrier("tcp", port, obfuscation=True))
+    flows = report.carrier_flows()
+    assert len(flows) == 1, [(f.label, f.first) for f in report.flows]
+    verdict = flows[0].verdict
+    assert verdict is not None
+    assert not verdict.flagged, verdict.summary()
