@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
+import ipaddress
 import json
 import os
 import resource
@@ -135,9 +136,17 @@ class LoadGen:
     """Many sessions against one gateway, one selector."""
 
     def __init__(
-        self, gateway: tuple[str, int], gateway_public: bytes, transport: str = "udp", tcp_port: int = 0
+        self,
+        gateway: tuple[str, int],
+        gateway_public: bytes,
+        transport: str = "udp",
+        tcp_port: int = 0,
+        sources: list[str] | None = None,
     ) -> None:
         self.gateway = gateway
+        self.sources = sources or []
+        """Source addresses the sessions' sockets bind to, in turn: a gateway rate-limits handshakes
+        per source address, as clients behind one address would be."""
         self.gateway_public = gateway_public
         self.transport = transport
         self.tcp_port = tcp_port
@@ -152,6 +161,8 @@ class LoadGen:
         tcp = self.transport == "tcp"
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM if tcp else socket.SOCK_DGRAM)
         sock.setblocking(False)
+        if self.sources:
+            sock.bind((self.sources[len(self.sessions) % len(self.sources)], 0))
         if tcp:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             with contextlib.suppress(BlockingIOError):
@@ -366,7 +377,13 @@ def run_sink(port: int) -> int:
 def scenario(args: argparse.Namespace) -> dict[str, Any]:
     creds = read_credentials(Path(args.credentials))
     host, port = args.gateway.rsplit(":", 1)
-    gen = LoadGen((host, int(port)), base64.b64decode(args.gateway_key), args.transport, args.tcp_port)
+    sources = []
+    if args.sources:
+        first, count = args.sources.split("+")
+        sources = [str(ipaddress.IPv4Address(first) + i) for i in range(int(count))]
+    gen = LoadGen(
+        (host, int(port)), base64.b64decode(args.gateway_key), args.transport, args.tcp_port, sources
+    )
     pid = args.gateway_pid
     res: dict[str, Any] = {"scenario": args.scenario, "transport": args.transport}
     try:
@@ -462,6 +479,7 @@ def bench(args: argparse.Namespace) -> int:
     from veilgate.testing import netns
     from veilgate.testing.deploy import Deployment
 
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # clean the namespaces up when stopped
     cpus = sorted(os.sched_getaffinity(0))
     gen_cpu, gw_cpu = str(cpus[0]), str(cpus[-1])
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="vgload-"))
@@ -475,9 +493,11 @@ def bench(args: argparse.Namespace) -> int:
     need = max(args.storm, args.rate_count, args.sessions[-1], args.fair)
     say(
         f"# bench/load.py: load generator pinned to CPU {gen_cpu}, gateway daemon to CPU {gw_cpu} "
-        f"(taskset); {'compiled' if fastpath.BUILT else 'pure-Python'} keys in the generator; UDP sessions"
+        f"(taskset); {'compiled' if fastpath.BUILT else 'pure-Python'} keys in the generator; UDP sessions "
+        "from 250 source addresses behind the router"
     )
     with tempfile.TemporaryDirectory(prefix="vgload-") as tmp, netns.Topology() as topo:
+        host = topo.add_host("load", 20, addresses=250)
         dep = Deployment(
             topo, Path(tmp), veilgate=["taskset", "-c", gw_cpu, sys.executable, "-m", "veilgate"]
         )
@@ -499,10 +519,11 @@ def bench(args: argparse.Namespace) -> int:
                     "--gateway-key", base64.b64encode(dep.gateway_public()).decode(),
                     "--gateway-pid", str(gateway_pid(proc.pid)), "--credentials", str(Path(tmp) / "creds.txt"),
                     "--sink", netns.INTERNET_V4, "--sink-ns", topo.internet, "--sink-cpu", gen_cpu,
+                    "--sources", f"{host.v4}+{len(host.sources)}",
                 ]  # fmt: skip
                 for k, v in kw.items():
                     cmd += [f"--{k.replace('_', '-')}", str(v)]
-                r = topo.ns_run(topo.client, *cmd, timeout=3600)
+                r = topo.ns_run(host.ns, *cmd, timeout=3600)
                 (out / f"{name}-{len(list(out.glob(name + '-*.json')))}.json").write_text(r.stdout)
                 return dict(json.loads(r.stdout))
             finally:
@@ -576,6 +597,7 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--sink", default="")
     r.add_argument("--sink-ns", default="")
     r.add_argument("--sink-cpu", default="0")
+    r.add_argument("--sources", default="", help="FIRST+COUNT: bind the sessions to these addresses in turn")
     s = sub.add_parser("sink", help="count UDP bytes per source until SIGTERM, print JSON")
     s.add_argument("--port", type=int, default=SINK_PORT)
     b = sub.add_parser("bench", help="the scenarios of `make bench` in namespaces of their own")
