@@ -1,16 +1,23 @@
-"""Side-by-side benchmark: veilgate (UDP and TCP) against wireguard-go and OpenVPN (UDP and TCP).
+"""Side-by-side benchmark: veilgate against wireguard-go and OpenVPN, as users send traffic.
 
-Every contender runs on the same two-namespace topology (``vgbA…`` — veth —
-``vgbB…``), in one run, for several rounds; the table shows medians. Measured
-per contender: iperf3 TCP throughput with 1 and 4 streams (A to B through the
-tunnel), ping RTT through the tunnel, and the CPU time of the VPN processes
-during the 1-stream test. Also veilgate's full handshakes per second and the
-memory of a gateway core holding 10,000 idle sessions.
+Three namespaces in a line: the client ``vgbA…`` — veth — the gateway ``vgbB…`` — veth — an
+"internet" host ``vgbC…`` running the iperf3 server. The gateway namespace forwards and
+masquerades everything leaving toward the internet host (one nftables rule, the same for every
+contender, as a provider's gateway NATs its clients). Each contender builds its tunnel between
+A and B; A routes the internet host's subnet into the tunnel. The ceiling is the same path
+without a tunnel (A routes via B's underlay address, through the same NAT).
 
-Prints the table and, last, ``ratio_udp_vs_wireguard_go=X`` and
-``ratio_tcp_vs_openvpn_tcp=Y``; appends that output to bench/results/bench-<date>.txt and writes
-the table, with a link to that file, into docs/performance.md. Run as root: ``make bench``
-(installs the peers from Debian). Not a test.
+Per contender and round: ping RTT to the internet host through the tunnel (20 ms and 1 ms
+intervals), iperf3 TCP upload (A to C) and download (``-R``, C to A) with 1 and 4 streams, and
+the CPU time of the VPN processes during the 1-stream upload. Medians over ``--rounds`` (5)
+rounds with min–max; each run's raw output (iperf3 JSON, ping output, command lines, openssl
+speed) is kept under bench/results/<run-id>/ next to the table it produced (``bench.txt``).
+Then bench/load.py runs the many-client scenarios against a gateway daemon (``--no-load`` skips).
+
+Prints the table and, last, ``ratio_udp_vs_wireguard_go=X`` and ``ratio_tcp_vs_openvpn_tcp=Y``:
+the mean of the upload and download ratios of the 1-stream medians, after per-direction lines.
+Writes the table into docs/performance.md (``--no-write`` leaves it alone). Run as root:
+``make bench`` (installs the peers from Debian). Not a test.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import json
 import os
 import platform
 import secrets
+import shlex
 import shutil
 import signal
 import statistics
@@ -32,10 +40,13 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 ROOT = Path(__file__).resolve().parents[1]
 UA, UB = "172.30.9.1", "172.30.9.2"  # underlay, inside the benchmark's namespaces only
+BC, NET = "172.30.10.1", "172.30.10.2"  # the gateway's side toward the internet host, the host
+NET_SUBNET = "172.30.10.0/24"
+CEILING = "bare-path"
 CONTENDERS = (
     "veilgate-udp",
     "veilgate-udp-nooffload",  # the same with udp_offload = false: what GSO/GRO are worth
@@ -47,6 +58,7 @@ CONTENDERS = (
     "openvpn-tcp",
 )
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
+TESTS = (("up", 1), ("up", 4), ("down", 1), ("down", 4))
 
 
 def sh(*cmd: str, check: bool = True, timeout: float = 120, **kw: Any) -> subprocess.CompletedProcess[str]:
@@ -56,11 +68,22 @@ def sh(*cmd: str, check: bool = True, timeout: float = 120, **kw: Any) -> subpro
     return result
 
 
+class Tunnel(NamedTuple):
+    """A contender once up: its device in namespace A, its processes, how it was run."""
+
+    device: str
+    pids: list[int]
+    how: str
+
+
 @dataclass
 class Bench:
     work: Path
+    raw: Path
+    """The run's folder under bench/results: raw output kept with the table."""
     tag: str = field(default_factory=lambda: secrets.token_hex(2))
     procs: list[subprocess.Popen[Any]] = field(default_factory=list)
+    commands: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def a(self) -> str:
@@ -70,16 +93,24 @@ class Bench:
     def b(self) -> str:
         return f"vgbB{self.tag}"
 
+    @property
+    def c(self) -> str:
+        return f"vgbC{self.tag}"
+
     def ns(
         self, ns: str, *cmd: str, check: bool = True, timeout: float = 120
     ) -> subprocess.CompletedProcess[str]:
         return sh("ip", "netns", "exec", ns, *cmd, check=check, timeout=timeout)
 
-    def spawn(self, ns: str, *cmd: str, log: str, env: dict[str, str] | None = None) -> subprocess.Popen[Any]:
+    def spawn(
+        self, ns: str, *cmd: str, log: str, env: dict[str, str] | None = None, who: str = ""
+    ) -> subprocess.Popen[Any]:
         out = (self.work / log).open("a")
         proc: subprocess.Popen[Any] = subprocess.Popen(
             ["ip", "netns", "exec", ns, *cmd], stdout=out, stderr=subprocess.STDOUT, env=env
         )
+        if who:
+            self.commands.setdefault(who, []).append(shlex.join(cmd))
         self.procs.append(proc)
         return proc
 
@@ -95,23 +126,38 @@ class Bench:
             self.procs.remove(proc)
 
     def up(self) -> None:
-        for n in (self.a, self.b):
+        for n in (self.a, self.b, self.c):
             sh("ip", "netns", "add", n)
             self.ns(n, "ip", "link", "set", "lo", "up")
         va, vb = f"vgb{self.tag}a", f"vgb{self.tag}b"
+        vc, vd = f"vgb{self.tag}c", f"vgb{self.tag}d"
         sh("ip", "link", "add", va, "netns", self.a, "type", "veth", "peer", "name", vb, "netns", self.b)
-        self.ns(self.a, "ip", "addr", "add", f"{UA}/24", "dev", va)
-        self.ns(self.b, "ip", "addr", "add", f"{UB}/24", "dev", vb)
-        self.ns(self.a, "ip", "link", "set", va, "up")
-        self.ns(self.b, "ip", "link", "set", vb, "up")
+        sh("ip", "link", "add", vc, "netns", self.b, "type", "veth", "peer", "name", vd, "netns", self.c)
+        for ns, dev, addr in ((self.a, va, UA), (self.b, vb, UB), (self.b, vc, BC), (self.c, vd, NET)):
+            self.ns(ns, "ip", "addr", "add", f"{addr}/24", "dev", dev)
+            self.ns(ns, "ip", "link", "set", dev, "up")
+        # The gateway forwards and NATs toward the internet, for every contender alike.
+        self.ns(self.b, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        rules = (
+            f"table ip vgbench{self.tag} {{\n chain post {{\n  type nat hook postrouting priority 100;\n"
+            f'  oifname "{vc}" masquerade\n }}\n}}\n'
+        )
+        (self.work / "nat.nft").write_text(rules)
+        self.ns(self.b, "nft", "-f", str(self.work / "nat.nft"))
+        (self.raw / "nat.nft").write_text(rules)
         self.ns(self.a, "ping", "-c", "1", "-W", "2", UB)
-        self.spawn(self.b, "iperf3", "-s", log="iperf-server.log")
+        self.spawn(self.c, "iperf3", "-s", log="iperf-server.log")
         time.sleep(0.5)
+
+    def route_internet(self, device: str | None) -> None:
+        """Namespace A reaches the internet host through ``device`` (None: the bare path via B)."""
+        via = ["dev", device] if device else ["via", UB]
+        self.ns(self.a, "ip", "route", "replace", NET_SUBNET, *via)
 
     def down(self) -> None:
         for proc in list(self.procs):
             self.stop(proc)
-        for n in (self.a, self.b):
+        for n in (self.a, self.b, self.c):
             sh("ip", "netns", "del", n, check=False)
 
 
@@ -124,24 +170,16 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
-def iperf(b: Bench, address: str, streams: int, duration: int) -> float:
-    """Mbit/s received; a test refused because the server still winds down the previous one
-    (slow through a bloated tunnel) is tried again, up to three times."""
+def iperf(b: Bench, direction: str, streams: int, duration: int, keep: Path) -> float:
+    """Mbit/s received; the JSON is kept in ``keep``. A test refused because the server still
+    winds down the previous one (slow through a bloated tunnel) is tried again, up to three times."""
     error = ""
     for _ in range(3):
-        r = b.ns(
-            b.a,
-            "iperf3",
-            "-c",
-            address,
-            "-t",
-            str(duration),
-            "-P",
-            str(streams),
-            "-J",
-            check=False,
-            timeout=duration + 60,
-        )
+        cmd = ["iperf3", "-c", NET, "-t", str(duration), "-P", str(streams), "-J"]
+        if direction == "down":
+            cmd.append("-R")
+        r = b.ns(b.a, *cmd, check=False, timeout=duration + 60)
+        keep.write_text(r.stdout or json.dumps({"error": r.stderr.strip()[-400:]}))
         try:
             result = json.loads(r.stdout)
         except ValueError:
@@ -151,15 +189,16 @@ def iperf(b: Bench, address: str, streams: int, duration: int) -> float:
         except (KeyError, TypeError, ValueError):
             error = str(result.get("error", "no result")) if isinstance(result, dict) else "no result"
         time.sleep(2)
-    print(f"  iperf3 -P {streams} to {address} failed: {error}", file=sys.stderr)
+    print(f"  iperf3 {direction} -P {streams} failed: {error}", file=sys.stderr)
     return float("nan")
 
 
-def ping_ms(b: Bench, address: str, interval: float = 0.02, count: int = 50) -> float:
-    """Mean RTT. At the default 20 ms interval the processes sleep between packets, so each
-    packet meets cold caches; at 1 ms they stay busy (docs/performance.md, "Why an idle gap
-    costs more than the cipher")."""
-    r = b.ns(b.a, "ping", "-q", "-c", str(count), "-i", str(interval), address, check=False, timeout=60)
+def ping_ms(b: Bench, keep: Path, interval: float = 0.02, count: int = 50) -> float:
+    """Mean RTT to the internet host; ping's output is kept in ``keep``. At the default 20 ms
+    interval the processes sleep between packets, so each packet meets cold caches; at 1 ms
+    they stay busy (docs/performance.md, "Why an idle gap costs more than the cipher")."""
+    r = b.ns(b.a, "ping", "-q", "-c", str(count), "-i", str(interval), NET, check=False, timeout=60)
+    keep.write_text(r.stdout + r.stderr)
     for line in r.stdout.splitlines():
         if line.startswith("rtt"):
             return float(line.split("=")[1].split("/")[1])
@@ -170,9 +209,7 @@ def ping_ms(b: Bench, address: str, interval: float = 0.02, count: int = 50) -> 
 
 
 @contextlib.contextmanager
-def veilgate(
-    b: Bench, transport: str, offload: bool = True, compiled: bool = True
-) -> Iterator[tuple[str, list[int]]]:
+def veilgate(b: Bench, transport: str, offload: bool = True, compiled: bool = True) -> Iterator[Tunnel]:
     from veilgate import fastpath
     from veilgate.config.keys import encode_key, write_key_file
     from veilgate.credentials import IssuerKey, issue
@@ -196,7 +233,7 @@ def veilgate(
     (d / "cl.cred").write_text(encode_key(issue(issuer, cl.public, time.time()).encode()) + "\n")
     (d / "gw.toml").write_text(
         f'[gateway]\nprivate_key_file = "gw.key"\nlisten = "{UB}"\nlisten6 = ""\nudp_port = 51820\n'
-        f'tcp_port = 8443\ntun_name = "vgbt{b.tag}"\nstatus_socket = "gw.sock"\nroutes = ["10.201.0.0/16"]\nnat = false\nuser = "root"\n{knob}{gw_tls}'
+        f'tcp_port = 8443\ntun_name = "vgbt{b.tag}"\nstatus_socket = "gw.sock"\nroutes = ["{NET_SUBNET}"]\nnat = false\nuser = "root"\n{knob}{gw_tls}'
         f'[credentials]\nissuer_public_keys = ["{encode_key(issuer.public_key().to_bytes())}"]\n'
     )
     (d / "cl.toml").write_text(
@@ -217,6 +254,7 @@ def veilgate(
         str(d / "gw.toml"),
         log=f"vg-{transport}-gw.log",
         env=env,
+        who=d.name,
     )
     _wait((d / "gw.sock").exists, 15)
     cproc = b.spawn(
@@ -229,17 +267,20 @@ def veilgate(
         str(d / "cl.toml"),
         log=f"vg-{transport}-cl.log",
         env=env,
+        who=d.name,
     )
     _wait(lambda: b.ns(b.a, "ping", "-c", "1", "-W", "1", "10.201.0.1", check=False).returncode == 0, 20)
+    how = f"transport = {transport}, defaults otherwise" + ("" if offload else "; udp_offload = false")
+    how += f"; {fastpath.ENV}={'1' if compiled else '0'}"
     try:
-        yield "10.201.0.1", [gproc.pid, cproc.pid]
+        yield Tunnel(f"vgbc{b.tag}", [gproc.pid, cproc.pid], how)
     finally:
         b.stop(cproc)
         b.stop(gproc)
 
 
 @contextlib.contextmanager
-def wireguard_go(b: Bench) -> Iterator[tuple[str, list[int]]]:
+def wireguard_go(b: Bench) -> Iterator[Tunnel]:
     wa, wb = f"vgbwa{b.tag}", f"vgbwb{b.tag}"
     keys = {}
     for n in ("a", "b"):
@@ -248,8 +289,8 @@ def wireguard_go(b: Bench) -> Iterator[tuple[str, list[int]]]:
         (b.work / f"wg{n}.key").write_text(priv + "\n")
         keys[n] = pub
     env = dict(os.environ, WG_PROCESS_FOREGROUND="1")
-    pa = b.spawn(b.a, "wireguard-go", "-f", wa, log="wg-a.log", env=env)
-    pb = b.spawn(b.b, "wireguard-go", "-f", wb, log="wg-b.log", env=env)
+    pa = b.spawn(b.a, "wireguard-go", "-f", wa, log="wg-a.log", env=env, who="wireguard-go")
+    pb = b.spawn(b.b, "wireguard-go", "-f", wb, log="wg-b.log", env=env, who="wireguard-go")
     _wait(
         lambda: (
             Path(f"/var/run/wireguard/{wa}.sock").exists() and Path(f"/var/run/wireguard/{wb}.sock").exists()
@@ -270,7 +311,7 @@ def wireguard_go(b: Bench) -> Iterator[tuple[str, list[int]]]:
         "endpoint",
         f"{UB}:51820",
         "allowed-ips",
-        "10.100.0.2/32",
+        f"10.100.0.2/32,{NET_SUBNET}",
     )
     b.ns(
         b.b,
@@ -294,7 +335,9 @@ def wireguard_go(b: Bench) -> Iterator[tuple[str, list[int]]]:
     b.ns(b.b, "ip", "link", "set", wb, "mtu", "1420", "up")
     _wait(lambda: b.ns(b.a, "ping", "-c", "1", "-W", "1", "10.100.0.2", check=False).returncode == 0, 10)
     try:
-        yield "10.100.0.2", [pa.pid, pb.pid]
+        yield Tunnel(
+            wa, [pa.pid, pb.pid], "wireguard-go -f, MTU 1420 on both ends (its default), nothing else to tune"
+        )
     finally:
         b.stop(pa)
         b.stop(pb)
@@ -353,25 +396,45 @@ def _pki(d: Path) -> None:
         )
 
 
-@contextlib.contextmanager
-def openvpn(b: Bench, proto: str, cipher: str = "AES-256-GCM") -> Iterator[tuple[str, list[int]]]:
-    d = b.work / "pki"
-    _pki(d)
-    common = [
-        "--dev-type",
-        "tun",
-        "--disable-dco",
+def openvpn_tuning(proto: str, cipher: str) -> list[str]:
+    """What an operator tuning OpenVPN 2.6 for throughput sets (no DCO: see docs/performance.md)."""
+    opts = [
         "--data-ciphers",
         cipher,
-        "--ca",
-        str(d / "ca.crt"),
-        "--verb",
-        "3",
-        "--ping",
-        "10",
+        "--sndbuf",
+        "0",  # 0: the kernel's default and, for TCP, its autotuning
+        "--rcvbuf",
+        "0",
+        "--txqueuelen",
+        "1000",
     ]
+    return opts + (["--fast-io"] if proto == "udp" else ["--tcp-nodelay"])
+
+
+def fastest_cipher(keep: Path) -> str:
+    """AES-256-GCM or CHACHA20-POLY1305, whichever OpenSSL seals 1420-byte buffers faster here."""
+    speeds: dict[str, float] = {}
+    lines = []
+    for cipher in ("AES-256-GCM", "CHACHA20-POLY1305"):
+        r = sh("openssl", "speed", "-seconds", "1", "-bytes", "1420", "-evp", cipher.lower(), check=False)
+        last = (r.stdout.strip().splitlines() or ["?"])[-1]
+        lines.append(f"$ openssl speed -seconds 1 -bytes 1420 -evp {cipher.lower()}\n{last}")
+        with contextlib.suppress(ValueError, IndexError):
+            speeds[cipher] = float(last.split()[-1].rstrip("k"))
+    best = max(speeds, key=lambda c: speeds[c]) if speeds else "AES-256-GCM"
+    keep.write_text("\n".join(lines) + f"\nchosen for OpenVPN: {best}\n")
+    return best
+
+
+@contextlib.contextmanager
+def openvpn(b: Bench, proto: str, cipher: str) -> Iterator[Tunnel]:
+    d = b.work / "pki"
+    _pki(d)
+    common = ["--dev-type", "tun", "--disable-dco", "--ca", str(d / "ca.crt"), "--verb", "3", "--ping", "10"]
+    common += openvpn_tuning(proto, cipher)
     sp = ["--proto", "udp"] if proto == "udp" else ["--proto", "tcp-server"]
     cp = ["--proto", "udp", "--nobind"] if proto == "udp" else ["--proto", "tcp-client"]
+    who = f"openvpn-{proto}"
     pb = b.spawn(
         b.b,
         "openvpn",
@@ -394,6 +457,7 @@ def openvpn(b: Bench, proto: str, cipher: str = "AES-256-GCM") -> Iterator[tuple
         "--key",
         str(d / "server.key"),
         log=f"ovpn-{proto}-b.log",
+        who=who,
     )
     time.sleep(0.3)
     pa = b.spawn(
@@ -417,10 +481,13 @@ def openvpn(b: Bench, proto: str, cipher: str = "AES-256-GCM") -> Iterator[tuple
         "--key",
         str(d / "client.key"),
         log=f"ovpn-{proto}-a.log",
+        who=who,
     )
     _wait(lambda: b.ns(b.a, "ping", "-c", "1", "-W", "1", "10.101.0.2", check=False).returncode == 0, 30)
     try:
-        yield "10.101.0.2", [pa.pid, pb.pid]
+        yield Tunnel(
+            f"vgboa{b.tag}", [pa.pid, pb.pid], " ".join(["--disable-dco", *openvpn_tuning(proto, cipher)])
+        )
     finally:
         b.stop(pa)
         b.stop(pb)
@@ -435,7 +502,7 @@ def _wait(pred: Callable[[], bool], timeout: float) -> None:
     raise TimeoutError("setup did not come up")
 
 
-def contender(b: Bench, name: str) -> contextlib.AbstractContextManager[tuple[str, list[int]]]:
+def contender(b: Bench, name: str, cipher: str) -> contextlib.AbstractContextManager[Tunnel]:
     if name == "veilgate-udp":
         return veilgate(b, "udp")
     if name == "veilgate-udp-nooffload":
@@ -448,56 +515,13 @@ def contender(b: Bench, name: str) -> contextlib.AbstractContextManager[tuple[st
         return veilgate(b, "tls")
     if name == "wireguard-go":
         return wireguard_go(b)
-    return openvpn(b, name.split("-")[1])
+    return openvpn(b, name.split("-")[1], cipher)
 
 
-# ---------------------------------------------------------------- in-process figures
-
-
-def handshakes_per_second() -> float:
-    sys.path.insert(0, str(ROOT / "bench"))
-    import core
-
-    return float(statistics.median(core.handshake_rates(200)[0] for _ in range(3)))
-
-
-def idle_sessions_memory_mb(n: int = 10_000) -> float:
-    """RSS growth of a fresh process whose gateway core admits n sessions, with credentials checked."""
-    code = f"""
-import ipaddress, time, sys
-sys.path.insert(0, {str(ROOT / "bench")!r})
-from core import KEYPAIR, Addr
-from veilgate.credentials import CredentialVerifier, IssuerKey, issue
-from veilgate.protocol.cookie import CookieGenerator
-from veilgate.protocol.crypto import KeyPair
-from veilgate.protocol.gateway import GatewayProtocol
-from veilgate.protocol.handshake import FinalPayload, InitiatorHandshake
-from veilgate.protocol.messages import HandshakeResp
-def rss():
-    for line in open('/proc/self/status'):
-        if line.startswith('VmRSS'):
-            return int(line.split()[1]) / 1024
-issuer = IssuerKey.generate(); gk = KeyPair.generate()
-g = GatewayProtocol(gk, CredentialVerifier([issuer.public_key()]), under_load_rate=10**9, new_keypair=KEYPAIR)
-cookies = CookieGenerator(gk.public); now = time.time()
-base = rss()
-for i in range({n}):
-    key = KeyPair.generate()
-    c = issue(issuer, key.public, now).encode()
-    hs = InitiatorHandshake(key, gk.public, i + 1, cookies, now)
-    addr = Addr((str(ipaddress.IPv4Address(0x0A000000 + i)), 1000))
-    g.receive_datagram(hs.init_message, addr, now)
-    resp = g.datagrams_to_send()[0][0]
-    hs.read_response(HandshakeResp.decode(resp))
-    final, _ = hs.write_final(FinalPayload(c))
-    g.receive_datagram(final, addr, now)
-    g.datagrams_to_send()
-    while g.next_event(): pass
-assert len(g.sessions) == {n}, len(g.sessions)
-print(rss() - base)
-"""
-    r = sh(sys.executable, "-c", code, timeout=900)
-    return float(r.stdout.strip().splitlines()[-1])
+@contextlib.contextmanager
+def bare_path(b: Bench) -> Iterator[Tunnel]:
+    """The ceiling: no tunnel, A to C routed through B's forwarding and NAT."""
+    yield Tunnel("", [], "no tunnel: routed via the gateway namespace, same NAT")
 
 
 # ---------------------------------------------------------------- main
@@ -534,12 +558,33 @@ def versions() -> dict[str, str]:
     }
 
 
+def commit() -> str:
+    r = sh("git", "-C", str(ROOT), "rev-parse", "--short", "HEAD", check=False)
+    return r.stdout.strip() or "nogit"
+
+
+def med(xs: list[float]) -> float:
+    xs = [x for x in xs if x == x]
+    return statistics.median(xs) if xs else float("nan")
+
+
+def spread(xs: list[float], fmt: str = "{:.0f}") -> str:
+    """Median (min–max) over the rounds."""
+    ys = [x for x in xs if x == x]
+    if not ys:
+        return "n/a"
+    if len(ys) == 1:
+        return fmt.format(ys[0])
+    return f"{fmt.format(statistics.median(ys))} ({fmt.format(min(ys))}–{fmt.format(max(ys))})"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--duration", type=int, default=10, help="seconds per iperf3 test")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--duration", type=int, default=8, help="seconds per iperf3 test")
     ap.add_argument("--only", default=",".join(CONTENDERS))
-    ap.add_argument("--sessions", type=int, default=10_000)
+    ap.add_argument("--no-load", action="store_true", help="skip the many-client scenarios (bench/load.py)")
+    ap.add_argument("--load-args", default="", help="extra arguments for bench/load.py, e.g. '--storm 50'")
     ap.add_argument("--no-write", action="store_true", help="do not write docs/performance.md")
     ap.add_argument(
         "--results", type=Path, default=ROOT / "bench" / "results", help="where the raw output is kept"
@@ -548,123 +593,169 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0:
         print("the benchmark needs root (network namespaces)", file=sys.stderr)
         return 2
-    for tool in ("ip", "iperf3", "ping", "wg", "wireguard-go", "openvpn", "openssl"):
+    for tool in ("ip", "nft", "iperf3", "ping", "wg", "wireguard-go", "openvpn", "openssl", "taskset"):
         if shutil.which(tool) is None:
             print(f"missing {tool}: run `make bench`, which installs the peers", file=sys.stderr)
             return 2
     names = [n for n in args.only.split(",") if n in CONTENDERS]
+    started = datetime.datetime.now(datetime.UTC)
+    run_id = f"{started:%Y-%m-%d-%H%M}-{commit()}"
+    raw = args.results / run_id
+    raw.mkdir(parents=True, exist_ok=True)
     out: list[str] = []
 
     def say(line: str = "") -> None:
         print(line, flush=True)
         out.append(line)
 
-    started = datetime.datetime.now(datetime.UTC)
     v = versions()
     say(
         f"# make bench (bench/compare.py --only {','.join(names)} --rounds {args.rounds} "
-        f"--duration {args.duration} --sessions {args.sessions}), {started:%Y-%m-%d %H:%M} UTC"
+        f"--duration {args.duration}), {started:%Y-%m-%d %H:%M} UTC, commit {commit()}, "
+        f"load average {os.getloadavg()[0]:.2f}"
     )
     say("# machine: " + ", ".join(f"{k} {val}" for k, val in v.items()))
-    results: dict[str, dict[str, list[float]]] = {
-        n: {"p1": [], "p4": [], "ping": [], "ping_busy": [], "cpu": []} for n in names
-    }
-    underlay: list[float] = []
+    cipher = fastest_cipher(raw / "openssl-speed.txt")
+    say(f"# OpenVPN data cipher: {cipher} (the faster one in openssl-speed.txt)")
+    rows = [CEILING, *names]
+    keys = ("up1", "up4", "down1", "down4", "ping", "ping_busy", "cpu")
+    results: dict[str, dict[str, list[float]]] = {n: {k: [] for k in keys} for n in rows}
+    how: dict[str, str] = {}
+    timings: dict[str, list[float]] = {n: [] for n in rows}
     work = Path(tempfile.mkdtemp(prefix="vgbench-"))
-    bench = Bench(work)
+    bench = Bench(work, raw)
+    t_start = time.monotonic()
     try:
         bench.up()
         for rnd in range(1, args.rounds + 1):
-            underlay.append(ping_ms(bench, UB))
-            for name in names:
+            for name in rows:
+                t0 = time.monotonic()
+                r = results[name]
                 try:
-                    with contender(bench, name) as (address, pids):
+                    with bare_path(bench) if name == CEILING else contender(bench, name, cipher) as tun:
+                        how[name] = tun.how
+                        bench.route_internet(tun.device or None)
                         time.sleep(1)
-                        results[name]["ping"].append(ping_ms(bench, address))
-                        results[name]["ping_busy"].append(ping_ms(bench, address, 0.001, 200))
-                        c0, t0 = cpu_seconds(pids), time.monotonic()
-                        results[name]["p1"].append(iperf(bench, address, 1, args.duration))
-                        results[name]["cpu"].append(100 * (cpu_seconds(pids) - c0) / (time.monotonic() - t0))
-                        results[name]["p4"].append(iperf(bench, address, 4, args.duration))
+                        base = raw / f"{name}-r{rnd}"
+                        r["ping"].append(ping_ms(bench, Path(f"{base}-ping-20ms.txt")))
+                        r["ping_busy"].append(ping_ms(bench, Path(f"{base}-ping-1ms.txt"), 0.001, 200))
+                        for direction, streams in TESTS:
+                            keep = Path(f"{base}-{direction}-P{streams}.json")
+                            c0, w0 = cpu_seconds(tun.pids), time.monotonic()
+                            r[f"{direction}{streams}"].append(
+                                iperf(bench, direction, streams, args.duration, keep)
+                            )
+                            if (direction, streams) == ("up", 1) and tun.pids:
+                                r["cpu"].append(100 * (cpu_seconds(tun.pids) - c0) / (time.monotonic() - w0))
                 except (TimeoutError, RuntimeError) as exc:
                     print(f"  {name}: setup failed: {exc}", file=sys.stderr)
-                r = results[name]
+                timings[name].append(time.monotonic() - t0)
+
+                def last(k: str, r: dict[str, list[float]] = r) -> float:
+                    return r[k][-1] if r[k] else float("nan")
+
                 say(
-                    f"round {rnd} {name:14s} 1 stream {r['p1'][-1] if r['p1'] else float('nan'):7.0f} Mbit/s"
-                    f"  4 streams {r['p4'][-1] if r['p4'] else float('nan'):7.0f}"
-                    f"  ping {r['ping'][-1] if r['ping'] else float('nan'):.3f} ms"
-                    f" (1 ms interval {r['ping_busy'][-1] if r['ping_busy'] else float('nan'):.3f})"
+                    f"round {rnd} {name:22s} up {last('up1'):5.0f} / {last('up4'):5.0f}"
+                    f"  down {last('down1'):5.0f} / {last('down4'):5.0f} Mbit/s (1 / 4 streams)"
+                    f"  ping {last('ping'):.3f} ms (1 ms interval {last('ping_busy'):.3f})"
+                    f"  [{timings[name][-1]:.0f} s]"
                 )
     finally:
         bench.down()
         shutil.rmtree(work, ignore_errors=True)
-    hs = handshakes_per_second()
-    mem = idle_sessions_memory_mb(args.sessions)
-
-    def med(xs: list[float]) -> float:
-        xs = [x for x in xs if x == x]
-        return statistics.median(xs) if xs else float("nan")
-
-    base = med(underlay)
-    rows = [
-        "| contender | 1 stream Mbit/s | 4 streams Mbit/s | ping RTT ms | added by the tunnel ms "
-        "| ping RTT ms, 1 ms interval | VPN CPU % of a core |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for name in names:
-        r = results[name]
-        rows.append(
-            f"| {name} | {med(r['p1']):.0f} | {med(r['p4']):.0f} | {med(r['ping']):.3f} "
-            f"| {med(r['ping']) - base:.3f} | {med(r['ping_busy']):.3f} | {med(r['cpu']):.0f} |"
+    throughput_s = time.monotonic() - t_start
+    (raw / "commands.txt").write_text(
+        "".join(
+            f"## {who}\n" + "\n".join(dict.fromkeys(cmds)) + "\n\n" for who, cmds in bench.commands.items()
         )
-    from veilgate import fastpath
+    )
 
-    paths = (
-        "the veilgate rows run the compiled data path (veilgate.fastpath), except veilgate-udp-python, "
-        "the same on the pure-Python one"
-        if fastpath.BUILT
-        else "the compiled data path is not built here: every veilgate row runs the pure-Python one"
-    )
-    table = "\n".join(rows) + f"\n\nUnderlay (no tunnel) ping RTT: {base:.3f} ms; {paths}."
-    ratio_udp = med(results.get("veilgate-udp", {}).get("p1", [])) / med(
-        results.get("wireguard-go", {}).get("p1", []) or [float("nan")]
-    )
-    ratio_tcp = med(results.get("veilgate-tcp", {}).get("p1", [])) / med(
-        results.get("openvpn-tcp", {}).get("p1", []) or [float("nan")]
-    )
-    added = med(results.get("veilgate-udp", {}).get("ping", [])) - base
-    added_wg = med(results.get("wireguard-go", {}).get("ping", [])) - base
-    ping_line = (
-        f"ping RTT added by the tunnel, veilgate-udp / wireguard-go: {added / added_wg:.2f} "
-        f"({added:.3f} / {added_wg:.3f} ms)"
-        if added_wg > 0
-        else "ping RTT added by the tunnel: no wireguard-go figure to compare with"
-    )
+    ceiling = results[CEILING]
+    table = [
+        "| contender | upload, 1 stream | upload, 4 streams | download, 1 stream | download, 4 streams "
+        "| share of the bare path, 1 stream up / down | ping RTT ms | ping RTT ms, 1 ms interval "
+        "| VPN CPU % of a core (upload) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name in rows:
+        r = results[name]
+        share = (
+            "100 % / 100 %"
+            if name == CEILING
+            else f"{100 * med(r['up1']) / med(ceiling['up1']):.0f} % / {100 * med(r['down1']) / med(ceiling['down1']):.0f} %"
+        )
+        table.append(
+            f"| {name} | {spread(r['up1'])} | {spread(r['up4'])} | {spread(r['down1'])} | {spread(r['down4'])} "
+            f"| {share} | {spread(r['ping'], '{:.3f}')} | {spread(r['ping_busy'], '{:.3f}')} "
+            f"| {spread(r['cpu']) if r['cpu'] else '–'} |"
+        )
+    how_block = "\n".join(f"- **{n}**: {how.get(n, 'did not come up')}" for n in rows)
+
+    def ratio(a: str, b: str, k: str) -> float:
+        return med(results.get(a, {}).get(k, [])) / (med(results.get(b, {}).get(k, [])) or float("nan"))
+
     say()
-    say(table)
-    say(f"\nveilgate full handshakes per second (both sides, one core): {hs:.0f}")
-    say(f"veilgate gateway core with {args.sessions} idle sessions: {mem:.0f} MB of RSS")
-    say(ping_line)
-    say(f"ratio_udp_vs_wireguard_go={ratio_udp:.2f}")
-    say(f"ratio_tcp_vs_openvpn_tcp={ratio_tcp:.2f}")
-    args.results.mkdir(parents=True, exist_ok=True)
-    raw = args.results / f"bench-{started:%Y-%m-%d}.txt"
-    with raw.open("a") as f:
-        f.write("\n".join(out) + "\n\n")
-    print(f"# raw output appended to {raw}")
+    say("Throughput in Mbit/s, median (min–max) over the rounds.")
+    say()
+    for line in table:
+        say(line)
+    say()
+    say("How each ran (full command lines in commands.txt):")
+    say(how_block)
+    say()
+    timing_line = "seconds per round: " + ", ".join(f"{n} {med(t):.0f}" for n, t in timings.items() if t)
+    say(f"# {timing_line}; throughput part {throughput_s:.0f} s")
+    load_out = ""
+    if not args.no_load:
+        t_load = time.monotonic()
+        cmd = [
+            sys.executable,
+            str(ROOT / "bench" / "load.py"),
+            "bench",
+            "--out",
+            str(raw / "load"),
+            *shlex.split(args.load_args),
+        ]
+        lr = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        load_out = lr.stdout.strip()
+        (raw / "load.txt").write_text(lr.stdout + (f"\n# stderr\n{lr.stderr}" if lr.stderr.strip() else ""))
+        say(load_out or f"bench/load.py failed: {lr.stderr.strip()[-400:]}")
+        say(f"# many-client part {time.monotonic() - t_load:.0f} s")
+    ru = {
+        "udp_vs_wireguard_go": ("veilgate-udp", "wireguard-go"),
+        "tcp_vs_openvpn_tcp": ("veilgate-tcp", "openvpn-tcp"),
+    }
+    summary: dict[str, float] = {}
+    for label, (a, b) in ru.items():
+        up, down = ratio(a, b, "up1"), ratio(a, b, "down1")
+        say(f"ratio_{label}_upload={up:.2f}")
+        say(f"ratio_{label}_download={down:.2f}")
+        summary[label] = (up + down) / 2
+    say(f"ratio_udp_vs_wireguard_go={summary['udp_vs_wireguard_go']:.2f}")
+    say(f"ratio_tcp_vs_openvpn_tcp={summary['tcp_vs_openvpn_tcp']:.2f}")
+    (raw / "bench.txt").write_text("\n".join(out) + "\n")
+    print(f"# raw output in {raw}")
     if not args.no_write:
         doc = ROOT / "docs" / "performance.md"
+        rel = raw.relative_to(ROOT) if raw.is_relative_to(ROOT) else raw
         generated = (
-            f"Measured {started:%Y-%m-%d} with `make bench` (bench/compare.py): "
-            f"{args.rounds} rounds, medians, iperf3 TCP {args.duration} s from namespace A to B through each tunnel. "
-            f"Raw output: [bench/results/{raw.name}](../bench/results/{raw.name}).\n\n"
-            "Machine: " + ", ".join(f"{k} {val}" for k, val in v.items()) + ".\n"
-            "The machine is shared and noisy: compare medians and ratios, not single figures.\n\n"
-            + table
-            + f"\n\n- veilgate full handshakes per second (both sides, one core): {hs:.0f}\n"
-            f"- veilgate gateway core with {args.sessions} idle sessions: {mem:.0f} MB of RSS\n"
-            f"- {ping_line}\n"
-            f"- ratio_udp_vs_wireguard_go={ratio_udp:.2f}\n- ratio_tcp_vs_openvpn_tcp={ratio_tcp:.2f}\n\n"
+            f"Measured {started:%Y-%m-%d} with `make bench` (bench/compare.py) at commit {commit()}: "
+            f"{args.rounds} rounds, iperf3 TCP {args.duration} s per test between the client namespace "
+            "and the internet host behind the gateway. "
+            f"Raw output (iperf3 JSON, ping output, command lines, this table): [{rel}/](../{rel}/).\n\n"
+            "Machine: " + ", ".join(f"{k} {val}" for k, val in v.items()) + ".\n\n"
+            "Throughput in Mbit/s, median (min–max) over the rounds.\n\n"
+            + "\n".join(table)
+            + "\n\nHow each ran:\n\n"
+            + how_block
+            + "\n\n"
+            + (
+                f"Many clients ([{rel}/load.txt](../{rel}/load.txt)):\n\n```\n{load_out}\n```\n\n"
+                if load_out
+                else ""
+            )
+            + "\n".join(f"- {line}" for line in out if line.startswith("ratio_"))
+            + "\n"
         )
         write_between_markers(doc, generated)
         print(f"wrote {doc}")

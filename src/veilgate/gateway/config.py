@@ -12,6 +12,7 @@ from veilgate.config.keys import decode_key
 from veilgate.config.toml import Section
 from veilgate.credentials import IssuerPublicKey
 from veilgate.monitor.logs import FORMATS, LEVELS
+from veilgate.protocol.constants import UNDER_LOAD_INITS_PER_SECOND
 from veilgate.transport.tls import pem_pin
 
 DEFAULT_UDP_PORT = 51820
@@ -69,6 +70,8 @@ class GatewayConfig:
     metrics_listen: tuple[str, int] | None = None
     max_tcp_connections: int = 4096
     max_sessions_per_credential: int = 1
+    cookie_threshold: int = UNDER_LOAD_INITS_PER_SECOND
+    """Handshake initiations per second above which the gateway demands cookies (0: always)."""
     provider_url: str | None = None
     provider_fingerprint: str | None = None
     user: str = "veilgate"
@@ -120,6 +123,7 @@ def load_gateway_config(path: str | Path, private_key: bytes | None = None) -> G
         metrics_listen=gw.listen_address("metrics_listen"),
         max_tcp_connections=gw.get_int("max_tcp_connections", 4096, low=1, high=1_000_000),
         max_sessions_per_credential=gw.get_int("max_sessions_per_credential", 1, low=1, high=64),
+        cookie_threshold=gw.get_int("cookie_threshold", UNDER_LOAD_INITS_PER_SECOND, low=0, high=100_000_000),
         user=gw.get_str("user", "veilgate", 'a system user name, or "root" to keep running as root'),
     )
     _tls(gw, cfg)

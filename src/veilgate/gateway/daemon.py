@@ -67,6 +67,7 @@ class Gateway(Driver):
             KeyPair.from_private_bytes(config.private_key),
             _WallClockCheck(AnyCredentialVerifier(ed25519, self.epochs)),
             max_sessions_per_credential=config.max_sessions_per_credential,
+            under_load_rate=config.cookie_threshold,
             new_keypair=CompiledKeypair if self.compiled_wanted else Keypair,
             obfuscation=config.obfuscation,
         )
