@@ -84,6 +84,7 @@ class Bench:
     tag: str = field(default_factory=lambda: secrets.token_hex(2))
     procs: list[subprocess.Popen[Any]] = field(default_factory=list)
     commands: dict[str, list[str]] = field(default_factory=dict)
+    iperf_server: subprocess.Popen[Any] | None = None
 
     @property
     def a(self) -> str:
@@ -146,7 +147,14 @@ class Bench:
         self.ns(self.b, "nft", "-f", str(self.work / "nat.nft"))
         (self.raw / "nat.nft").write_text(rules)
         self.ns(self.a, "ping", "-c", "1", "-W", "2", UB)
-        self.spawn(self.c, "iperf3", "-s", log="iperf-server.log")
+        self.start_iperf_server()
+
+    def start_iperf_server(self) -> None:
+        """(Re)start the iperf3 server on the internet host: a server whose client vanished
+        mid-test stays "busy" for good, which would spoil every test after it."""
+        if self.iperf_server is not None:
+            self.stop(self.iperf_server)
+        self.iperf_server = self.spawn(self.c, "iperf3", "-s", log="iperf-server.log")
         time.sleep(0.5)
 
     def route_internet(self, device: str | None) -> None:
@@ -188,6 +196,8 @@ def iperf(b: Bench, direction: str, streams: int, duration: int, keep: Path) -> 
             return float(result["end"]["sum_received"]["bits_per_second"]) / 1e6
         except (KeyError, TypeError, ValueError):
             error = str(result.get("error", "no result")) if isinstance(result, dict) else "no result"
+        if "busy" in error:
+            b.start_iperf_server()
         time.sleep(2)
     print(f"  iperf3 {direction} -P {streams} failed: {error}", file=sys.stderr)
     return float("nan")
