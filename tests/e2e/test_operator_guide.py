@@ -158,6 +158,7 @@ def world(topo: Topology, tmp_path: Path) -> Iterator[dict[str, MountHost]]:
             hosts=hosts,
             env=env,
             packages=packages if name == "gateway" else None,
+            keep=(ROOT,),
         )
         for name, ns, hostname in (
             ("provider", prov, "provider"),

@@ -1,5 +1,5 @@
 """Obfuscation covers (docs/protocol.md 14.4): the STUN Binding Request that opens a UDP flow, the
-WebSocket upgrade that opens a plain TCP connection, padding frames; the gateway discards its
+proxy CONNECT that opens a plain TCP connection, padding frames; the gateway discards its
 clients' covers and drops and counts anything else."""
 
 from __future__ import annotations
@@ -41,16 +41,18 @@ def test_the_stun_request_is_well_formed_and_keyed() -> None:
     assert covers.looks_like_stun(bytes(flipped)) and not covers.is_cover_request(KEY, bytes(flipped))
 
 
-def test_the_upgrade_request_carries_the_nonce_and_passes_the_fet_rules() -> None:
+def test_the_connect_request_carries_the_nonce_and_passes_the_fet_rules() -> None:
     nonce = bytes(12)
-    req = covers.upgrade_request(KEY, nonce, "vpn.example.org", pad_to=700)
+    req = covers.connect_request(KEY, nonce, "vpn.example.org", pad_to=700)
     assert len(req) >= 700 and req.endswith(b"\r\n\r\n")
-    accepted = covers.accept_upgrade(KEY, req)
+    accepted = covers.accept_connect(KEY, req)
     assert accepted is not None and accepted[0] == nonce
-    assert covers.is_upgrade_response(accepted[1])
+    assert covers.is_connect_response(accepted[1])
     assert not fet.verdict(req).flagged
-    assert covers.accept_upgrade(bytes(32), req) is None
-    assert covers.accept_upgrade(KEY, req.replace(b"GET ", b"PUT ")) is None
+    assert covers.accept_connect(bytes(32), req) is None
+    assert covers.accept_connect(KEY, req.replace(b"CONNECT ", b"GET ", 1)) is None
+    assert covers.accept_connect(KEY, req.replace(b"Negotiate ", b"Basic ")) is None
+    assert covers.accept_connect(KEY, req[:-40] + b"\r\n\r\n") is not None  # the padding is not checked
 
 
 def _stream(enc: MaskedFrameEncoder, datagrams: list[bytes]) -> bytes:
@@ -61,12 +63,12 @@ def _stream(enc: MaskedFrameEncoder, datagrams: list[bytes]) -> bytes:
 def test_a_covered_stream_round_trips_both_ways_and_padding_is_discarded(cut: int) -> None:
     datagrams = [b"a" * 148, b"b" * 1400, b"c"]
     client = MaskedFrameEncoder(STREAM, cover_key=KEY)
-    up = covers.upgrade_request(KEY, client.nonce, "h") + _stream(client, datagrams)
+    up = covers.connect_request(KEY, client.nonce, "h") + _stream(client, datagrams)
     gateway_in = MaskedFrameDecoder(STREAM, head=REQUEST, cover_key=KEY)
     got = gateway_in.feed(up[:cut]) + gateway_in.feed(up[cut:])
     assert got == datagrams
     assert gateway_in.padding == sum(1 + i * 100 for i in range(3))
-    assert covers.is_upgrade_response(gateway_in.reply)
+    assert covers.is_connect_response(gateway_in.reply)
     server = MaskedFrameEncoder(STREAM)
     down = gateway_in.reply + _stream(server, datagrams)
     client_in = MaskedFrameDecoder(STREAM, head=RESPONSE, cover_key=KEY)
@@ -78,10 +80,10 @@ def test_a_covered_stream_round_trips_both_ways_and_padding_is_discarded(cut: in
     [
         b"\x16\x03\x01" + bytes(5000),  # no head within its bound
         b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",  # a browser's request
-        covers.upgrade_request(bytes(32), bytes(12), "h"),  # another gateway's
+        covers.connect_request(bytes(32), bytes(12), "h"),  # another gateway's
     ],
 )
-def test_a_stream_without_this_gateways_upgrade_is_refused(garbage: bytes) -> None:
+def test_a_stream_without_this_gateways_connect_is_refused(garbage: bytes) -> None:
     dec = MaskedFrameDecoder(STREAM, head=REQUEST, cover_key=KEY)
     with pytest.raises(FramingError):
         dec.feed(garbage)

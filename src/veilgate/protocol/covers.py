@@ -4,10 +4,13 @@
   for ICE connectivity checks (RFC 8445, 7.1.1: USERNAME, ICE-CONTROLLING, PRIORITY,
   MESSAGE-INTEGRITY, FINGERPRINT). Its MESSAGE-INTEGRITY is an HMAC-SHA1 under the cover key, so
   the gateway tells its own clients' requests from any other STUN message. It never answers one.
-- plain TCP: the client's first bytes are an HTTP/1.1 WebSocket upgrade request (RFC 6455, 4.1).
-  Its ``Sec-WebSocket-Key`` (16 bytes, base64) is the stream nonce (12) and a tag (4) under the
-  cover key; the gateway answers a valid request with ``101 Switching Protocols`` and the masked
-  frames follow. What is not a valid request is dropped and counted, and the connection closed.
+- plain TCP: the client's first bytes are an HTTP/1.1 ``CONNECT`` request to a proxy (RFC 9110,
+  9.3.6) with a ``Proxy-Authorization: Negotiate`` token, as a browser behind a corporate proxy
+  sends it. The token's first 16 bytes are the stream nonce (12) and a tag (4) under the cover
+  key, the rest padding; the gateway answers a valid request with ``200 Connection established``
+  and the masked frames follow. What is not a valid request is dropped and counted, and the
+  connection closed. (nDPI names a ``CONNECT`` flow HTTP_Connect on every port; an HTTP request
+  with a ``Host:`` header to a port it ties to a VPN, such as 1194, it names ``OpenVPN.HTTP``.)
 
 The cover key is derived from the gateway's static public key, as the other gateway-wide
 obfuscation keys: it separates cover from garbage, it is not a secret from the gateway's clients.
@@ -46,13 +49,13 @@ _FP_LEN: Final = 8
 STUN_MAX: Final = 548
 _UFRAG_ALPHABET: Final = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
 
-# ---- WebSocket upgrade (RFC 6455)
+# ---- the proxy CONNECT (RFC 9110, 9.3.6)
 
 HEAD_MAX: Final = 4096
 """The longest request or response head accepted before the stream begins."""
-_WS_GUID: Final = b"258EAFA5-E914-47DA-95CA-C5AB0DC11B65"
 _TAG_LEN: Final = 16 - STREAM_NONCE_LEN
-_PATHS: Final = (b"/ws", b"/socket", b"/live", b"/api/stream", b"/updates", b"/v1/events")
+_TARGET_PORTS: Final = (b"443", b"443", b"443", b"8443")
+CONNECTED: Final = b"HTTP/1.1 200 Connection established\r\n\r\n"
 _AGENTS: Final = (
     b"Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
     b"Chrome/120.0.0.0 Safari/537.36",
@@ -118,68 +121,57 @@ def is_cover_request(key: bytes, data: bytes) -> bool:
     return hmac.compare_digest(hmac.digest(key, head + data[STUN_HEADER_LEN:mi], "sha1"), data[mi + 4 : end])
 
 
-# ---- the WebSocket upgrade on plain TCP
+# ---- the proxy CONNECT on plain TCP
 
 
 def _tag(key: bytes, nonce: bytes) -> bytes:
     return hashlib.blake2s(nonce, key=key, digest_size=_TAG_LEN).digest()
 
 
-def upgrade_request(key: bytes, nonce: bytes, host: str, pad_to: int = 0) -> bytes:
-    """The client's first bytes: a WebSocket upgrade request carrying ``nonce``, at least ``pad_to``
-    bytes long (a ``Cookie`` header takes up the difference)."""
-    ws_key = base64.b64encode(nonce + _tag(key, nonce))
-    path = _PATHS[secrets.randbelow(len(_PATHS))]
+def connect_request(key: bytes, nonce: bytes, host: str, pad_to: int = 0) -> bytes:
+    """The client's first bytes: a proxy ``CONNECT`` to ``host`` whose ``Negotiate`` token carries
+    ``nonce``, at least ``pad_to`` bytes long (the token takes up the difference, as a Kerberos
+    token of a few hundred to a few thousand bytes does)."""
+    port = _TARGET_PORTS[secrets.randbelow(len(_TARGET_PORTS))]
+    target = host.encode("ascii", "replace") + b":" + port
     agent = _AGENTS[secrets.randbelow(len(_AGENTS))]
     lines = [
-        b"GET " + path + b" HTTP/1.1",
-        b"Host: " + host.encode("ascii", "replace"),
+        b"CONNECT " + target + b" HTTP/1.1",
+        b"Host: " + target,
         b"User-Agent: " + agent,
-        b"Accept: */*",
-        b"Accept-Language: en-US,en;q=0.9",
-        b"Cache-Control: no-cache",
-        b"Connection: Upgrade",
-        b"Upgrade: websocket",
-        b"Sec-WebSocket-Version: 13",
-        b"Sec-WebSocket-Key: " + ws_key,
+        b"Proxy-Connection: keep-alive",
     ]
     head = b"\r\n".join(lines) + b"\r\n"
-    room = pad_to - len(head) - 2 - len(b"Cookie: sid=\r\n")
-    if room > 0:
-        cookie = base64.urlsafe_b64encode(secrets.token_bytes(room))[:room]
-        head += b"Cookie: sid=" + cookie + b"\r\n"
-    return head + b"\r\n"
+    fixed = len(head) + len(b"Proxy-Authorization: Negotiate \r\n\r\n")
+    room = -(-max(pad_to - fixed, 0) * 3 // 4) - 16  # token bytes whose base64 fills pad_to
+    token = nonce + _tag(key, nonce) + secrets.token_bytes(max(room, 24 + secrets.randbelow(48)))
+    return head + b"Proxy-Authorization: Negotiate " + base64.b64encode(token) + b"\r\n\r\n"
 
 
-def accept_upgrade(key: bytes, head: bytes) -> tuple[bytes, bytes] | None:
-    """For a request head (up to and with its blank line) ``upgrade_request`` made: the stream
-    nonce and the ``101`` response to send; None for anything else."""
+def accept_connect(key: bytes, head: bytes) -> tuple[bytes, bytes] | None:
+    """For a request head (up to and with its blank line) ``connect_request`` made: the stream
+    nonce and the answer to send; None for anything else."""
     lines = head.split(b"\r\n")
-    if not lines[0].startswith(b"GET ") or not lines[0].endswith(b" HTTP/1.1"):
+    if not lines[0].startswith(b"CONNECT ") or not lines[0].endswith(b" HTTP/1.1"):
         return None
-    ws_key = b""
+    token = b""
     for line in lines[1:]:
         name, sep, value = line.partition(b":")
-        if sep and name.strip().lower() == b"sec-websocket-key":
-            ws_key = value.strip()
+        if sep and name.strip().lower() == b"proxy-authorization":
+            scheme, _, token = value.strip().partition(b" ")
+            if scheme != b"Negotiate":
+                return None
     try:
-        raw = base64.b64decode(ws_key, validate=True)
+        raw = base64.b64decode(token, validate=True)
     except (binascii.Error, ValueError):
         return None
-    if len(raw) != 16:
+    if len(raw) < 16:
         return None
-    nonce, tag = raw[:STREAM_NONCE_LEN], raw[STREAM_NONCE_LEN:]
+    nonce, tag = raw[:STREAM_NONCE_LEN], raw[STREAM_NONCE_LEN:16]
     if not hmac.compare_digest(_tag(key, nonce), tag):
         return None
-    accept = base64.b64encode(hashlib.sha1(ws_key + _WS_GUID).digest())  # noqa: S324 (RFC 6455)
-    response = (
-        b"HTTP/1.1 101 Switching Protocols\r\n"
-        b"Upgrade: websocket\r\n"
-        b"Connection: Upgrade\r\n"
-        b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n"
-    )
-    return nonce, response
+    return nonce, CONNECTED
 
 
-def is_upgrade_response(head: bytes) -> bool:
-    return head.startswith(b"HTTP/1.1 101 ")
+def is_connect_response(head: bytes) -> bool:
+    return head == CONNECTED

@@ -55,7 +55,10 @@ class MountHost:
         hosts: dict[str, str],
         packages: Path | None = None,
         env: dict[str, str] | None = None,
+        keep: tuple[Path, ...] = (),
     ) -> None:
+        """``keep``: folders under /tmp the host must still see (the empty /tmp hides the rest);
+        the virtual environment this Python runs from is always kept."""
         self.topo = topo
         self.ns = ns
         self.name = name
@@ -76,7 +79,18 @@ class MountHost:
                 f"mkdir -p {upper} {work}",
                 f"mount -t overlay overlay -o lowerdir={lower},upperdir={upper},workdir={work} /{sub}",
             ]
+        # A folder under /tmp stays reachable through a descriptor opened before /tmp is covered,
+        # bound back in place after (without canonicalising, the kernel follows the descriptor).
+        covered = Path("/tmp")  # noqa: S108 (the folder this host covers with its own)
+        kept = sorted({p.resolve() for p in (Path(sys.prefix), *keep) if p.resolve().is_relative_to(covered)})
+        mounts += [f"exec {3 + i}<{_quote(str(path))}" for i, path in enumerate(kept)]
         mounts += ["mount -t tmpfs -o mode=0755 tmpfs /run", "mount -t tmpfs -o mode=1777 tmpfs /tmp"]
+        for i, path in enumerate(kept):
+            mounts += [
+                f"mkdir -p {_quote(str(path))}",
+                f"mount -c --bind /proc/self/fd/{3 + i} {_quote(str(path))}",
+            ]
+        mounts += [f"exec {3 + i}<&-" for i in range(len(kept))]
         mounts.append("mkdir -p /usr/local/sbin")
         for command in ("systemctl", "journalctl"):
             mounts.append(

@@ -6,7 +6,7 @@ keep more than ``max_buffer`` bytes between reads (at most one partial frame
 is ever kept, so the default bound is the largest frame).
 
 With obfuscation on, the prefixes are masked (``MaskedFrameEncoder``, ``MaskedFrameDecoder``), a
-plain TCP stream begins with a WebSocket upgrade (``veilgate.protocol.covers``), and a prefix with its
+plain TCP stream begins with a proxy CONNECT (``veilgate.protocol.covers``), and a prefix with its
 top bit set announces padding, which the decoder discards (docs/protocol.md 14.4).
 """
 
@@ -85,7 +85,7 @@ class FrameDecoder:
 class MaskedFrameEncoder:
     """Frames with masked length prefixes (docs/protocol.md 14): every length prefix is XORed with
     the next two bytes of ``ChaCha20(stream_key, nonce)``. The gateway's side sends its random
-    ``nonce`` before its first frame; the client's side sends it in :meth:`upgrade_request`, which
+    ``nonce`` before its first frame; the client's side sends it in ``covers.connect_request``, which
     goes first on the connection (``cover_key``)."""
 
     __slots__ = ("_nonce", "_stream", "nonce")
@@ -157,13 +157,13 @@ class MaskedFrameDecoder(FrameDecoder):
         head = bytes(buf[pos : end + 4])
         if self._head == REQUEST:
             assert self._cover_key is not None
-            accepted = covers.accept_upgrade(self._cover_key, head)
+            accepted = covers.accept_connect(self._cover_key, head)
             if accepted is None:
-                raise FramingError("not an upgrade request of this gateway")
+                raise FramingError("not a CONNECT request of this gateway")
             nonce, self.reply = accepted
             self._stream = chacha20(self._key, nonce).decryptor().update
-        elif not covers.is_upgrade_response(head):
-            raise FramingError("not an upgrade response")
+        elif not covers.is_connect_response(head):
+            raise FramingError("not the CONNECT answer")
         self._head = None
         return end + 4
 

@@ -5,8 +5,8 @@ high-water mark, a datagram is dropped and counted rather than queued without
 bound (the tunnel's own TCP flows recover, as they would from loss on UDP).
 A malformed stream closes that connection only.
 
-With obfuscation on, a plain TCP connection begins with a WebSocket upgrade (the client's request,
-the gateway's ``101`` answer), and ``Shaping`` pads the first frames each side sends to sizes
+With obfuscation on, a plain TCP connection begins with a proxy CONNECT (the client's request,
+the gateway's ``200`` answer), and ``Shaping`` pads the first frames each side sends to sizes
 drawn from those of ordinary web traffic, optionally each after a small random delay
 (docs/protocol.md 14.4).
 """
@@ -105,7 +105,7 @@ class FramedConnection(asyncio.Protocol):
             self._encode = self._encoder.encode
             if head == RESPONSE and cover_key is not None:
                 pad_to = 0 if shaping is None or not shaping.frames else shaped_size(400)
-                self._preamble = covers.upgrade_request(cover_key, self._encoder.nonce, host, pad_to)
+                self._preamble = covers.connect_request(cover_key, self._encoder.nonce, host, pad_to)
         self.shaping = shaping if self._encoder is not None else None
         self._shape_left = self.shaping.frames if self.shaping is not None else 0
         self._delayed: list[bytes] = []
@@ -117,7 +117,7 @@ class FramedConnection(asyncio.Protocol):
         self.dropped = 0
         self.malformed = 0
         self.bad_head = False
-        """The connection closed on a first head that was not the expected upgrade."""
+        """The connection closed on a first head that was not the expected CONNECT or answer."""
         self.closed = False
         self._pending: list[bytes] = []
         self.connected: asyncio.Future[None] = asyncio.get_event_loop().create_future()
@@ -277,7 +277,7 @@ async def serve_tcp(
     shaping: Shaping | None = None,
 ) -> asyncio.Server:
     """Listen for framed connections; each gets its own FramedConnection (``stream_key``: with
-    masked length prefixes; ``cover_key``: after a WebSocket upgrade; docs/protocol.md 14)."""
+    masked length prefixes; ``cover_key``: after a proxy CONNECT; docs/protocol.md 14)."""
     cover = (REQUEST, cover_key, "") if cover_key is not None else None
     loop = asyncio.get_running_loop()
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -305,7 +305,7 @@ async def connect_tcp(
     shaping: Shaping | None = None,
     host_name: str = "",
 ) -> FramedConnection:
-    """Connect a framed connection (``cover_key``: begin with a WebSocket upgrade naming
+    """Connect a framed connection (``cover_key``: begin with a proxy CONNECT naming
     ``host_name``, or ``host``)."""
     loop = asyncio.get_running_loop()
     cover = (RESPONSE, cover_key, host_name or host) if cover_key is not None else None

@@ -167,7 +167,9 @@ def test_the_tls_carrier_is_tls_to_ndpi_and_exempt_from_the_fet_rules(topo: Topo
 # ---- with obfuscation (docs/protocol.md 14.4): the flow's first bytes are an ordinary protocol's
 
 
-@pytest.mark.parametrize(("transport", "port"), [("udp", 51820), ("udp", 1194), ("tcp", 8443)])
+@pytest.mark.parametrize(
+    ("transport", "port"), [("udp", 51820), ("udp", 1194), ("tcp", 8443), ("tcp", 1194), ("tcp", 51820)]
+)
 def test_obfuscated_carriers_are_not_labelled_a_vpn_even_on_vpn_ports(
     topo: Topology, tmp_path: Path, transport: str, port: int
 ) -> None:
@@ -179,7 +181,7 @@ def test_obfuscated_carriers_are_not_labelled_a_vpn_even_on_vpn_ports(
     assert ndpi is not None and not ndpi.names & vpns, flows[0].label
     # Recognised from its bytes, not guessed from the port.
     assert ndpi.confidence == "DPI", flows[0].label
-    assert ndpi.master == ("STUN" if transport == "udp" else "HTTP"), flows[0].label
+    assert ndpi.protocol == ("STUN" if transport == "udp" else "HTTP_Connect"), flows[0].label
 
 
 @pytest.mark.parametrize("port", [8443, 443, 1194])
