@@ -213,7 +213,7 @@ class ClientProtocol:
         try:
             obfs = self.obfs
             if obfs is not None:
-                data = self._unobfuscate(obfs, data)
+                data = obfs.open(data, self._keypairs)
             msg_type = messages.message_type(data)
             if msg_type == messages.TYPE_TRANSPORT:
                 if len(data) < messages.TRANSPORT_MIN_LEN:
@@ -228,19 +228,6 @@ class ClientProtocol:
         except RemoteProtocolError as exc:
             self.counters["drop-" + exc.reason] += 1
         return None
-
-    def _unobfuscate(self, obfs: Obfuscation, data: bytes) -> bytes:
-        """The message an obfuscated datagram carries, in the clear (docs/protocol.md 14)."""
-        head = obfs.unmask_head(data)
-        if head is not None:
-            kp = self._keypairs.get(int.from_bytes(head[4:8], "little"))
-            if kp is None:
-                raise RemoteProtocolError("unknown receiver index", "unknown-index")
-            return head + kp.unmask_counter(data).to_bytes(8, "little") + data[16:]
-        message = obfs.unwrap(data)
-        if message is None or message[:4] == messages.HDR_TRANSPORT:
-            raise RemoteProtocolError("not an obfuscated message", "obfs")
-        return message
 
     def _wrap(self, message: bytes) -> bytes:
         return message if self.obfs is None else self.obfs.wrap(message)

@@ -196,7 +196,7 @@ class GatewayProtocol:
                         raise RemoteProtocolError("a STUN message not from a client", "cover")
                     self.counters["cover-discarded"] += 1
                     return None
-                data = self._unobfuscate(obfs, data)
+                data = obfs.open(data, self._keypairs)
             if data[:4] == messages.HDR_TRANSPORT and len(data) >= messages.TRANSPORT_MIN_LEN:
                 return self._receive_transport(data, endpoint, now)
             msg_type = messages.message_type(data)
@@ -211,19 +211,6 @@ class GatewayProtocol:
         except RemoteProtocolError as exc:
             self.counters["drop-" + exc.reason] += 1
         return None
-
-    def _unobfuscate(self, obfs: Obfuscation, data: bytes) -> bytes:
-        """The message an obfuscated datagram carries, in the clear (docs/protocol.md 14)."""
-        head = obfs.unmask_head(data)
-        if head is not None:
-            kp = self._keypairs.get(_U32.unpack_from(head, 4)[0])
-            if kp is None:
-                raise RemoteProtocolError("unknown receiver index", "unknown-index")
-            return head + kp.unmask_counter(data).to_bytes(8, "little") + data[16:]
-        message = obfs.unwrap(data)
-        if message is None or message[:4] == messages.HDR_TRANSPORT:
-            raise RemoteProtocolError("not an obfuscated message", "obfs")
-        return message
 
     def _wrap(self, message: bytes) -> bytes:
         return message if self.obfs is None else self.obfs.wrap(message)

@@ -26,10 +26,12 @@ from __future__ import annotations
 import hashlib
 import secrets
 import struct
-from typing import Final
+from collections.abc import Mapping
+from typing import Final, Protocol
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
+from veilgate.protocol.errors import RemoteProtocolError
 from veilgate.protocol.messages import HDR_TRANSPORT, TRANSPORT_MIN_LEN
 
 LABEL_HEADER: Final = b"veilgate obfs header v1"
@@ -77,6 +79,12 @@ def chacha20(key: bytes, nonce12: bytes) -> Cipher[None]:
     return Cipher(algorithms.ChaCha20(key, b"\x00\x00\x00\x00" + nonce12), mode=None)
 
 
+class CounterKey(Protocol):
+    """A keypair's side of header protection: the counter under its per-session key."""
+
+    def unmask_counter(self, data: bytes) -> int: ...
+
+
 class Obfuscation:
     """The gateway-wide obfuscation keys of one gateway, from its static public key."""
 
@@ -87,6 +95,21 @@ class Obfuscation:
         self.handshake_key = derive_key(LABEL_HANDSHAKE, gateway_public, 32)
         self.stream_key = derive_key(LABEL_STREAM, gateway_public, 32)
         self._hdr = ecb(self.header_key).encryptor().update
+
+    def open(self, data: bytes, keypairs: Mapping[int, CounterKey]) -> bytes:
+        """The message an obfuscated datagram carries, in the clear: a transport message whose
+        receiver index names one of ``keypairs``, or a wrapped handshake message. Raises
+        ``RemoteProtocolError`` for anything else."""
+        head = self.unmask_head(data)
+        if head is not None:
+            kp = keypairs.get(int.from_bytes(head[4:8], "little"))
+            if kp is None:
+                raise RemoteProtocolError("unknown receiver index", "unknown-index")
+            return head + kp.unmask_counter(data).to_bytes(8, "little") + data[16:]
+        message = self.unwrap(data)
+        if message is None or message[:4] == HDR_TRANSPORT:
+            raise RemoteProtocolError("not an obfuscated message", "obfs")
+        return message
 
     # ------------------------------------------------------------ handshake messages
 

@@ -267,6 +267,19 @@ class FramedConnection(asyncio.Protocol):
         return self is other
 
 
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A non-blocking TCP socket listening on ``host`` (an IPv6 one takes IPv6 only) and ``port``."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    sock.bind((host, port))
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
 async def serve_tcp(
     host: str,
     port: int,
@@ -280,14 +293,7 @@ async def serve_tcp(
     masked length prefixes; ``cover_key``: after a proxy CONNECT; docs/protocol.md 14)."""
     cover = (REQUEST, cover_key, "") if cover_key is not None else None
     loop = asyncio.get_running_loop()
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if family == socket.AF_INET6:
-        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-    sock.bind((host, port))
-    sock.listen(1024)
-    sock.setblocking(False)
+    sock = listening_socket(host, port)
     return await loop.create_server(
         lambda: FramedConnection(on_datagrams, on_close, stream_key=stream_key, cover=cover, shaping=shaping),
         sock=sock,

@@ -22,7 +22,6 @@ import datetime
 import hashlib
 import hmac
 import logging
-import socket
 import ssl
 from dataclasses import dataclass
 from typing import Final
@@ -34,7 +33,7 @@ from cryptography.x509.oid import NameOID
 
 from veilgate.protocol import crypto
 from veilgate.transport.cover import IDLE_TIMEOUT, CoverConnection, CoverSite
-from veilgate.transport.tcp import FramedConnection, OnClose, OnDatagrams
+from veilgate.transport.tcp import FramedConnection, OnClose, OnDatagrams, listening_socket
 
 log = logging.getLogger("veilgate.transport")
 
@@ -264,14 +263,7 @@ async def serve_tls(
 ) -> asyncio.Server:
     """Listen for TLS connections: veilgate clients get framed connections, the rest the cover site."""
     loop = asyncio.get_running_loop()
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if family == socket.AF_INET6:
-        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-    sock.bind((host, port))
-    sock.listen(1024)
-    sock.setblocking(False)
+    sock = listening_socket(host, port)
     key = hello_key(gateway_public)
     return await loop.create_server(
         lambda: TlsAcceptor(key, site, on_datagrams, on_close),
