@@ -97,24 +97,9 @@ def run(demo: Demo, topo: Topology, work: Path) -> None:
     print("  from the gateway's address, not from the client's")
     print("  the client is configured with these two values only; it gets the gateway list and a")
     print("  credential for a fresh key from the provider, which signs blind and never sees that key")
-    www = work / "www"
-    www.mkdir()
     blob = os.urandom(4 * 1024 * 1024)
-    (www / "file.bin").write_bytes(blob)
     digest = hashlib.sha256(blob).hexdigest()
-    topo.spawn(
-        topo.internet,
-        sys.executable,
-        "-m",
-        "http.server",
-        "8080",
-        "--bind",
-        "::",
-        "--directory",
-        str(www),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    topo.serve_web(work / "www", "file.bin", blob)
 
     demo.step("gateway and client start; the client tries UDP first")
     deploy.start_gateway()

@@ -376,28 +376,8 @@ def analyse(carrier: Carrier, pcap: Path, server: str) -> CarrierReport:
 
 def start_web(topo: Topology, root: Path, size: int = 256 * 1024) -> str:
     """An HTTP server on the internet host serving ``size`` random bytes; returns the file's URL."""
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "blob.bin").write_bytes(os.urandom(size))
-    topo.spawn(
-        topo.internet,
-        sys.executable,
-        "-m",
-        "http.server",
-        "8080",
-        "--bind",
-        netns.INTERNET_V4,
-        "--directory",
-        str(root),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://{netns.INTERNET_V4}:8080/blob.bin"
-    deadline = time.monotonic() + 10
-    while topo.ns_run(topo.internet, "curl", "-sf", "-o", "/dev/null", url, check=False).returncode:
-        if time.monotonic() > deadline:
-            raise RuntimeError("the internet host's web server did not start")
-        time.sleep(0.1)
-    return url
+    topo.serve_web(root, "blob.bin", os.urandom(size))
+    return f"http://{netns.INTERNET_V4}:8080/blob.bin"
 
 
 def session(topo: Topology, workdir: Path, carrier: Carrier) -> CarrierReport:

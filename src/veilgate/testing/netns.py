@@ -22,6 +22,7 @@ import secrets
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -214,6 +215,31 @@ class Topology:
         self, ns: str, *cmd: str, check: bool = True, timeout: float = 30
     ) -> subprocess.CompletedProcess[str]:
         return _run("ip", "netns", "exec", ns, *cmd, check=check, timeout=timeout)
+
+    def serve_web(self, root: Path, name: str, data: bytes) -> None:
+        """An HTTP server on the internet host (port 8080, IPv4 and IPv6) serving ``data`` as
+        ``/name`` from ``root``; returns once it answers."""
+        root.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(data)
+        self.spawn(
+            self.internet,
+            sys.executable,
+            "-m",
+            "http.server",
+            "8080",
+            "--bind",
+            "::",
+            "--directory",
+            str(root),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        url = f"http://127.0.0.1:8080/{name}"
+        deadline = time.monotonic() + 10
+        while self.ns_run(self.internet, "curl", "-sf", "-o", "/dev/null", url, check=False).returncode:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the internet host's web server did not start")
+            time.sleep(0.1)
 
     def spawn(self, ns: str, *cmd: str, **kwargs: Any) -> subprocess.Popen[Any]:
         proc: subprocess.Popen[Any] = subprocess.Popen(["ip", "netns", "exec", ns, *cmd], **kwargs)

@@ -5,9 +5,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,29 +77,8 @@ class WebServer:
 @pytest.fixture
 def web(topo: Topology, tmp_path: Path) -> WebServer:
     """An HTTP server on the internet host serving an 8 MB random file."""
-    root = tmp_path / "www"
-    root.mkdir()
     data = os.urandom(8 * 1024 * 1024)
-    (root / "blob.bin").write_bytes(data)
-    topo.spawn(
-        topo.internet,
-        sys.executable,
-        "-m",
-        "http.server",
-        "8080",
-        "--bind",
-        "::",
-        "--directory",
-        str(root),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        r = topo.ns_run(topo.internet, "curl", "-s", "-o", "/dev/null", "http://127.0.0.1:8080/", check=False)
-        if r.returncode == 0:
-            break
-        time.sleep(0.1)
+    topo.serve_web(tmp_path / "www", "blob.bin", data)
     return WebServer(
         f"http://{netns.INTERNET_V4}:8080/blob.bin",
         f"http://[{netns.INTERNET_V6}]:8080/blob.bin",
