@@ -141,9 +141,22 @@ def test_tun_packets_land_on_the_queue_of_their_destination(topo: Topology, n: i
             for dst, queue in seen.items():
                 assert queue == steering.worker_of_address(dst, n)
             assert len(set(seen.values())) == n  # every queue got its share
+            steering.detach_tun_steering(fds[0])  # the kernel's flow hash again; traffic still flows
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s4:
+                s4.sendto(b"after", (str(PREFIX_V4[7]), DISCARD_PORT))
+            select.select(fds, [], [], 2)
+            assert any(b"after" in packet for fd in fds for packet in _drain(fd))
         finally:
             for fd in fds:
                 os.close(fd)
+
+
+def _drain(fd: int) -> list[bytes]:
+    packets: list[bytes] = []
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            packets.append(os.read(fd, 65535))
+    return packets
 
 
 def _group(n: int) -> list[socket.socket]:
@@ -201,6 +214,8 @@ def test_udp_sessions_land_on_the_socket_of_their_receiver_index(topo: Topology,
                 index = int.from_bytes(data[4:8], "little")
                 assert position == steering.worker_of_index(index, n), f"index {index:#x} on {position}"
             assert len({position for position, _, _ in got}) == n
+            steering.detach_udp_steering(socks[0])
+            steering.detach_udp_steering(socks[0])  # none attached: not an error
         finally:
             for s in socks:
                 s.close()
