@@ -85,7 +85,7 @@ class CompiledGateway:
                 continue
             endpoint = self.listeners.udp_endpoint(item.addr, udp)
             if item.kind == fastpath.PENDING_DATAGRAM:
-                packet = core.receive_datagram(item.data, endpoint, now)
+                packet = gateway.receive(item.data, endpoint, now)
                 if packet is not None:
                     gateway.deliver(packet)
             else:

@@ -29,20 +29,30 @@ from veilgate.config import ConfigError
 from veilgate.credentials import CredentialVerifier, IssuerPublicKey
 from veilgate.credentials.epochs import DEFAULT_EPOCH_LENGTH, AnyCredentialVerifier, EpochVerifier
 from veilgate.driver import Driver, Runtime, Wake, read_tun, read_udp, total
-from veilgate.driver.host import Firewall
+from veilgate.driver.host import Tun
 from veilgate.fastpath.keypair import CompiledKeypair
 from veilgate.gateway.compiled import CompiledGateway
 from veilgate.gateway.config import GatewayConfig, load_gateway_config
 from veilgate.gateway.epochs import EpochSync
 from veilgate.gateway.listeners import Endpoint, Listeners, UdpSocket
+from veilgate.gateway.machine import Machine
 from veilgate.gateway.pool import AddressPool, PoolExhausted
+from veilgate.gateway.relay import Relay
 from veilgate.gateway.sessions import SessionTable
+from veilgate.gateway.shard import SINGLE
+from veilgate.gateway.worker import WorkerLink, WorkerPlace, worker_status_socket
+from veilgate.gateway.workers import Supervisor, worker_count
 from veilgate.monitor.metrics import Metric, families, split_counters
-from veilgate.netfilter import gateway_isolation_rules, gateway_nat_rules
 from veilgate.protocol import ip
 from veilgate.protocol.control import TunnelConfig
 from veilgate.protocol.crypto import KeyPair
-from veilgate.protocol.events import HandshakeRefused, SessionEnded, SessionEstablished, SessionRekeyed
+from veilgate.protocol.events import (
+    HandshakeElsewhere,
+    HandshakeRefused,
+    SessionEnded,
+    SessionEstablished,
+    SessionRekeyed,
+)
 from veilgate.protocol.gateway import GatewayProtocol, Session
 from veilgate.protocol.keypair import Keypair
 from veilgate.provider.client import ProviderClient
@@ -50,14 +60,23 @@ from veilgate.systemd.notify import Service, changed_fields, set_log_level
 from veilgate.systemd.privileges import CAP_NET_ADMIN, CAP_NET_BIND_SERVICE, run_as
 from veilgate.transport import loop as event_loop
 from veilgate.transport.tcp import FramedConnection
+from veilgate.tun import TunDevice
 
 log = logging.getLogger("veilgate.gateway")
 
 
 class Gateway(Driver):
-    def __init__(self, config: GatewayConfig, runtime: Runtime | None = None) -> None:
+    def __init__(
+        self, config: GatewayConfig, runtime: Runtime | None = None, place: WorkerPlace | None = None
+    ) -> None:
+        """``place``: this gateway is one worker of several (``veilgate.gateway.workers``), on the
+        descriptors its supervisor opened; None: the only one, opening its own."""
         super().__init__(runtime)
         self.config = config
+        self.place = place
+        shard = place.shard if place is not None else SINGLE
+        self.link: WorkerLink | None = None
+        """With several workers: what goes to the others, and what comes from them."""
         ed25519 = CredentialVerifier(
             [IssuerPublicKey.from_bytes(k) for k in config.issuer_public_keys], max_skew=config.max_skew
         )
@@ -70,6 +89,7 @@ class Gateway(Driver):
             under_load_rate=config.cookie_threshold,
             new_keypair=CompiledKeypair if self.compiled_wanted else Keypair,
             obfuscation=config.obfuscation,
+            random_index=self._draw_index if shard.n > 1 else shard.random_index,
         )
         self.counters: Counter[str] = Counter()
         self.provider = (
@@ -82,8 +102,8 @@ class Gateway(Driver):
             if self.provider is not None
             else None
         )
-        self.pool4 = AddressPool(config.pool_v4)
-        self.pool6 = AddressPool(config.pool_v6) if config.pool_v6 is not None else None
+        self.pool4 = AddressPool(config.pool_v4, shard=shard)
+        self.pool6 = AddressPool(config.pool_v6, shard=shard) if config.pool_v6 is not None else None
         self.table = SessionTable(self.pool4, self.pool6)
         self.core.changed = set()  # the table follows every change of keys, endpoint or addresses
         self.listeners = Listeners(
@@ -92,35 +112,67 @@ class Gateway(Driver):
             KeyPair.from_private_bytes(config.private_key).public,
             self.core.obfs.stream_key if self.core.obfs is not None else None,
             self.counters,
+            place,
         )
         self.fast: CompiledGateway | None = None
         """The compiled data path, when it runs: it serves the sessions reached over UDP."""
-        self._firewall: Firewall | None = None
+        self.machine = Machine(self.host, config)
+        """What the gateway changes on the machine (not a worker's: its supervisor's)."""
         self._tun_wake = Wake()
         self._udp_wake = Wake()
         self._refresh: asyncio.Future[bool] | None = None
 
     # ------------------------------------------------------------ lifecycle
 
+    def _draw_index(self) -> int:
+        """A receiver index for a new handshake of this worker, not one lent to another worker."""
+        assert self.place is not None
+        while True:
+            index = self.place.shard.random_index()
+            if self.link is None or self.link.may_draw(index):
+                return index
+
     async def start(self) -> None:
+        if self.place is not None:
+            await self._start_worker(self.place)
+            return
         cfg = self.config
         self.begin()
-        uplink = cfg.nat_interface
-        if cfg.nat and uplink is None:
-            uplink = self.host.default_interface()
-            if uplink is None:
-                raise ConfigError(
-                    f"{cfg.source or 'gateway'}: gateway.nat_interface: not set, and this machine has no "
-                    "default route to take it from; set it to the interface clients' traffic leaves by "
-                    "(or nat = false)"
-                )
-        self.host.enable_forwarding(cfg.pool_v6 is not None, uplink)
+        machine = self.machine
+        uplink = machine.uplink()
         tun = self.open_tun(cfg.tun_name, cfg.mtu)
-        self.host.add_address(tun.name, f"{self.pool4.gateway_address}/{cfg.pool_v4.prefixlen}")
-        if self.pool6 is not None and cfg.pool_v6 is not None:
-            self.host.add_address(tun.name, f"{self.pool6.gateway_address}/{cfg.pool_v6.prefixlen}")
-        self.host.set_up(tun.name, cfg.mtu)
-        self._check_dns()
+        machine.setup_tun(tun.name)
+        await self._serve(tun)
+        machine.apply_firewall(tun.name, uplink)
+        if self.epoch_sync is not None:
+            await self.epoch_sync.start()
+        await self.serve_status(cfg.status_socket)
+        await self.serve_metrics(cfg.metrics_listen)
+        machine.log_up(tun.name, uplink)
+
+    async def _start_worker(self, place: WorkerPlace) -> None:
+        """One worker of several: the supervisor set up the machine and opened the descriptors."""
+        cfg = self.config
+        self.begin()
+        os.set_blocking(place.tun_fd, False)
+        self.tun = TunDevice(place.tun_fd, cfg.tun_name)
+        relay = Relay(place.shard, cfg.tun_name, self.counters)
+        self.link = link = WorkerLink(self, place.shard, relay, self.core.obfs)
+        self.core.resume_elsewhere = link.resume_owner.__contains__
+        self.listeners.on_closed = link.closed
+        await self._serve(self.tun)
+        self.watch(relay.sock.fileno(), link.on_readable)
+        if self.epoch_sync is not None:
+            await self.epoch_sync.start()
+        path = worker_status_socket(cfg.status_socket, place.shard.k)
+        await self.serve_status(path)
+        user = self.service.run_as if self.service is not None else None
+        if user is not None:  # the supervisor asks after dropping to that user
+            os.chown(path, user.uid, user.gid)
+
+    async def _serve(self, tun: Tun) -> None:
+        """Serve the TUN device and the sockets: the compiled data path where it runs."""
+        cfg = self.config
         if self.compiled_wanted:
             fast = CompiledGateway(tun.fd, self.table, self.listeners, self.core, cfg.client_to_client)
             if self.watch_compiled(tun.fd, fast.path, fastpath.KIND_TUN):
@@ -135,50 +187,10 @@ class Gateway(Driver):
                 self.watch_compiled(udp.sock.fileno(), self.fast.path, fastpath.KIND_UDP, udp.number)
             else:
                 self.watch(udp.sock.fileno(), self._on_udp_readable, udp)
-        if cfg.nat or not cfg.client_to_client:
-            body = "" if cfg.client_to_client else gateway_isolation_rules(tun.name)
-            if cfg.nat and uplink is not None:
-                pools = [str(cfg.pool_v4)] + ([str(cfg.pool_v6)] if cfg.pool_v6 else [])
-                body += gateway_nat_rules(pools, uplink)
-            self._firewall = self.host.firewall(f"veilgate_{tun.name}")
-            self._firewall.apply(body)
-        if self.epoch_sync is not None:
-            await self.epoch_sync.start()
-        await self.serve_status(cfg.status_socket)
-        await self.serve_metrics(cfg.metrics_listen)
-        log.info(
-            "gateway up: udp %d, tls %s, tcp %s, tun %s, pools %s%s, %s, DNS pushed: %s",
-            cfg.udp_port,
-            cfg.tls_port if cfg.tls_cert_file is not None else "off",
-            cfg.tcp_port or "off",
-            tun.name,
-            cfg.pool_v4,
-            f" {cfg.pool_v6}" if cfg.pool_v6 else "",
-            f"NAT out of {uplink}" if cfg.nat else "no NAT",
-            " ".join(str(a) for a in self.dns) or "none",
-        )
 
     @property
     def dns(self) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...]:
-        """The DNS servers pushed to clients: as configured, else the gateway's own tunnel addresses."""
-        if self.config.dns is not None:
-            return tuple(self.config.dns)
-        return tuple(p.gateway_address for p in (self.pool4, self.pool6) if p is not None)
-
-    def _check_dns(self) -> None:
-        """Warn loudly when clients would get no working DNS server from this gateway."""
-        if self.config.dns == []:
-            log.warning(
-                "dns = []: clients get no DNS server from this gateway and keep their own, whose "
-                "queries may leave outside the tunnel; set dns, or remove it to push this gateway's "
-                "own tunnel address (with a resolver listening there)"
-            )
-        elif self.config.dns is None and self.host.serves_dns(str(self.pool4.gateway_address)) is False:
-            log.warning(
-                "clients are told to use %s for DNS, but no resolver listens on port 53 there: run one "
-                "(e.g. unbound, docs/configuration.md) or set dns",
-                self.pool4.gateway_address,
-            )
+        return self.machine.dns
 
     async def stop(self) -> None:
         await self.close_metrics()
@@ -186,9 +198,7 @@ class Gateway(Driver):
             self.epoch_sync.stop()
         self.finish()
         self.listeners.close()
-        if self._firewall is not None:
-            self._firewall.delete()
-            self._firewall = None
+        self.machine.remove_firewall()
         for session_id in list(self.core.sessions):
             self.core.end_session(session_id, "gateway stopping")
         self._process_events()
@@ -211,7 +221,7 @@ class Gateway(Driver):
     def _on_udp_readable(self, udp: UdpSocket) -> None:
         now = self.clock()
         endpoint = self.listeners.udp_endpoint
-        receive = self.core.receive_datagram
+        receive = self.receive
         deliver = self.deliver
 
         def one(data: bytes, addr: Any) -> None:
@@ -228,7 +238,7 @@ class Gateway(Driver):
         if endpoint is None:
             self.counters["tcp-too-many"] += 1
             return
-        receive = self.core.receive_datagram
+        receive = self.receive
         for data in datagrams:
             if conn.closed:  # e.g. the session on it ended
                 break
@@ -236,6 +246,22 @@ class Gateway(Driver):
             if packet is not None:
                 self.deliver(packet)
         self.after_io(now)
+
+    def receive(self, data: bytes, endpoint: Endpoint, now: float) -> bytes | None:
+        """A datagram from a client, for the core, or for the worker that owns its session."""
+        link = self.link
+        if link is not None:
+            owner = link.owner_of(data)
+            if owner is not None:
+                link.pass_on(owner, data, endpoint)
+                return None
+        return self.core.receive_datagram(data, endpoint, now)
+
+    def receive_here(self, data: bytes, endpoint: object, now: float) -> None:
+        """A datagram another worker passed here: for this worker's core, whatever it holds."""
+        packet = self.core.receive_datagram(data, endpoint, now)  # type: ignore[arg-type]
+        if packet is not None:
+            self.deliver(packet)
 
     def deliver(self, packet: bytes) -> None:
         """Write a packet from a client to the TUN (not to another client unless allowed)."""
@@ -265,7 +291,8 @@ class Gateway(Driver):
         peer = self.table.routes.get(ip.destination(packet))
         session = peer.owner if peer is not None else None
         if not isinstance(session, Session):
-            self.counters["tun-no-route"] += 1
+            if self.link is None or not self.link.pass_packet(packet):
+                self.counters["tun-no-route"] += 1
             return False
         out = self.core.send_packet(session, packet, now)
         if out is None:
@@ -292,8 +319,12 @@ class Gateway(Driver):
         changed = self.core.changed
         if changed:
             sessions = self.core.sessions
+            link = self.link
             for session in changed:
-                self.table.follow(session, session.id in sessions)
+                alive = session.id in sessions
+                self.table.follow(session, alive)
+                if link is not None:
+                    link.announce(session.id, session.resume_token if alive else None)
             changed.clear()
 
     def _send_queued(self) -> None:
@@ -325,6 +356,9 @@ class Gateway(Driver):
                 if event.identity_rotated:
                     self.counters["identity-rotations"] += 1
                     log.debug("session %d rotated its identity", event.session_id)
+            elif isinstance(event, HandshakeElsewhere):
+                if self.link is not None:
+                    self.link.hand_off(event.handoff, event.endpoint)
             elif isinstance(event, HandshakeRefused):  # the core counted it
                 log.warning("handshake refused: credential %s", event.reason)
             event = self.core.next_event()
@@ -431,6 +465,7 @@ class Gateway(Driver):
             "tx_bytes": traffic["tx_bytes"],
             "counters": counters,
             "udp": udp,
+            "moves": {f"{old}->{new}": n for (old, new), n in sorted(self.table.moves.items())},
         }
 
     def sessions_by_transport(self) -> dict[str, int]:
@@ -438,101 +473,111 @@ class Gateway(Driver):
 
     def metrics(self) -> Iterable[Metric]:
         """The status's figures for Prometheus: the same counters, read at each scrape."""
-        status = self.status()
-        totals = cast(dict[str, int], status["totals"])
-        counters = cast(dict[str, int], status["counters"])
-        udp = cast(dict[str, int], status["udp"])
-        pools = cast(dict[str, dict[str, int]], status["pools"])
-        drops, refused, events = split_counters(counters)
-        drops["udp-send"] = udp["dropped"]
-        for name in ("handshakes", "sessions-established", "sessions-ended", "cookie-sent"):
-            events.pop(name, None)
-        moves = CounterMetricFamily(
-            "veilgate_gateway_session_transport_moves",
-            "Sessions that moved from one transport to the other",
-            labels=["from", "to"],
-        )
-        for (old, new), n in sorted(self.table.moves.items()):
-            moves.add_metric([old, new], n)
-        yield moves
-        yield from families(
-            "veilgate_gateway_",
-            [
-                (
-                    "gauge",
-                    "data_path_compiled",
-                    "1: the compiled data path runs; 0: pure Python",
-                    self.fast is not None,
-                ),
-                (
-                    "gauge",
-                    "sessions",
-                    "Live sessions",
-                    {"udp": 0, "tls": 0, "tcp": 0} | self.sessions_by_transport(),
-                    "transport",
-                ),
-                ("counter", "sessions_opened", "Sessions opened", totals["sessions_opened"]),
-                ("counter", "sessions_ended", "Sessions ended", totals["sessions_ended"]),
-                (
-                    "gauge",
-                    "pending_handshakes",
-                    "Handshakes awaiting the final message",
-                    self.core.pending_handshakes,
-                ),
-                (
-                    "counter",
-                    "handshakes",
-                    "Handshakes completed (sessions, rekeys, rotations)",
-                    totals["handshakes"],
-                ),
-                ("counter", "handshakes_refused", "Handshakes refused", refused, "reason"),
-                (
-                    "gauge",
-                    "under_load",
-                    "1: initiations are answered with cookies",
-                    bool(status["under_load"]),
-                ),
-                (
-                    "counter",
-                    "cookie_replies",
-                    "Cookie replies sent under load",
-                    counters.get("cookie-sent", 0),
-                ),
-                (
-                    "gauge",
-                    "pool_addresses",
-                    "Tunnel addresses a pool holds",
-                    {k: v["size"] for k, v in pools.items()},
-                    "family",
-                ),
-                (
-                    "gauge",
-                    "pool_addresses_in_use",
-                    "Tunnel addresses in use",
-                    {k: v["in_use"] for k, v in pools.items()},
-                    "family",
-                ),
-                (
-                    "counter",
-                    "bytes",
-                    "IP bytes (in: from clients)",
-                    {"in": totals["rx_bytes"], "out": totals["tx_bytes"]},
-                    "direction",
-                ),
-                (
-                    "counter",
-                    "packets",
-                    "IP packets (in: from clients)",
-                    {"in": totals["rx_packets"], "out": totals["tx_packets"]},
-                    "direction",
-                ),
-                ("counter", "dropped", "Datagrams and packets dropped", drops, "reason"),
-                ("counter", "events", "Other events counted", events, "event"),
-                ("gauge", "tcp_connections", "Open TCP connections from clients", len(self.listeners.tcp)),
-                ("counter", "udp_datagrams_out", "UDP datagrams sent", udp["datagrams_out"]),
-                ("counter", "udp_sends", "UDP send calls (fewer than datagrams with GSO)", udp["sends"]),
-            ],
-        )
+        return gateway_metrics(self.status())
+
+
+def gateway_metrics(status: dict[str, Any]) -> Iterable[Metric]:
+    """A gateway's status (one process's, or its workers' summed) as Prometheus metrics."""
+    totals = cast(dict[str, int], status["totals"])
+    counters = cast(dict[str, int], status["counters"])
+    udp = cast(dict[str, int], status["udp"])
+    pools = cast(dict[str, dict[str, int]], status["pools"])
+    drops, refused, events = split_counters(counters)
+    drops["udp-send"] = udp["dropped"]
+    for name in ("handshakes", "sessions-established", "sessions-ended", "cookie-sent"):
+        events.pop(name, None)
+    moves = CounterMetricFamily(
+        "veilgate_gateway_session_transport_moves",
+        "Sessions that moved from one transport to the other",
+        labels=["from", "to"],
+    )
+    for pair, n in sorted(cast(dict[str, int], status["moves"]).items()):
+        old, _, new = pair.partition("->")
+        moves.add_metric([old, new], n)
+    yield moves
+    yield from families(
+        "veilgate_gateway_",
+        [
+            (
+                "gauge",
+                "data_path_compiled",
+                "1: the compiled data path runs; 0: pure Python",
+                status["data_path"] == "compiled",
+            ),
+            (
+                "gauge",
+                "sessions",
+                "Live sessions",
+                {"udp": 0, "tls": 0, "tcp": 0} | cast(dict[str, int], status["sessions_by_transport"]),
+                "transport",
+            ),
+            ("counter", "sessions_opened", "Sessions opened", totals["sessions_opened"]),
+            ("counter", "sessions_ended", "Sessions ended", totals["sessions_ended"]),
+            (
+                "gauge",
+                "pending_handshakes",
+                "Handshakes awaiting the final message",
+                cast(int, status["pending_handshakes"]),
+            ),
+            (
+                "counter",
+                "handshakes",
+                "Handshakes completed (sessions, rekeys, rotations)",
+                totals["handshakes"],
+            ),
+            ("counter", "handshakes_refused", "Handshakes refused", refused, "reason"),
+            (
+                "gauge",
+                "under_load",
+                "1: initiations are answered with cookies",
+                bool(status["under_load"]),
+            ),
+            (
+                "counter",
+                "cookie_replies",
+                "Cookie replies sent under load",
+                counters.get("cookie-sent", 0),
+            ),
+            (
+                "gauge",
+                "pool_addresses",
+                "Tunnel addresses a pool holds",
+                {k: v["size"] for k, v in pools.items()},
+                "family",
+            ),
+            (
+                "gauge",
+                "pool_addresses_in_use",
+                "Tunnel addresses in use",
+                {k: v["in_use"] for k, v in pools.items()},
+                "family",
+            ),
+            (
+                "counter",
+                "bytes",
+                "IP bytes (in: from clients)",
+                {"in": totals["rx_bytes"], "out": totals["tx_bytes"]},
+                "direction",
+            ),
+            (
+                "counter",
+                "packets",
+                "IP packets (in: from clients)",
+                {"in": totals["rx_packets"], "out": totals["tx_packets"]},
+                "direction",
+            ),
+            ("counter", "dropped", "Datagrams and packets dropped", drops, "reason"),
+            ("counter", "events", "Other events counted", events, "event"),
+            (
+                "gauge",
+                "tcp_connections",
+                "Open TCP connections from clients",
+                cast(int, status["tcp_connections"]),
+            ),
+            ("counter", "udp_datagrams_out", "UDP datagrams sent", udp["datagrams_out"]),
+            ("counter", "udp_sends", "UDP send calls (fewer than datagrams with GSO)", udp["sends"]),
+        ],
+    )
 
 
 class _WallClockCheck:
@@ -561,6 +606,12 @@ def run_gateway(config: GatewayConfig) -> int:
     user = run_as(
         config.user, keep, (config.status_socket.parent,), source=config.source, field="gateway.user"
     )
+    n = worker_count(config)
+    if n > 1 and config.source is not None:
+        supervisor = Supervisor(config, n)
+        supervisor.service = Service("gateway", user, supervisor.reload, supervisor.summary)
+        event_loop.run(supervisor.run())
+        return 0
     gateway = Gateway(config)
     gateway.service = Service("gateway", user, gateway.reload, gateway.summary)
     event_loop.run(gateway.run())

@@ -13,7 +13,8 @@ import errno
 import logging
 import socket
 from collections import Counter
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from veilgate.gateway.config import GatewayConfig
 from veilgate.protocol import covers
@@ -21,6 +22,9 @@ from veilgate.transport.cover import DEFAULT_PAGE, CoverSite
 from veilgate.transport.tcp import FramedConnection, OnDatagrams, Shaping, serve_tcp
 from veilgate.transport.tls import serve_tls, server_context
 from veilgate.transport.udp import UdpSender, enable_gro
+
+if TYPE_CHECKING:
+    from veilgate.gateway.worker import WorkerPlace
 
 log = logging.getLogger("veilgate.gateway")
 
@@ -104,7 +108,11 @@ class Listeners:
         gateway_public: bytes = b"",
         stream_key: bytes | None = None,
         counters: Counter[str] | None = None,
+        inherited: WorkerPlace | None = None,
     ) -> None:
+        self.inherited = inherited
+        """A worker's sockets, opened by the gateway's supervisor (None: open them here)."""
+        self.on_closed: Callable[[FramedConnection], None] | None = None
         self.gateway_public = gateway_public
         self.counters: Counter[str] = counters if counters is not None else Counter()
         """Where connections refused for their first bytes are counted (``drop-cover``)."""
@@ -134,31 +142,32 @@ class Listeners:
                     f"cannot load the TLS certificate {cfg.tls_cert_file} and key {cfg.tls_key_file}: {exc}",
                 ) from None
         site = CoverSite(cfg.cover_page if cfg.cover_page is not None else DEFAULT_PAGE)
+        place = self.inherited
         for host in [cfg.listen, cfg.listen6]:
             if host is None:
                 continue
-            family = socket.AF_INET6 if ":" in host else socket.AF_INET
-            sock = socket.socket(family, socket.SOCK_DGRAM)
-            if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_BUFFER)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, UDP_BUFFER)
-            try:
-                sock.bind((host, cfg.udp_port))
-            except OSError as exc:
-                sock.close()
-                if family == socket.AF_INET6 and exc.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
-                    log.warning("IPv6 listening unavailable (%s); UDP on IPv4 only", exc.strerror)
+            if place is not None:
+                if host not in place.udp:
                     continue
-                raise OSError(
-                    exc.errno, f"cannot listen on UDP {host} port {cfg.udp_port}: {exc.strerror}"
-                ) from None
+                sock = socket.socket(fileno=place.udp[host])
+            else:
+                opened = udp_socket(host, cfg.udp_port)
+                if opened is None:
+                    continue
+                sock = opened
             sock.setblocking(False)
             self.udp.append(UdpSocket(sock, cfg.udp_offload))
             if tls is not None:
                 try:
                     server = await serve_tls(
-                        host, cfg.tls_port, tls, self.gateway_public, site, self._on_tcp, self._tcp_closed
+                        host,
+                        cfg.tls_port,
+                        tls,
+                        self.gateway_public,
+                        site,
+                        self._on_tcp,
+                        self._tcp_closed,
+                        socket.socket(fileno=place.tls[host]) if place is not None else None,
                     )
                 except OSError as exc:
                     raise OSError(
@@ -175,6 +184,7 @@ class Listeners:
                         self.stream_key,
                         self.cover_key,
                         self.shaping,
+                        socket.socket(fileno=place.tcp[host]) if place is not None else None,
                     )
                 except OSError as exc:
                     raise OSError(
@@ -223,6 +233,8 @@ class Listeners:
     def _tcp_closed(self, conn: FramedConnection) -> None:
         """A connection closed; a session on it stays until it expires or the client moves."""
         self.tcp.pop(conn, None)
+        if self.on_closed is not None:
+            self.on_closed(conn)
         if conn.bad_head:
             self.counters["drop-cover"] += 1
 
@@ -247,6 +259,29 @@ class Listeners:
         }
 
 
+def udp_socket(host: str, port: int, reuseport: bool = False) -> socket.socket | None:
+    """A UDP socket bound to ``host`` and ``port`` (None: IPv6 unavailable here, with a warning).
+    ``reuseport``: one of the SO_REUSEPORT group of a many-worker gateway."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    if family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    if reuseport:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_BUFFER)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, UDP_BUFFER)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        if family == socket.AF_INET6 and exc.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
+            log.warning("IPv6 listening unavailable (%s); UDP on IPv4 only", exc.strerror)
+            return None
+        raise OSError(exc.errno, f"cannot listen on UDP {host} port {port}: {exc.strerror}") from None
+    sock.setblocking(False)
+    return sock
+
+
 def address_bytes(addr: tuple[Any, ...]) -> bytes:
     """The packed IP address and the port (big-endian) of a socket address: what cookies bind to.
 
@@ -258,4 +293,4 @@ def address_bytes(addr: tuple[Any, ...]) -> bytes:
     return socket.inet_pton(socket.AF_INET, host) + port.to_bytes(2, "big")
 
 
-__all__ = ["Endpoint", "Listeners", "TcpEndpoint", "UdpEndpoint", "UdpSocket", "address_bytes"]
+__all__ = ["Endpoint", "Listeners", "TcpEndpoint", "UdpEndpoint", "UdpSocket", "address_bytes", "udp_socket"]

@@ -76,3 +76,28 @@ class HandshakeRefused(Event):
     """A handshake failed its credential check; ``reason`` names why, never who."""
 
     reason: str
+
+
+@dataclass(frozen=True)
+class Handoff:
+    """A completed handshake that resumes a session another worker of the gateway holds: what that
+    worker needs to go on with it (``GatewayProtocol.complete_handoff``). The credential was
+    checked by the worker that read message 3. Secret: it travels only between the workers."""
+
+    resume: bytes
+    static_public: bytes
+    send_key: bytes
+    recv_key: bytes
+    next_resume: bytes
+    local_index: int
+    remote_index: int
+    final_digest: bytes
+
+
+@dataclass(frozen=True)
+class HandshakeElsewhere(Event):
+    """Message 3 named a session of another worker (``GatewayProtocol.resume_elsewhere``): the
+    driver passes ``handoff`` to that worker, with the endpoint the message came from."""
+
+    handoff: Handoff
+    endpoint: object

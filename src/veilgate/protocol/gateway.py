@@ -46,6 +46,8 @@ from veilgate.protocol.crypto import KeyPair
 from veilgate.protocol.errors import CredentialError, LocalProtocolError, RemoteProtocolError
 from veilgate.protocol.events import (
     Event,
+    Handoff,
+    HandshakeElsewhere,
     HandshakeRefused,
     SessionEnded,
     SessionEstablished,
@@ -118,6 +120,9 @@ class GatewayProtocol:
         self._events: collections.deque[Event] = collections.deque()
         self._init_window_start = 0.0
         self._init_count = 0
+        self.resume_elsewhere: Callable[[bytes], bool] | None = None
+        """In a worker of a many-worker gateway: whether another worker holds the session a resume
+        token names (message 3 then becomes a ``HandshakeElsewhere`` event for the driver)."""
         self.changed: set[Session] | None = None
         """When a driver sets a set here, sessions whose keypairs, endpoint or addresses change (or
         that end) are added to it, for a data path outside the core to follow; the driver empties it."""
@@ -182,6 +187,10 @@ class GatewayProtocol:
         session.current = session.previous = None
         self._changed(session)
         self._events.append(SessionEnded(session_id, reason))
+
+    def holds_index(self, index: int) -> bool:
+        """Whether a live keypair or a pending handshake here has this receiver index."""
+        return index in self._keypairs or index in self._pending
 
     def receive_datagram(self, data: bytes, endpoint: Endpoint, now: float) -> bytes | None:
         """Process one datagram; returns a decrypted IP packet to forward, if any.
@@ -310,9 +319,42 @@ class GatewayProtocol:
         payload, result = hs.read_final(final)  # on a copy: a failure leaves the pending handshake
         self._pending.pop(final.receiver)
         key = result.remote_static
+        handoff = Handoff(
+            payload.resume or b"",
+            key,
+            result.send_key,
+            result.recv_key,
+            result.resume_token,
+            hs.local_index,
+            hs.remote_index,
+            _digest(data),
+        )
         resumed = self._by_resume.get(payload.resume) if payload.resume is not None else None
         try:
             self.credentials.verify(payload.credential, key, now)
+        except CredentialError as exc:
+            self._refuse(exc.reason)
+            return
+        elsewhere = self.resume_elsewhere
+        if (
+            resumed is None
+            and payload.resume is not None
+            and elsewhere is not None
+            and elsewhere(payload.resume)
+        ):
+            self._events.append(HandshakeElsewhere(handoff, endpoint))
+            return
+        self._go_on(handoff, resumed, endpoint, now)
+
+    def complete_handoff(self, handoff: Handoff, endpoint: Endpoint, now: float) -> None:
+        """Go on with a session after a handshake another worker read (its ``HandshakeElsewhere``);
+        if the session has ended since, the handshake opens a new one, as it would have there."""
+        self._go_on(handoff, self._by_resume.get(handoff.resume), endpoint, now)
+
+    def _go_on(self, h: Handoff, resumed: Session | None, endpoint: Endpoint, now: float) -> None:
+        """A handshake whose credential was checked: bind it and install its keypair on its session."""
+        key = h.static_public
+        try:
             session = self._bindings.session_for(key, resumed)
         except CredentialError as exc:
             self._refuse(exc.reason)
@@ -322,10 +364,10 @@ class GatewayProtocol:
         if session is None:
             session = Session(next(self._session_ids), key, endpoint, now)
             self.sessions[session.id] = session
-        kp = self.new_keypair(result.send_key, result.recv_key, hs.local_index, hs.remote_index, now, False)
+        kp = self.new_keypair(h.send_key, h.recv_key, h.local_index, h.remote_index, now, False)
         if self.obfs is not None:
-            kp.protect(self.obfs.header_key, result.send_key, result.recv_key)
-        kp.final_digest = _digest(data)
+            kp.protect(self.obfs.header_key, h.send_key, h.recv_key)
+        kp.final_digest = h.final_digest
         kp.owner = session
         self._keypairs[kp.local_index] = kp
         if session.previous is not None:
@@ -334,8 +376,8 @@ class GatewayProtocol:
         session.static_public = key
         self._bindings.bind(key, session)
         self._by_resume.pop(session.resume_token, None)
-        session.resume_token = result.resume_token
-        self._by_resume[result.resume_token] = session
+        session.resume_token = h.next_resume
+        self._by_resume[h.next_resume] = session
         session.endpoint = endpoint
         self.timers.session_derived(session, kp, now)
         self._changed(session)

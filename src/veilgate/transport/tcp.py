@@ -288,12 +288,14 @@ async def serve_tcp(
     stream_key: bytes | None = None,
     cover_key: bytes | None = None,
     shaping: Shaping | None = None,
+    sock: socket.socket | None = None,
 ) -> asyncio.Server:
     """Listen for framed connections; each gets its own FramedConnection (``stream_key``: with
-    masked length prefixes; ``cover_key``: after a proxy CONNECT; docs/protocol.md 14)."""
+    masked length prefixes; ``cover_key``: after a proxy CONNECT; docs/protocol.md 14). ``sock``:
+    a socket already listening there (a worker's, from the gateway's supervisor)."""
     cover = (REQUEST, cover_key, "") if cover_key is not None else None
     loop = asyncio.get_running_loop()
-    sock = listening_socket(host, port)
+    sock = sock or listening_socket(host, port)
     return await loop.create_server(
         lambda: FramedConnection(on_datagrams, on_close, stream_key=stream_key, cover=cover, shaping=shaping),
         sock=sock,

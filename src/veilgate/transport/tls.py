@@ -22,6 +22,7 @@ import datetime
 import hashlib
 import hmac
 import logging
+import socket
 import ssl
 from dataclasses import dataclass
 from typing import Final
@@ -260,10 +261,12 @@ async def serve_tls(
     site: CoverSite,
     on_datagrams: OnDatagrams,
     on_close: OnClose,
+    sock: socket.socket | None = None,
 ) -> asyncio.Server:
-    """Listen for TLS connections: veilgate clients get framed connections, the rest the cover site."""
+    """Listen for TLS connections: veilgate clients get framed connections, the rest the cover site.
+    ``sock``: a socket already listening there (a worker's, from the gateway's supervisor)."""
     loop = asyncio.get_running_loop()
-    sock = listening_socket(host, port)
+    sock = sock or listening_socket(host, port)
     key = hello_key(gateway_public)
     return await loop.create_server(
         lambda: TlsAcceptor(key, site, on_datagrams, on_close),
