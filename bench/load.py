@@ -490,7 +490,13 @@ def bench(args: argparse.Namespace) -> int:
         print(line, flush=True)
         lines.append(line)
 
-    need = max(args.storm, args.rate_count, args.sessions[-1], args.fair)
+    only = set(args.only.split(",")) if args.only else {"storm", "rate", "fair", "scale"}
+    need = max(
+        args.storm if "storm" in only else 0,
+        args.rate_count if "rate" in only else 0,
+        args.sessions[-1] if "scale" in only else 0,
+        args.fair if "fair" in only else 0,
+    )
     say(
         f"# bench/load.py: load generator pinned to CPU {gen_cpu}, gateway daemon to CPU {gw_cpu} "
         f"(taskset); {'compiled' if fastpath.BUILT else 'pure-Python'} keys in the generator; UDP sessions "
@@ -529,45 +535,51 @@ def bench(args: argparse.Namespace) -> int:
             finally:
                 dep.stop_gateway()
 
-        storm = run("storm", {}, sessions=args.storm, timeout=60)
-        say(
-            f"handshake storm: {storm['connected']} of {args.storm} clients at once, all with an address after "
-            f"{storm['seconds_until_all'] or float('nan'):.2f} s (median {storm['median_s'] or float('nan'):.2f} s), "
-            f"{storm['cookie_replies']} cookie replies; goal < 2 s"
-        )
-        for label, threshold in (("off", 100_000_000), ("on", 0)):
-            r = run("rate", {"cookie_threshold": threshold}, sessions=args.rate_count, window=32, timeout=120)
+        if "storm" in only:
+            storm = run("storm", {}, sessions=args.storm, timeout=60)
             say(
-                f"gateway handshakes, cookies {label}: {r['handshakes_per_gateway_cpu_s']:.0f} per second of gateway CPU "
-                f"({r['connected']} handshakes, {r['gateway_cpu_s']:.2f} s CPU, {r['handshakes_per_s_wall']:.0f}/s wall, "
-                f"{r['cookie_replies']} cookie replies); goal >= 2000/core"
+                f"handshake storm: {storm['connected']} of {args.storm} clients at once, all with an address after "
+                f"{storm['seconds_until_all'] or float('nan'):.2f} s (median {storm['median_s'] or float('nan'):.2f} s), "
+                f"{storm['cookie_replies']} cookie replies; goal < 2 s"
             )
-        fair = run("fair", {}, sessions=args.fair, seconds=args.seconds, timeout=120)
-        say(
-            f"{args.fair} sessions sending at once: {fair['all']['delivered_mbit_s']:.0f} Mbit/s delivered in all "
-            f"(one session alone: {fair['one']['delivered_mbit_s']:.0f}), Jain's fairness "
-            f"{fair['all']['jain']:.3f} (per session {fair['all']['min_max_mbit_s'][0]:.1f}–"
-            f"{fair['all']['min_max_mbit_s'][1]:.1f} Mbit/s); goal >= 0.9"
-        )
-        scale = run(
-            "scale", {}, steps=",".join(map(str, args.sessions)), window=64, rate=args.rate, seconds=args.seconds,
-            timeout=600,
-        )  # fmt: skip
-        say(f"gateway RSS idle, no session: {scale['rss_idle_kib'] / 1024:.1f} MB")
-        say(
-            "| sessions | connected | gateway RSS MB | KiB per session | packets sent / delivered | gateway CPU µs per packet |"
-        )
-        say("|---|---|---|---|---|---|")
-        for st in scale["steps"]:
+        if "rate" in only:
+            for label, threshold in (("off", 100_000_000), ("on", 0)):
+                r = run(
+                    "rate", {"cookie_threshold": threshold}, sessions=args.rate_count, window=32, timeout=120
+                )
+                say(
+                    f"gateway handshakes, cookies {label}: {r['handshakes_per_gateway_cpu_s']:.0f} per second of gateway CPU "
+                    f"({r['connected']} handshakes, {r['gateway_cpu_s']:.2f} s CPU, {r['handshakes_per_s_wall']:.0f}/s wall, "
+                    f"{r['cookie_replies']} cookie replies); goal >= 2000/core"
+                )
+        if "fair" in only:
+            fair = run("fair", {}, sessions=args.fair, seconds=args.seconds, timeout=120)
             say(
-                f"| {st['sessions']} | {st['connected']} | {st['rss_kib'] / 1024:.1f} | {st['kib_per_session']:.1f} "
-                f"| {st['sent']} / {st['delivered']} | {st['gateway_cpu_us_per_packet']:.1f} |"
+                f"{args.fair} sessions sending at once: {fair['all']['delivered_mbit_s']:.0f} Mbit/s delivered in all "
+                f"(one session alone: {fair['one']['delivered_mbit_s']:.0f}), Jain's fairness "
+                f"{fair['all']['jain']:.3f} (per session {fair['all']['min_max_mbit_s'][0]:.1f}–"
+                f"{fair['all']['min_max_mbit_s'][1]:.1f} Mbit/s); goal >= 0.9"
             )
-        first, last = scale["steps"][0], scale["steps"][-1]
-        say(
-            f"at {last['sessions']} sessions: RSS {last['rss_kib'] / 1024:.0f} MB (goal < 200 MB), per-packet cost "
-            f"{last['gateway_cpu_us_per_packet'] / first['gateway_cpu_us_per_packet']:.2f} x that at {first['sessions']}"
-        )
+        if "scale" in only:
+            scale = run(
+                "scale", {}, steps=",".join(map(str, args.sessions)), window=64, rate=args.rate, seconds=args.seconds,
+                timeout=600,
+            )  # fmt: skip
+            say(f"gateway RSS idle, no session: {scale['rss_idle_kib'] / 1024:.1f} MB")
+            say(
+                "| sessions | connected | gateway RSS MB | KiB per session | packets sent / delivered | gateway CPU µs per packet |"
+            )
+            say("|---|---|---|---|---|---|")
+            for st in scale["steps"]:
+                say(
+                    f"| {st['sessions']} | {st['connected']} | {st['rss_kib'] / 1024:.1f} | {st['kib_per_session']:.1f} "
+                    f"| {st['sent']} / {st['delivered']} | {st['gateway_cpu_us_per_packet']:.1f} |"
+                )
+            first, last = scale["steps"][0], scale["steps"][-1]
+            say(
+                f"at {last['sessions']} sessions: RSS {last['rss_kib'] / 1024:.0f} MB (goal < 200 MB), per-packet cost "
+                f"{last['gateway_cpu_us_per_packet'] / first['gateway_cpu_us_per_packet']:.2f} x that at {first['sessions']}"
+            )
     (out / "load.txt").write_text("\n".join(lines) + "\n")
     return 0
 
@@ -610,6 +622,9 @@ def main(argv: list[str] | None = None) -> int:
         "--rate", type=float, default=5000.0, help="packets per second in the per-packet cost steps"
     )
     b.add_argument("--out", default="", help="folder for the raw JSON of each scenario")
+    b.add_argument(
+        "--only", default="", help="comma-separated scenarios to run (storm, rate, fair, scale); default: all"
+    )
     args = ap.parse_args(argv)
     if args.cmd == "sink":
         return run_sink(args.port)
