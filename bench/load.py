@@ -515,8 +515,18 @@ def bench(args: argparse.Namespace) -> int:
             f"# {need} blind-RSA credentials pre-generated from the provider's epoch key in {time.monotonic() - t0:.0f} s (not timed)"
         )
 
+        plain = dep.veilgate
+
         def run(name: str, gw: dict[str, Any], **kw: object) -> dict[str, Any]:
-            proc = dep.start_gateway(**gw)
+            if args.profile_gateway:  # the gateway under cProfile, one file per run
+                folder = Path(args.profile_gateway).resolve()
+                folder.mkdir(parents=True, exist_ok=True)
+                prof = folder / f"{name}-{len(list(folder.glob(name + '-*.prof')))}.prof"
+                dep.veilgate = [*plain[:-2], "-m", "cProfile", "-o", str(prof), "-m", "veilgate"]
+            try:
+                proc = dep.start_gateway(**gw)
+            finally:
+                dep.veilgate = plain
             time.sleep(1.0)  # the gateway fetches the provider's epoch keys
             try:
                 cmd = [
@@ -622,6 +632,12 @@ def main(argv: list[str] | None = None) -> int:
         "--rate", type=float, default=5000.0, help="packets per second in the per-packet cost steps"
     )
     b.add_argument("--out", default="", help="folder for the raw JSON of each scenario")
+    b.add_argument(
+        "--profile-gateway",
+        default="",
+        metavar="DIR",
+        help="run the gateway daemon under cProfile; a .prof file per scenario run in DIR",
+    )
     b.add_argument(
         "--only", default="", help="comma-separated scenarios to run (storm, rate, fair, scale); default: all"
     )
