@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import cProfile
 import io
 import ipaddress
@@ -162,16 +163,38 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cookies", action="store_true", help="cookie_threshold = 0")
     p.add_argument("--python", action="store_true", help="without the compiled data path")
     p.add_argument("--profile", action="store_true")
+    p.add_argument(
+        "--credentials",
+        default="",
+        metavar="FILE",
+        help="keep the epoch key and credentials here for the next run",
+    )
     p.add_argument("--top", type=int, default=40)
     p.add_argument("--sort", default="tottime", help="cProfile order: tottime, cumulative, ...")
     args = p.parse_args(argv)
     logs.setup("info", stream=open(os.devnull, "w"))  # noqa: SIM115 - as the daemon logs, to nowhere
     logging.getLogger("veilgate").setLevel(logging.INFO)
     epoch = epoch_of(time.time(), DEFAULT_EPOCH_LENGTH)
-    epoch_key = EpochKey(epoch, BlindRSAPrivateKey.generate())
-    t0 = time.monotonic()
-    pool = credentials(args.n * (args.rounds + 1), epoch_key)
-    print(f"# {len(pool)} blind-RSA credentials in {time.monotonic() - t0:.0f} s (not timed)")
+    need = args.n * (args.rounds + 1)
+    saved = Path(args.credentials) if args.credentials else None
+    if saved is not None and saved.exists():
+        der, *lines = saved.read_text().split()
+        epoch_key = EpochKey(epoch, BlindRSAPrivateKey.from_der(base64.b64decode(der)))
+        pool = [
+            (KeyPair.from_private_bytes(base64.b64decode(k)), base64.b64decode(c))
+            for k, c in zip(lines[::2], lines[1::2], strict=True)
+        ]
+    else:
+        epoch_key = EpochKey(epoch, BlindRSAPrivateKey.generate())
+        pool = []
+    if len(pool) < need:
+        t0 = time.monotonic()
+        pool += credentials(need - len(pool), epoch_key)
+        print(f"# {need} blind-RSA credentials in {time.monotonic() - t0:.0f} s (not timed)")
+        if saved is not None:
+            items = [base64.b64encode(epoch_key.key.to_der()).decode()]
+            items += [base64.b64encode(x).decode() for k, c in pool for x in (k.private_bytes(), c)]
+            saved.write_text("\n".join(items) + "\n")
     bench = Bench(epoch_key, args.cookies, not args.python)
     try:
         mode = "compiled" if bench.gateway.fast is not None else "python"

@@ -62,7 +62,7 @@ class KeyPair:
 
     def __init__(self, private: X25519PrivateKey) -> None:
         self._private = private
-        self.public: bytes = private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+        self.public: bytes = private.public_key().public_bytes_raw()
 
     @classmethod
     def generate(cls) -> KeyPair:
