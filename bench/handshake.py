@@ -20,7 +20,6 @@ import base64
 import cProfile
 import io
 import ipaddress
-import logging
 import os
 import pstats
 import socket
@@ -162,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--cookies", action="store_true", help="cookie_threshold = 0")
     p.add_argument("--python", action="store_true", help="without the compiled data path")
+    p.add_argument("--log-level", default="info", choices=logs.LEVELS, help="the daemon's (default: info)")
     p.add_argument("--profile", action="store_true")
     p.add_argument(
         "--credentials",
@@ -172,8 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--top", type=int, default=40)
     p.add_argument("--sort", default="tottime", help="cProfile order: tottime, cumulative, ...")
     args = p.parse_args(argv)
-    logs.setup("info", stream=open(os.devnull, "w"))  # noqa: SIM115 - as the daemon logs, to nowhere
-    logging.getLogger("veilgate").setLevel(logging.INFO)
+    logs.setup(args.log_level, stream=open(os.devnull, "w"))  # noqa: SIM115 - as the daemon logs, to nowhere
     epoch = epoch_of(time.time(), DEFAULT_EPOCH_LENGTH)
     need = args.n * (args.rounds + 1)
     saved = Path(args.credentials) if args.credentials else None
