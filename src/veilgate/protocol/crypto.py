@@ -171,10 +171,7 @@ def aead_decrypt(key: bytes, n: int, ad: bytes, ciphertext: bytes) -> bytes:
 
 
 def hash_(*parts: bytes) -> bytes:
-    h = hashlib.blake2s()
-    for p in parts:
-        h.update(p)
-    return h.digest()
+    return hashlib.blake2s(b"".join(parts)).digest()
 
 
 _IPAD = bytes(x ^ 0x36 for x in range(256))
