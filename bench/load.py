@@ -307,8 +307,14 @@ def blind_credentials(state_dir: Path, epoch_length: int, n: int) -> list[tuple[
 
 
 def cpu_seconds(pid: int) -> float:
+    return sum(cpu_split(pid))
+
+
+def cpu_split(pid: int) -> tuple[float, float]:
+    """A process's CPU seconds so far: (user, kernel)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
 
 
 def rss_kib(pid: int) -> int:
@@ -402,14 +408,16 @@ def scenario(args: argparse.Namespace) -> dict[str, Any]:
             res["cookie_replies"] = sum(s.core.counters["cookie-replies"] for s in sessions)
         elif args.scenario == "rate":
             sessions = [gen.add(k, c) for k, c in creds[: args.sessions]]
-            c0, t0 = cpu_seconds(pid), time.monotonic()
+            (u0, k0), t0 = cpu_split(pid), time.monotonic()
             ok = gen.connect(sessions, args.timeout, window=args.window)
             n = sum(1 for s in sessions if s.address)
+            u1, k1 = cpu_split(pid)
             res.update(
                 connected=n,
                 all_connected=ok,
                 wall_s=time.monotonic() - t0,
-                gateway_cpu_s=cpu_seconds(pid) - c0,
+                gateway_cpu_s=u1 + k1 - u0 - k0,
+                gateway_cpu_kernel_s=k1 - k0,
                 cookie_replies=sum(s.core.counters["cookie-replies"] for s in sessions),
             )
             res["handshakes_per_gateway_cpu_s"] = n / max(res["gateway_cpu_s"], 1e-9)
@@ -490,7 +498,13 @@ def bench(args: argparse.Namespace) -> int:
         print(line, flush=True)
         lines.append(line)
 
-    need = max(args.storm, args.rate_count, args.sessions[-1], args.fair)
+    only = set(args.only.split(",")) if args.only else {"storm", "rate", "fair", "scale"}
+    need = max(
+        args.storm if "storm" in only else 0,
+        args.rate_count if "rate" in only else 0,
+        args.sessions[-1] if "scale" in only else 0,
+        args.fair if "fair" in only else 0,
+    )
     say(
         f"# bench/load.py: load generator pinned to CPU {gen_cpu}, gateway daemon to CPU {gw_cpu} "
         f"(taskset); {'compiled' if fastpath.BUILT else 'pure-Python'} keys in the generator; UDP sessions "
@@ -509,8 +523,18 @@ def bench(args: argparse.Namespace) -> int:
             f"# {need} blind-RSA credentials pre-generated from the provider's epoch key in {time.monotonic() - t0:.0f} s (not timed)"
         )
 
+        plain = dep.veilgate
+
         def run(name: str, gw: dict[str, Any], **kw: object) -> dict[str, Any]:
-            proc = dep.start_gateway(**gw)
+            if args.profile_gateway:  # the gateway under cProfile, one file per run
+                folder = Path(args.profile_gateway).resolve()
+                folder.mkdir(parents=True, exist_ok=True)
+                prof = folder / f"{name}-{len(list(folder.glob(name + '-*.prof')))}.prof"
+                dep.veilgate = [*plain[:-2], "-m", "cProfile", "-o", str(prof), "-m", "veilgate"]
+            try:
+                proc = dep.start_gateway(**gw)
+            finally:
+                dep.veilgate = plain
             time.sleep(1.0)  # the gateway fetches the provider's epoch keys
             try:
                 cmd = [
@@ -529,45 +553,52 @@ def bench(args: argparse.Namespace) -> int:
             finally:
                 dep.stop_gateway()
 
-        storm = run("storm", {}, sessions=args.storm, timeout=60)
-        say(
-            f"handshake storm: {storm['connected']} of {args.storm} clients at once, all with an address after "
-            f"{storm['seconds_until_all'] or float('nan'):.2f} s (median {storm['median_s'] or float('nan'):.2f} s), "
-            f"{storm['cookie_replies']} cookie replies; goal < 2 s"
-        )
-        for label, threshold in (("off", 100_000_000), ("on", 0)):
-            r = run("rate", {"cookie_threshold": threshold}, sessions=args.rate_count, window=32, timeout=120)
+        if "storm" in only:
+            storm = run("storm", {}, sessions=args.storm, timeout=60)
             say(
-                f"gateway handshakes, cookies {label}: {r['handshakes_per_gateway_cpu_s']:.0f} per second of gateway CPU "
-                f"({r['connected']} handshakes, {r['gateway_cpu_s']:.2f} s CPU, {r['handshakes_per_s_wall']:.0f}/s wall, "
-                f"{r['cookie_replies']} cookie replies); goal >= 2000/core"
+                f"handshake storm: {storm['connected']} of {args.storm} clients at once, all with an address after "
+                f"{storm['seconds_until_all'] or float('nan'):.2f} s (median {storm['median_s'] or float('nan'):.2f} s), "
+                f"{storm['cookie_replies']} cookie replies; goal < 2 s"
             )
-        fair = run("fair", {}, sessions=args.fair, seconds=args.seconds, timeout=120)
-        say(
-            f"{args.fair} sessions sending at once: {fair['all']['delivered_mbit_s']:.0f} Mbit/s delivered in all "
-            f"(one session alone: {fair['one']['delivered_mbit_s']:.0f}), Jain's fairness "
-            f"{fair['all']['jain']:.3f} (per session {fair['all']['min_max_mbit_s'][0]:.1f}–"
-            f"{fair['all']['min_max_mbit_s'][1]:.1f} Mbit/s); goal >= 0.9"
-        )
-        scale = run(
-            "scale", {}, steps=",".join(map(str, args.sessions)), window=64, rate=args.rate, seconds=args.seconds,
-            timeout=600,
-        )  # fmt: skip
-        say(f"gateway RSS idle, no session: {scale['rss_idle_kib'] / 1024:.1f} MB")
-        say(
-            "| sessions | connected | gateway RSS MB | KiB per session | packets sent / delivered | gateway CPU µs per packet |"
-        )
-        say("|---|---|---|---|---|---|")
-        for st in scale["steps"]:
+        if "rate" in only:
+            for label, threshold in (("off", 100_000_000), ("on", 0)):
+                r = run(
+                    "rate", {"cookie_threshold": threshold}, sessions=args.rate_count, window=32, timeout=120
+                )
+                say(
+                    f"gateway handshakes, cookies {label}: {r['handshakes_per_gateway_cpu_s']:.0f} per second of gateway CPU "
+                    f"({r['connected']} handshakes, {r['gateway_cpu_s']:.2f} s CPU of which {r['gateway_cpu_kernel_s']:.2f} s in the kernel, "
+                    f"{r['handshakes_per_s_wall']:.0f}/s wall, "
+                    f"{r['cookie_replies']} cookie replies); goal >= 2000/core"
+                )
+        if "fair" in only:
+            fair = run("fair", {}, sessions=args.fair, seconds=args.seconds, timeout=120)
             say(
-                f"| {st['sessions']} | {st['connected']} | {st['rss_kib'] / 1024:.1f} | {st['kib_per_session']:.1f} "
-                f"| {st['sent']} / {st['delivered']} | {st['gateway_cpu_us_per_packet']:.1f} |"
+                f"{args.fair} sessions sending at once: {fair['all']['delivered_mbit_s']:.0f} Mbit/s delivered in all "
+                f"(one session alone: {fair['one']['delivered_mbit_s']:.0f}), Jain's fairness "
+                f"{fair['all']['jain']:.3f} (per session {fair['all']['min_max_mbit_s'][0]:.1f}–"
+                f"{fair['all']['min_max_mbit_s'][1]:.1f} Mbit/s); goal >= 0.9"
             )
-        first, last = scale["steps"][0], scale["steps"][-1]
-        say(
-            f"at {last['sessions']} sessions: RSS {last['rss_kib'] / 1024:.0f} MB (goal < 200 MB), per-packet cost "
-            f"{last['gateway_cpu_us_per_packet'] / first['gateway_cpu_us_per_packet']:.2f} x that at {first['sessions']}"
-        )
+        if "scale" in only:
+            scale = run(
+                "scale", {}, steps=",".join(map(str, args.sessions)), window=64, rate=args.rate, seconds=args.seconds,
+                timeout=600,
+            )  # fmt: skip
+            say(f"gateway RSS idle, no session: {scale['rss_idle_kib'] / 1024:.1f} MB")
+            say(
+                "| sessions | connected | gateway RSS MB | KiB per session | packets sent / delivered | gateway CPU µs per packet |"
+            )
+            say("|---|---|---|---|---|---|")
+            for st in scale["steps"]:
+                say(
+                    f"| {st['sessions']} | {st['connected']} | {st['rss_kib'] / 1024:.1f} | {st['kib_per_session']:.1f} "
+                    f"| {st['sent']} / {st['delivered']} | {st['gateway_cpu_us_per_packet']:.1f} |"
+                )
+            first, last = scale["steps"][0], scale["steps"][-1]
+            say(
+                f"at {last['sessions']} sessions: RSS {last['rss_kib'] / 1024:.0f} MB (goal < 200 MB), per-packet cost "
+                f"{last['gateway_cpu_us_per_packet'] / first['gateway_cpu_us_per_packet']:.2f} x that at {first['sessions']}"
+            )
     (out / "load.txt").write_text("\n".join(lines) + "\n")
     return 0
 
@@ -610,6 +641,15 @@ def main(argv: list[str] | None = None) -> int:
         "--rate", type=float, default=5000.0, help="packets per second in the per-packet cost steps"
     )
     b.add_argument("--out", default="", help="folder for the raw JSON of each scenario")
+    b.add_argument(
+        "--profile-gateway",
+        default="",
+        metavar="DIR",
+        help="run the gateway daemon under cProfile; a .prof file per scenario run in DIR",
+    )
+    b.add_argument(
+        "--only", default="", help="comma-separated scenarios to run (storm, rate, fair, scale); default: all"
+    )
     args = ap.parse_args(argv)
     if args.cmd == "sink":
         return run_sink(args.port)

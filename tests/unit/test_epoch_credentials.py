@@ -289,3 +289,17 @@ def test_the_attack_wins_when_blinding_is_disabled(
     for name in ("blinded~encoded", "blind-sig~sig", "hamming(blinded, encoded)", "implied r small"):
         assert wins[name] == total, (name, wins[name])
     assert sum(w >= BOUND for w in wins.values()) >= 6
+
+
+def test_keys_left_out_of_an_update_are_neither_accepted_nor_announced(keys: dict[int, EpochKey]) -> None:
+    v = EpochVerifier([keys[EPOCH - 1].public, keys[EPOCH].public], LENGTH)
+    old, new = keys[EPOCH - 1].public, keys[EPOCH].public
+    assert v.epoch_keys() == ((EPOCH - 1, old.key_id), (EPOCH, new.key_id))
+    previous = obtain(keys[EPOCH - 1]).encode()
+    assert v.verify(previous, STATIC, NOW)
+    v.update([new])
+    assert v.epoch_keys() == ((EPOCH, new.key_id),)
+    assert reason(v, previous) == "unknown-issuer"
+    v.update([])
+    assert v.epoch_keys() == ()
+    assert reason(v, obtain(keys[EPOCH]).encode()) == "unknown-issuer"

@@ -21,6 +21,7 @@ Credential layout (big-endian)::
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import math
@@ -64,8 +65,9 @@ class EpochPublicKey:
     def __post_init__(self) -> None:
         check_epoch_key(self.key)
 
-    @property
+    @functools.cached_property
     def key_id(self) -> bytes:
+        """Derived from the key's DER encoding, once per object (the key cannot change)."""
         return epoch_key_id(self.key.to_der())
 
 
@@ -220,6 +222,7 @@ class EpochVerifier:
         self.epoch_length = epoch_length
         self.max_skew = max_skew
         self._keys: dict[bytes, EpochPublicKey] = {}
+        self._epoch_keys: tuple[tuple[int, bytes], ...] = ()
         self.update(keys)
 
     def update(self, keys: Iterable[EpochPublicKey]) -> None:
@@ -227,10 +230,11 @@ class EpochVerifier:
         if len({k.epoch for k in keys}) != len(keys):
             raise ValueError("more than one key for an epoch")
         self._keys = {k.key_id: k for k in keys}
+        self._epoch_keys = tuple(sorted((k.epoch, k.key_id) for k in self._keys.values()))
 
     def epoch_keys(self) -> tuple[tuple[int, bytes], ...]:
         """The (epoch, key id) pairs accepted, oldest first (sent to clients for split-view detection)."""
-        return tuple(sorted((k.epoch, k.key_id) for k in self._keys.values()))
+        return self._epoch_keys
 
     def verify(self, data: bytes, static_public: bytes, now: float) -> BlindCredential:
         cred = BlindCredential.decode(data)

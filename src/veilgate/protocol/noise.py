@@ -13,7 +13,7 @@ small. The primitives underneath all come from ``cryptography``/``hashlib``.
 
 from __future__ import annotations
 
-import copy
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -77,11 +77,7 @@ class SymmetricState:
     __slots__ = ("cipher", "ck", "h")
 
     def __init__(self, protocol_name: bytes) -> None:
-        if len(protocol_name) <= HASHLEN:
-            self.h = protocol_name.ljust(HASHLEN, b"\x00")
-        else:
-            self.h = crypto.hash_(protocol_name)
-        self.ck = self.h
+        self.h = self.ck = _initial_hash(protocol_name)
         self.cipher = CipherState()
 
     def copy(self) -> SymmetricState:
@@ -112,6 +108,14 @@ class SymmetricState:
         return k1, k2
 
 
+@functools.lru_cache(maxsize=8)
+def _initial_hash(protocol_name: bytes) -> bytes:
+    """``h`` (and ``ck``) before anything is mixed in: the name padded, or hashed if longer than a hash."""
+    if len(protocol_name) <= HASHLEN:
+        return protocol_name.ljust(HASHLEN, b"\x00")
+    return crypto.hash_(protocol_name)
+
+
 @dataclass(frozen=True)
 class HandshakePattern:
     """A Noise handshake pattern as a table: pre-message tokens and per-message tokens.
@@ -140,6 +144,21 @@ class HandshakeState:
     Ephemeral keys (``e``, ``e1``) and the KEM encapsulation may be injected for
     test vectors; by default they are fresh and random.
     """
+
+    __slots__ = (
+        "_encapsulate",
+        "_index",
+        "_peer_keys",
+        "e",
+        "e1",
+        "initiator",
+        "pattern",
+        "re",
+        "re1",
+        "rs",
+        "s",
+        "symmetric",
+    )
 
     def __init__(
         self,
@@ -186,7 +205,21 @@ class HandshakeState:
         a responder that must survive forged or corrupted copies of a message reads each on a
         copy, so neither a bit flip on the path nor a malformed payload moves the real state.
         """
-        twin = copy.copy(self)
+        twin = HandshakeState.__new__(HandshakeState)
+        twin.pattern, twin.initiator, twin._encapsulate, twin._index = (
+            self.pattern,
+            self.initiator,
+            self._encapsulate,
+            self._index,
+        )
+        twin.s, twin.e, twin.rs, twin.re, twin.e1, twin.re1 = (
+            self.s,
+            self.e,
+            self.rs,
+            self.re,
+            self.e1,
+            self.re1,
+        )
         twin.symmetric = self.symmetric.copy()
         twin._peer_keys = dict(self._peer_keys)
         return twin
