@@ -311,10 +311,28 @@ def cpu_seconds(pid: int) -> float:
 
 
 def cpu_split(pid: int) -> tuple[float, float]:
-    """A process's CPU seconds so far: (user, kernel)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    """CPU seconds so far of a process and its live descendants (a gateway's workers): (user, kernel)."""
     tick = os.sysconf("SC_CLK_TCK")
-    return int(fields[11]) / tick, int(fields[12]) / tick
+    user = kernel = 0.0
+    for p in [pid, *descendants(pid)]:
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        user += int(fields[11]) / tick
+        kernel += int(fields[12]) / tick
+    return user, kernel
+
+
+def descendants(pid: int) -> list[int]:
+    out: list[int] = []
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return out
+    for child in map(int, children):
+        out += [child, *descendants(child)]
+    return out
 
 
 def rss_kib(pid: int) -> int:
@@ -498,12 +516,13 @@ def bench(args: argparse.Namespace) -> int:
         print(line, flush=True)
         lines.append(line)
 
-    only = set(args.only.split(",")) if args.only else {"storm", "rate", "fair", "scale"}
+    only = set(args.only.split(",")) if args.only else {"storm", "rate", "fair", "workers", "scale"}
     need = max(
         args.storm if "storm" in only else 0,
         args.rate_count if "rate" in only else 0,
         args.sessions[-1] if "scale" in only else 0,
-        args.fair if "fair" in only else 0,
+        args.fair if "fair" in only or "workers" in only else 0,
+        args.rate_count if "workers" in only else 0,
     )
     say(
         f"# bench/load.py: load generator pinned to CPU {gen_cpu}, gateway daemon to CPU {gw_cpu} "
@@ -525,7 +544,9 @@ def bench(args: argparse.Namespace) -> int:
 
         plain = dep.veilgate
 
-        def run(name: str, gw: dict[str, Any], **kw: object) -> dict[str, Any]:
+        def run(name: str, gw: dict[str, Any], gw_cpus: str | None = None, **kw: object) -> dict[str, Any]:
+            if gw_cpus is not None:  # this run's gateway on other CPUs (its workers on all of them)
+                dep.veilgate = ["taskset", "-c", gw_cpus, *plain[3:]]
             if args.profile_gateway:  # the gateway under cProfile, one file per run
                 folder = Path(args.profile_gateway).resolve()
                 folder.mkdir(parents=True, exist_ok=True)
@@ -579,6 +600,25 @@ def bench(args: argparse.Namespace) -> int:
                 f"{fair['all']['jain']:.3f} (per session {fair['all']['min_max_mbit_s'][0]:.1f}–"
                 f"{fair['all']['min_max_mbit_s'][1]:.1f} Mbit/s); goal >= 0.9"
             )
+        if "workers" in only:
+            say(
+                f"# workers: 1 worker pinned to CPU {gw_cpu}; {len(cpus)} workers on CPUs "
+                f"{','.join(map(str, cpus))}, the generator (CPU {gen_cpu}) sharing one of them"
+            )
+            for n, where in ((1, gw_cpu), (len(cpus), ",".join(map(str, cpus)))):
+                r = run(
+                    "rate", {"cookie_threshold": 100_000_000, "workers": n}, where,
+                    sessions=args.rate_count, window=32, timeout=120,
+                )  # fmt: skip
+                say(
+                    f"{n} worker(s): {r['handshakes_per_s_wall']:.0f} handshakes/s wall, "
+                    f"{r['handshakes_per_gateway_cpu_s']:.0f} per second of gateway CPU"
+                )
+                f = run("fair", {"workers": n}, where, sessions=args.fair, seconds=args.seconds, timeout=120)
+                say(
+                    f"{n} worker(s): {args.fair} sessions deliver {f['all']['delivered_mbit_s']:.0f} Mbit/s in all, "
+                    f"Jain {f['all']['jain']:.3f}"
+                )
         if "scale" in only:
             scale = run(
                 "scale", {}, steps=",".join(map(str, args.sessions)), window=64, rate=args.rate, seconds=args.seconds,
@@ -648,7 +688,9 @@ def main(argv: list[str] | None = None) -> int:
         help="run the gateway daemon under cProfile; a .prof file per scenario run in DIR",
     )
     b.add_argument(
-        "--only", default="", help="comma-separated scenarios to run (storm, rate, fair, scale); default: all"
+        "--only",
+        default="",
+        help="comma-separated scenarios to run (storm, rate, fair, workers, scale); default: all",
     )
     args = ap.parse_args(argv)
     if args.cmd == "sink":
