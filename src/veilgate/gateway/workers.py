@@ -86,6 +86,13 @@ class Supervisor(Driver):
     # ------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()  # no firewall table, queue or worker outlives a failed start
+            raise
+
+    async def _start(self) -> None:
         cfg = self.config
         self.begin()
         uplink = self.machine.uplink()
@@ -96,7 +103,7 @@ class Supervisor(Driver):
         self.machine.setup_tun(cfg.tun_name)
         self._open_sockets()
         self.machine.apply_firewall(cfg.tun_name, uplink)
-        procs = await asyncio.gather(*(self._spawn(k) for k in range(self.n)))
+        procs = await asyncio.gather(*(self._spawn(k) for k in range(self.n)))  # raises if one fails
         self._watchers = [asyncio.ensure_future(self._keep(k, proc)) for k, proc in enumerate(procs)]
         await self.serve_status(cfg.status_socket)
         await self.serve_metrics(cfg.metrics_listen)
