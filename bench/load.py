@@ -575,12 +575,13 @@ def bench(args: argparse.Namespace) -> int:
                 dep.stop_gateway()
 
         if "storm" in only:
-            storm = run("storm", {}, sessions=args.storm, timeout=60)
-            say(
-                f"handshake storm: {storm['connected']} of {args.storm} clients at once, all with an address after "
-                f"{storm['seconds_until_all'] or float('nan'):.2f} s (median {storm['median_s'] or float('nan'):.2f} s), "
-                f"{storm['cookie_replies']} cookie replies; goal < 2 s"
-            )
+            for transport in ("udp", "tcp"):
+                storm = run("storm", {}, sessions=args.storm, timeout=60, transport=transport)
+                say(
+                    f"handshake storm over {transport}: {storm['connected']} of {args.storm} clients at once, all "
+                    f"with an address after {storm['seconds_until_all'] or float('nan'):.2f} s (median "
+                    f"{storm['median_s'] or float('nan'):.2f} s), {storm['cookie_replies']} cookie replies; goal < 2 s"
+                )
         if "rate" in only:
             for label, threshold in (("off", 100_000_000), ("on", 0)):
                 r = run(
@@ -593,13 +594,16 @@ def bench(args: argparse.Namespace) -> int:
                     f"{r['cookie_replies']} cookie replies); goal >= 2000/core"
                 )
         if "fair" in only:
-            fair = run("fair", {}, sessions=args.fair, seconds=args.seconds, timeout=120)
-            say(
-                f"{args.fair} sessions sending at once: {fair['all']['delivered_mbit_s']:.0f} Mbit/s delivered in all "
-                f"(one session alone: {fair['one']['delivered_mbit_s']:.0f}), Jain's fairness "
-                f"{fair['all']['jain']:.3f} (per session {fair['all']['min_max_mbit_s'][0]:.1f}–"
-                f"{fair['all']['min_max_mbit_s'][1]:.1f} Mbit/s); goal >= 0.9"
-            )
+            for transport in ("udp", "tcp"):
+                fair = run(
+                    "fair", {}, sessions=args.fair, seconds=args.seconds, timeout=120, transport=transport
+                )
+                say(
+                    f"{args.fair} sessions sending at once over {transport}: {fair['all']['delivered_mbit_s']:.0f} "
+                    f"Mbit/s delivered in all (one session alone: {fair['one']['delivered_mbit_s']:.0f}), Jain's "
+                    f"fairness {fair['all']['jain']:.3f} (per session {fair['all']['min_max_mbit_s'][0]:.1f}–"
+                    f"{fair['all']['min_max_mbit_s'][1]:.1f} Mbit/s); goal >= 0.9"
+                )
         if "workers" in only:
             say(
                 f"# workers: 1 worker pinned to CPU {gw_cpu}; {len(cpus)} workers on CPUs "

@@ -76,7 +76,7 @@ class GatewayConfig:
     provider_url: str | None = None
     provider_fingerprint: str | None = None
     user: str = "veilgate"
-    workers: int = 1
+    workers: int = 0
     """Worker processes (docs/scaling.md); 0: one per core."""
     source: Path | None = None
     """The file this configuration was read from (a reload reads it again)."""
@@ -128,7 +128,7 @@ def load_gateway_config(path: str | Path, private_key: bytes | None = None) -> G
         max_sessions_per_credential=gw.get_int("max_sessions_per_credential", 1, low=1, high=64),
         cookie_threshold=gw.get_int("cookie_threshold", UNDER_LOAD_INITS_PER_SECOND, low=0, high=100_000_000),
         user=gw.get_str("user", "veilgate", 'a system user name, or "root" to keep running as root'),
-        workers=gw.get_int("workers", 1, low=0, high=MAX_WORKERS),
+        workers=gw.get_int("workers", 0, low=0, high=MAX_WORKERS),
     )
     _tls(gw, cfg)
     gw.reject_unknown()

@@ -160,6 +160,8 @@ class Deployment:
         JOURNAL_STREAM naming its log file, as systemd sets it for a service that logs to the journal.
         ``minimal=True`` among the overrides: see ``gateway_config``."""
         minimal = bool(overrides.pop("minimal", False))
+        if spy:
+            overrides.setdefault("workers", 1)  # the spy instruments the one gateway process
         config = self.gateway_config(name, minimal=minimal, **overrides)
         log = (self.dir / f"{name}.log").open("a")
         env = self.env
