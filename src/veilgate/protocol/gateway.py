@@ -460,18 +460,20 @@ class GatewayProtocol:
     # ------------------------------------------------------------ timers
 
     def _session_timer(self, session: Session, now: float) -> None:
+        # A keypair's expiry comes due at its expires_at; ``now - created`` may round to just below
+        # REJECT_AFTER_TIME there, and no later entry would come for it.
         kp = session.current
-        if kp is None or kp.state(now) is EXPIRED:
+        if kp is None or kp.state(now) is EXPIRED or now >= kp.expires_at:
             self.end_session(session.id, "expired")
             return
-        if session.previous is not None and session.previous.state(now) is EXPIRED:
-            self._keypairs.pop(session.previous.local_index, None)
+        previous = session.previous
+        if previous is not None and (previous.state(now) is EXPIRED or now >= previous.expires_at):
+            self._keypairs.pop(previous.local_index, None)
             session.previous = None
             self._changed(session)
         if self.timers.passive_keepalive_due(session, now):
             self._out.append((kp.seal(b""), session.endpoint))
             self.timers.authenticated_sent(session, now)
-        self.timers.rearm(session, kp)
 
 
 def _digest(data: bytes) -> bytes:

@@ -46,8 +46,6 @@ class Session:
     last_sent: float = -_INF
     ack_due: float | None = None
     """When a keepalive answers what the session sent, unless the gateway sends something first."""
-    timer_at: float = _INF
-    """The session's one live entry in the gateway's timer heap."""
     rx_bytes: int = 0
     tx_bytes: int = 0
     rx_packets: int = 0

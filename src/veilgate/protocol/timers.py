@@ -16,10 +16,9 @@ comparisons are written out, not ``max()``: the hooks run once per packet.
 
 from __future__ import annotations
 
-import heapq
-import itertools
+from collections import deque
 from collections.abc import Iterator
-from typing import Final
+from typing import Any, Final
 
 from veilgate.protocol.constants import (
     CONFIRM_RETRY,
@@ -171,44 +170,68 @@ class ClientTimers:
 
 
 class GatewayTimers:
-    """The gateway's deadlines, in one heap, and the hooks that alone write a ``Session``'s timer
-    fields (``last_sent``, ``last_received``, ``ack_due``, ``timer_at``, ``last_handshake``) and
-    traffic figures.
+    """The gateway's deadlines, and the hooks that alone write a ``Session``'s timer fields
+    (``last_sent``, ``last_received``, ``ack_due``, ``last_handshake``) and traffic figures.
 
-    A session has one live heap entry at a time, its ``timer_at``; rescheduling it earlier leaves
-    the later entry behind, which ``due`` skips.
+    Each kind of deadline is a fixed delay after the moment it is set: a pending handshake expires
+    ``PENDING_HANDSHAKE_TIMEOUT`` after its response, a keypair ``REJECT_AFTER_TIME`` after it was
+    derived, a passive keepalive is due ``passive_keepalive`` after a receive. So each kind has a
+    first-in first-out queue, in deadline order as it is filled: setting a deadline, finding the
+    next one and taking one that is due cost the same however many sessions there are (a heap of
+    them all would cost a logarithm of their number, for each packet that arms a keepalive). A
+    deadline set earlier than the last one in its queue (the compiled data path reports times
+    from before the Python side's latest step) waits behind it, by at most that difference.
+
+    An entry is not removed when what it waits for changes (a session ends, a keypair is replaced,
+    a keepalive is answered by data): the session's timer, run when it comes due, finds nothing
+    to do.
     """
 
     def __init__(self, passive_keepalive: float = PASSIVE_KEEPALIVE) -> None:
         self.passive_keepalive = passive_keepalive
-        self._heap: list[tuple[float, int, int | Session]] = []
-        self._seq = itertools.count()
+        self._pending: deque[tuple[float, int]] = deque()
+        """Pending handshakes (receiver indices) by expiry."""
+        self._expiries: deque[tuple[float, Session]] = deque()
+        """Sessions by the expiry of a keypair they derived."""
+        self._acks: deque[tuple[float, Session]] = deque()
+        """Sessions by their passive keepalive's deadline."""
+
+    def __len__(self) -> int:
+        """Entries queued, stale ones included."""
+        return len(self._pending) + len(self._expiries) + len(self._acks)
 
     def next_deadline(self) -> float | None:
-        return self._heap[0][0] if self._heap else None
+        at = _INF
+        for queue in (self._pending, self._expiries, self._acks):
+            if queue and queue[0][0] < at:
+                at = queue[0][0]
+        return at if at != _INF else None
 
     def due(self, now: float) -> Iterator[int | Session]:
-        """What is due at ``now``: a pending handshake's index, or a session whose timer this is."""
-        heap = self._heap
-        while heap and heap[0][0] <= now:
-            deadline, _, ref = heapq.heappop(heap)
-            if isinstance(ref, int):
-                yield ref
-            elif ref.timer_at == deadline:
-                ref.timer_at = _INF
-                yield ref
+        """What is due at ``now``, earliest first: a pending handshake's index, or a session whose
+        timer should run (a session may come twice: its timer finds nothing the second time)."""
+        queues = (self._pending, self._expiries, self._acks)
+        while True:
+            first: deque[Any] | None = None
+            at = now
+            for queue in queues:
+                if queue and queue[0][0] <= at:
+                    first, at = queue, queue[0][0]
+            if first is None:
+                return
+            yield first.popleft()[1]
 
     def response_sent(self, index: int, now: float) -> None:
         """Message 2 sent: the pending handshake ``index`` is due to expire."""
-        heapq.heappush(self._heap, (now + PENDING_HANDSHAKE_TIMEOUT, next(self._seq), index))
+        _append(self._pending, now + PENDING_HANDSHAKE_TIMEOUT, index)
 
     # ------------------------------------------------------------ sessions
 
     def session_derived(self, session: Session, kp: Keypair, now: float) -> None:
         """Message 3 accepted, ``kp`` the session's new keypair: the session ends when it expires,
-        unless a rekey comes first."""
+        unless a rekey comes first (the previous keypair goes when it expires)."""
         session.last_handshake = now
-        self._schedule(session, kp.expires_at)
+        _append(self._expiries, kp.expires_at, session)
 
     def data_sent(self, session: Session, now: float, nbytes: int, packets: int = 1) -> None:
         """IP packets sealed and sent to the session."""
@@ -230,8 +253,7 @@ class GatewayTimers:
         if session.ack_due is None:
             due = now + self.passive_keepalive
             session.ack_due = due
-            if due < session.timer_at:
-                self._schedule(session, due)
+            _append(self._acks, due, session)
 
     def data_received(self, session: Session, nbytes: int, packets: int = 1) -> None:
         """IP packets from the session forwarded."""
@@ -245,14 +267,9 @@ class GatewayTimers:
             return session.last_sent < session.last_received
         return False
 
-    def rearm(self, session: Session, kp: Keypair) -> None:
-        """After the session's timer ran: wake at ``kp``'s expiry, or for the passive keepalive if sooner."""
-        at = kp.expires_at
-        if session.ack_due is not None:
-            at = min(at, session.ack_due)
-        self._schedule(session, at)
 
-    def _schedule(self, session: Session, at: float) -> None:
-        if at < session.timer_at:
-            session.timer_at = at
-            heapq.heappush(self._heap, (at, next(self._seq), session))
+def _append(queue: deque[tuple[float, Any]], at: float, ref: Any) -> None:
+    """Queue ``ref`` at ``at``, or behind the last entry if that is later (the queue stays in order)."""
+    if queue and queue[-1][0] > at:
+        at = queue[-1][0]
+    queue.append((at, ref))

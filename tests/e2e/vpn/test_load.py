@@ -71,3 +71,24 @@ def test_twenty_sessions_connect_and_carry_traffic(
     assert low > 0, f"a session delivered nothing: {fair}"
     # Fairness is a figure of `make bench`; half a second on a shared machine only shows it is computed.
     assert 0 < every["jain"] <= 1, fair
+
+
+def test_scale_steps_report_idle_and_per_packet_cost(deploy: Deployment, tmp_path: Path) -> None:
+    """The scale scenario at two small steps: the idle phase, one session sending with the rest
+    idle, all sending in turn, and the gateway's keepalives per packet."""
+    now = time.time()
+    lines = []
+    for _ in range(6):
+        key = KeyPair.generate()
+        cred = issue(deploy.issuer, key.public, now).encode()
+        lines.append(f"{base64.b64encode(key.private_bytes()).decode()} {base64.b64encode(cred).decode()}")
+    (tmp_path / "creds.txt").write_text("\n".join(lines) + "\n")
+    scale = _run(deploy, "scale", "udp", tmp_path / "creds.txt", steps="2,6", seconds=0.5, rate=400, window=6)
+    steps = scale["steps"]
+    assert isinstance(steps, list) and [s["sessions"] for s in steps] == [2, 6], scale
+    for step in steps:
+        assert step["all_connected"] is True and step["gateway_idle_cpu_pct"] >= 0, step
+        assert (step["few"]["senders"], step["all"]["senders"]) == (1, step["sessions"]), step
+        for phase in (step["few"], step["all"]):
+            assert phase["delivered"] > 0 and phase["gateway_cpu_us_per_packet"] > 0, step
+            assert phase["keepalives_per_packet"] >= 0, step
