@@ -31,7 +31,7 @@ def csum(data: bytes) -> int:
     """RFC 1071: the folded ones'-complement sum (not inverted)."""
     if len(data) % 2:
         data += b"\0"
-    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    s: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
     while s >> 16:
         s = (s & 0xFFFF) + (s >> 16)
     return s
@@ -55,7 +55,17 @@ def tcp4(seq: int, payload: bytes, *, flags: int = 0x10, ack: int = 1000, bad_su
 
 def udp4(payload: bytes) -> bytes:
     ih = struct.pack(
-        "!BBHHHBBH4s4s", 0x45, 0, 28 + len(payload), 1, 0, 64, 17, 0, socket.inet_aton(SRC), socket.inet_aton(DST)
+        "!BBHHHBBH4s4s",
+        0x45,
+        0,
+        28 + len(payload),
+        1,
+        0,
+        64,
+        17,
+        0,
+        socket.inet_aton(SRC),
+        socket.inet_aton(DST),
     )
     return ih + struct.pack("!HHHH", 53, 53, 8 + len(payload), 0) + payload
 
