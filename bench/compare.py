@@ -57,6 +57,9 @@ CONTENDERS = (
     "openvpn-udp",
     "openvpn-tcp",
 )
+EXTRA = ("veilgate-udp-notunoffload",)
+"""Contenders ``--only`` accepts that a full run leaves out: veilgate-udp with ``tun_offload = false``
+on both ends (one TUN write per packet), what the TUN offload is worth."""
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
 TESTS = (("up", 1), ("up", 4), ("down", 1), ("down", 4))
 
@@ -73,6 +76,7 @@ class Tunnel(NamedTuple):
 
     device: str
     pids: list[int]
+    """The client end's process first, then the gateway end's."""
     how: str
 
 
@@ -219,15 +223,20 @@ def ping_ms(b: Bench, keep: Path, interval: float = 0.02, count: int = 50) -> fl
 
 
 @contextlib.contextmanager
-def veilgate(b: Bench, transport: str, offload: bool = True, compiled: bool = True) -> Iterator[Tunnel]:
+def veilgate(
+    b: Bench, transport: str, offload: bool = True, compiled: bool = True, tun_offload: bool = True
+) -> Iterator[Tunnel]:
     from veilgate import fastpath
     from veilgate.config.keys import encode_key, write_key_file
     from veilgate.credentials import IssuerKey, issue
     from veilgate.protocol.crypto import KeyPair
 
-    d = b.work / f"veilgate-{transport}{'' if offload else '-nooffload'}{'' if compiled else '-python'}"
+    d = b.work / (
+        f"veilgate-{transport}{'' if offload else '-nooffload'}{'' if compiled else '-python'}"
+        f"{'' if tun_offload else '-notunoffload'}"
+    )
     d.mkdir(exist_ok=True)
-    knob = "" if offload else "udp_offload = false\n"
+    knob = ("" if offload else "udp_offload = false\n") + ("" if tun_offload else "tun_offload = false\n")
     gw_tls = cl_tls = ""
     if transport == "tls":
         from veilgate.transport.tls import make_certificate, pem_pin
@@ -281,9 +290,10 @@ def veilgate(b: Bench, transport: str, offload: bool = True, compiled: bool = Tr
     )
     _wait(lambda: b.ns(b.a, "ping", "-c", "1", "-W", "1", "10.201.0.1", check=False).returncode == 0, 20)
     how = f"transport = {transport}, defaults otherwise" + ("" if offload else "; udp_offload = false")
+    how += "" if tun_offload else "; tun_offload = false"
     how += f"; {fastpath.ENV}={'1' if compiled else '0'}"
     try:
-        yield Tunnel(f"vgbc{b.tag}", [gproc.pid, cproc.pid], how)
+        yield Tunnel(f"vgbc{b.tag}", [cproc.pid, gproc.pid], how)
     finally:
         b.stop(cproc)
         b.stop(gproc)
@@ -517,6 +527,8 @@ def contender(b: Bench, name: str, cipher: str) -> contextlib.AbstractContextMan
         return veilgate(b, "udp")
     if name == "veilgate-udp-nooffload":
         return veilgate(b, "udp", offload=False)
+    if name == "veilgate-udp-notunoffload":
+        return veilgate(b, "udp", tun_offload=False)
     if name == "veilgate-udp-python":
         return veilgate(b, "udp", compiled=False)
     if name == "veilgate-tcp":
@@ -607,7 +619,7 @@ def main(argv: list[str] | None = None) -> int:
         if shutil.which(tool) is None:
             print(f"missing {tool}: run `make bench`, which installs the peers", file=sys.stderr)
             return 2
-    names = [n for n in args.only.split(",") if n in CONTENDERS]
+    names = [n for n in args.only.split(",") if n in CONTENDERS + EXTRA]
     started = datetime.datetime.now(datetime.UTC)
     run_id = f"{started:%Y-%m-%d-%H%M}-{commit()}"
     raw = args.results / run_id
@@ -629,6 +641,10 @@ def main(argv: list[str] | None = None) -> int:
     say(f"# OpenVPN data cipher: {cipher} (the faster one in openssl-speed.txt)")
     rows = [CEILING, *names]
     keys = ("up1", "up4", "down1", "down4", "ping", "ping_busy", "cpu")
+    ends = ("up-client", "up-gateway", "down-client", "down-gateway")
+    per_gb: dict[str, dict[str, list[float]]] = {n: {k: [] for k in ends} for n in rows}
+    """CPU seconds per GB delivered of each end's VPN process in the 1-stream tests: robust where
+    the machine is shared, as throughput is not."""
     results: dict[str, dict[str, list[float]]] = {n: {k: [] for k in keys} for n in rows}
     how: dict[str, str] = {}
     timings: dict[str, list[float]] = {n: [] for n in rows}
@@ -652,11 +668,17 @@ def main(argv: list[str] | None = None) -> int:
                         for direction, streams in TESTS:
                             keep = Path(f"{base}-{direction}-P{streams}.json")
                             c0, w0 = cpu_seconds(tun.pids), time.monotonic()
-                            r[f"{direction}{streams}"].append(
-                                iperf(bench, direction, streams, args.duration, keep)
-                            )
+                            e0 = [cpu_seconds([pid]) for pid in tun.pids]
+                            mbps = iperf(bench, direction, streams, args.duration, keep)
+                            r[f"{direction}{streams}"].append(mbps)
                             if (direction, streams) == ("up", 1) and tun.pids:
                                 r["cpu"].append(100 * (cpu_seconds(tun.pids) - c0) / (time.monotonic() - w0))
+                            if streams == 1 and len(tun.pids) == 2 and mbps > 0:
+                                gb = mbps * args.duration / 8e3
+                                for end, pid, before in zip(("client", "gateway"), tun.pids, e0, strict=True):
+                                    per_gb[name][f"{direction}-{end}"].append(
+                                        (cpu_seconds([pid]) - before) / gb
+                                    )
                 except (TimeoutError, RuntimeError) as exc:
                     print(f"  {name}: setup failed: {exc}", file=sys.stderr)
                 timings[name].append(time.monotonic() - t0)
@@ -712,6 +734,15 @@ def main(argv: list[str] | None = None) -> int:
     say()
     say("How each ran (full command lines in commands.txt):")
     say(how_block)
+    say()
+    say("VPN CPU seconds per GB delivered, 1 stream, median over the rounds (client / gateway end):")
+    for name in rows:
+        g = per_gb[name]
+        if g["up-client"]:
+            say(
+                f"- {name}: upload {med(g['up-client']):.2f} / {med(g['up-gateway']):.2f}, "
+                f"download {med(g['down-client']):.2f} / {med(g['down-gateway']):.2f}"
+            )
     say()
     timing_line = "seconds per round: " + ", ".join(f"{n} {med(t):.0f}" for n, t in timings.items() if t)
     say(f"# {timing_line}; throughput part {throughput_s:.0f} s")

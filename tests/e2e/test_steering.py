@@ -105,7 +105,7 @@ def destinations() -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
 def test_tun_packets_land_on_the_queue_of_their_destination(topo: Topology, n: int) -> None:
     name = f"vgsteer{topo.tag}"
     with inside(topo.gateway):
-        fds = steering.open_tun_queues(name, n)
+        fds, _vnet = steering.open_tun_queues(name, n)
         try:
             steering.attach_tun_steering(fds[0], n)
             topo.ns_run(topo.gateway, "ip", "link", "set", name, "up")

@@ -27,6 +27,7 @@ class FakeTun:
 
     def __init__(self, name: str) -> None:
         self.name = name
+        self.vnet = False
         self.system, daemon = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self._daemon = daemon
         self.fd = daemon.fileno()
@@ -84,7 +85,7 @@ class FakeHost:
     resolver: bool | None = None
     """What ``serves_dns`` answers."""
 
-    def open_tun(self, name: str, mtu: int) -> FakeTun:
+    def open_tun(self, name: str, mtu: int, *, vnet: bool = False) -> FakeTun:
         tun = FakeTun(name)
         self.tuns.append(tun)
         return tun

@@ -44,6 +44,8 @@ class ClientConfig:
     allow_lan: bool = False
     apply_dns: bool = True
     udp_offload: bool = True
+    tun_offload: bool = True
+    """The TUN opened with IFF_VNET_HDR: the compiled data path writes coalesced TCP packets."""
     obfuscation: bool = False
     tcp_shape_frames: int = 8
     """With obfuscation: how many first frames on a plain TCP connection are padded (0: none)."""
@@ -173,6 +175,7 @@ def _common(c: Section) -> dict[str, Any]:
         "allow_lan": c.get_bool("allow_lan", False),
         "apply_dns": c.get_bool("apply_dns", True),
         "udp_offload": c.get_bool("udp_offload", True),
+        "tun_offload": c.get_bool("tun_offload", True),
         "obfuscation": c.get_bool("obfuscation", False),
         "tcp_shape_frames": c.get_int("tcp_shape_frames", 8, low=0, high=64),
         "tcp_shape_jitter": c.get_int("tcp_shape_jitter_ms", 0, low=0, high=100) / 1000,

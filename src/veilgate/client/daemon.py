@@ -26,7 +26,7 @@ from veilgate.client.config import ClientConfig, load_client_config
 from veilgate.client.paths import STREAMS, TCP, TLS, UDP, Act, Action, PathManager
 from veilgate.client.system import SystemState, TunnelSetup
 from veilgate.config import ConfigError
-from veilgate.driver import Driver, Runtime, Wake, read_tun, read_udp, total
+from veilgate.driver import Driver, Runtime, Wake, read_tun, read_udp, total, write_tun
 from veilgate.fastpath.keypair import CompiledKeypair
 from veilgate.monitor.metrics import Metric, Value, families, split_counters
 from veilgate.netfilter import kill_switch_rules_for
@@ -128,13 +128,13 @@ class Client(Driver):
                 self.addresses, cfg.udp_port, cfg.gateway_public_key
             )
             self.setup.gateway_host = self.gateway_ip
-        tun = self.open_tun(cfg.tun_name, 1420)
+        tun = self.open_tun(cfg.tun_name, 1420, vnet=self.compiled_wanted and cfg.tun_offload)
         self._underlay = self.host.underlay_route(self.gateway_ip, cfg.tun_name)
         if cfg.transport not in STREAMS:
             self.udp = udp = self._udp_socket()
             self.udp_tx = UdpSender(udp, gso=cfg.udp_offload)
             if self.compiled_wanted:
-                fast = fastpath.ClientPath(tun.fd, udp.fileno(), cfg.udp_offload, self._gro)
+                fast = fastpath.ClientPath(tun.fd, udp.fileno(), cfg.udp_offload, self._gro, tun.vnet)
                 if self.core.obfs is not None:
                     fast.protect(self.core.obfs.header_key)
                 if self.watch_compiled(tun.fd, fast, fastpath.KIND_TUN):
@@ -393,7 +393,7 @@ class Client(Driver):
             self.paths.response_on(path, now)
         if packet is not None and self.tun is not None:
             try:
-                os.write(self.tun.fd, packet)
+                write_tun(self.tun.fd, packet, self.tun.vnet)
             except OSError:
                 self.counters["tun-write-error"] += 1
 
@@ -445,7 +445,7 @@ class Client(Driver):
                 tx.queue(data)
             return True
 
-        read_tun(self.tun.fd, now, self._tun_wake.quiet(now), route)
+        read_tun(self.tun.fd, now, self._tun_wake.quiet(now), route, self.tun.vnet)
         if tx is not None:
             tx.flush()
         self.after_io(now)

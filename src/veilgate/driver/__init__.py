@@ -7,6 +7,6 @@ client subclass ``Driver`` and keep only what differs between them.
 """
 
 from veilgate.driver.base import Driver, Runtime, total
-from veilgate.driver.readers import Wake, read_tun, read_udp
+from veilgate.driver.readers import Wake, read_tun, read_udp, write_tun
 
-__all__ = ["Driver", "Runtime", "Wake", "read_tun", "read_udp", "total"]
+__all__ = ["Driver", "Runtime", "Wake", "read_tun", "read_udp", "total", "write_tun"]

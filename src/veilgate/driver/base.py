@@ -140,9 +140,10 @@ class Driver(abc.ABC):
         if self._stopping is not None:
             self._stopping.set()
 
-    def open_tun(self, name: str, mtu: int) -> Tun:
-        """Create the daemon's TUN device (``finish`` closes it)."""
-        self.tun = self.host.open_tun(name, mtu)
+    def open_tun(self, name: str, mtu: int, *, vnet: bool = False) -> Tun:
+        """Create the daemon's TUN device (``finish`` closes it); ``vnet``: with the virtio-net
+        header, where the kernel takes it (``Tun.vnet`` says)."""
+        self.tun = self.host.open_tun(name, mtu, vnet=vnet)
         return self.tun
 
     def finish(self) -> None:

@@ -21,6 +21,8 @@ class Tun(Protocol):
 
     fd: int
     name: str
+    vnet: bool
+    """Every packet read or written goes with a virtio-net header (IFF_VNET_HDR)."""
 
     def close(self) -> None: ...
 
@@ -36,7 +38,7 @@ class Firewall(Protocol):
 class Host(Protocol):
     """What a daemon may change on the machine."""
 
-    def open_tun(self, name: str, mtu: int) -> Tun: ...
+    def open_tun(self, name: str, mtu: int, *, vnet: bool = False) -> Tun: ...
 
     def add_address(self, device: str, interface: str) -> None: ...
 
@@ -91,8 +93,8 @@ class Host(Protocol):
 class LinuxHost:
     """The real machine: /dev/net/tun, netlink (pyroute2) and nftables."""
 
-    def open_tun(self, name: str, mtu: int) -> Tun:
-        tun = TunDevice.create(name, mtu)
+    def open_tun(self, name: str, mtu: int, *, vnet: bool = False) -> Tun:
+        tun = TunDevice.create(name, mtu, vnet=vnet)
         netlink.prepare_tunnel_interface(tun.name)
         return tun
 

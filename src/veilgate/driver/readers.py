@@ -16,6 +16,7 @@ from typing import Any
 
 from veilgate.transport.loop import QUIET_GAP
 from veilgate.transport.udp import recv_coalesced, split
+from veilgate.tun.device import VNET_HDR_LEN, VNET_HDR_NONE, strip_vnet
 
 TUN_BATCH = 256
 """Packets read from the TUN device per wake-up at most."""
@@ -38,22 +39,37 @@ class Wake:
         return quiet
 
 
-def read_tun(fd: int, now: float, quiet: bool, route: Callable[[bytes, float, bool], bool]) -> None:
+def read_tun(
+    fd: int, now: float, quiet: bool, route: Callable[[bytes, float, bool], bool], vnet: bool = False
+) -> None:
     """Read up to ``TUN_BATCH`` packets and hand each to ``route(packet, now, at_once)``.
 
     ``at_once`` is True for the first packet after a quiet spell (send it now rather than queue
-    it); ``route`` returns True if the packet left, after which the rest are queued.
+    it); ``route`` returns True if the packet left, after which the rest are queued. ``vnet``: the
+    device was opened with IFF_VNET_HDR, whose header each read starts with.
     """
     read = os.read
+    size = 65535 + (VNET_HDR_LEN if vnet else 0)
     for _ in range(TUN_BATCH):
         try:
-            packet = read(fd, 65535)
+            data = read(fd, size)
         except (BlockingIOError, InterruptedError):
             break
-        if not packet:
+        if not data:
             break
+        packet = strip_vnet(data) if vnet else data
+        if packet is None:
+            continue
         if route(packet, now, quiet):
             quiet = False
+
+
+def write_tun(fd: int, packet: bytes, vnet: bool) -> None:
+    """Write one IP packet to the TUN device (after a plain virtio-net header with ``vnet``)."""
+    if vnet:
+        os.writev(fd, (VNET_HDR_NONE, packet))
+    else:
+        os.write(fd, packet)
 
 
 def read_udp(

@@ -39,10 +39,10 @@ static void ClientPath_dealloc(ClientPath *self) {
 }
 
 static int ClientPath_init(ClientPath *self, PyObject *args, PyObject *kwds) {
-    static char *kwlist[] = {"tun_fd", "udp_fd", "gso", "gro", NULL};
-    int tun_fd, udp_fd, gso, gro;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iipp", kwlist, &tun_fd, &udp_fd, &gso, &gro)) return -1;
-    if (path_init(&self->path, &client_ops, tun_fd) < 0) return -1;
+    static char *kwlist[] = {"tun_fd", "udp_fd", "gso", "gro", "vnet", NULL};
+    int tun_fd, udp_fd, gso, gro, vnet = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iipp|p", kwlist, &tun_fd, &udp_fd, &gso, &gro, &vnet)) return -1;
+    if (path_init(&self->path, &client_ops, tun_fd, vnet) < 0) return -1;
     self->path.connected = 1;
     self->link.unanswered = 1;
     return path_add_socket(&self->path, udp_fd, gso, gro) < 0 ? -1 : 0;
@@ -110,7 +110,8 @@ PyTypeObject ClientPathType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "veilgate.fastpath._fastpath.ClientPath",
     .tp_basicsize = sizeof(ClientPath),
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "ClientPath(tun_fd, udp_fd, gso, gro): the client's TUN <-> UDP loops for an established session.",
+    .tp_doc = "ClientPath(tun_fd, udp_fd, gso, gro, vnet=False): the client's TUN <-> UDP loops for an established "
+              "session; vnet: the TUN was opened with IFF_VNET_HDR.",
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)ClientPath_init,
     .tp_dealloc = (destructor)ClientPath_dealloc,

@@ -13,6 +13,8 @@
  *   udp_out.c  UDP output: single sends and GSO runs
  *   send.c     the TUN -> UDP loop, shared by both sides
  *   receive.c  the UDP -> TUN loop, the one transport datagram handler and the one IP header parser
+ *   tun_out.c  TUN output: one packet per write, or, with the TUN's virtio-net header (IFF_VNET_HDR),
+ *              the TCP segments of one flow coalesced into one packet the kernel takes as GRO's
  *   path.c     what ClientPath and GatewayPath share: buffers, pending entries, counters, take()
  *   client.c   ClientPath: the client's established UDP session
  *   peer.c     Peer: what the gateway's compiled path knows of one session
@@ -79,6 +81,16 @@
 #define REPOLL_ROUNDS 3
 #define LINGER_IDLE_MS 1
 #define LINGER_MAX 0.002
+
+/* ------------------------------------------------------------------ the TUN's virtio-net header
+ * With IFF_VNET_HDR every packet read from or written to the TUN follows a struct virtio_net_hdr
+ * (include/uapi/linux/virtio_net.h, in the host's byte order). The daemons do not ask the kernel
+ * for offloads on reads (TUNSETOFFLOAD), so what is read carries no GSO type and no partial
+ * checksum; what is written may be a coalesced TCP packet (tun_out.c). */
+
+#define VNET_HDR_LEN 10
+#define GRO_SLOTS 8      /* TCP flows coalesced at once */
+#define GRO_MAX 65535    /* an IP packet's largest size */
 
 /* ------------------------------------------------------------------ kinds (exported by module.c) */
 
@@ -234,9 +246,21 @@ typedef struct {
     double wake;
 } UdpSock;
 
+/* A coalesced TCP packet being gathered for the TUN (tun_out.c). */
+typedef struct {
+    unsigned char *buf; /* the virtio-net header, then the IP packet */
+    size_t len;         /* of the IP packet */
+    size_t gso;         /* payload of the first segment: the size the kernel segments at */
+    int iphl, tcphl, v6, count, closed;
+    uint32_t next_seq;
+} GroSlot;
+
 struct Path {
     const PathOps *ops;
     int tun_fd;
+    int vnet; /* the TUN was opened with IFF_VNET_HDR: every packet follows a virtio-net header */
+    GroSlot gro[GRO_SLOTS];
+    int ngro;
     int connected; /* the client's one connected socket: no source address is read */
     int nsocks;
     UdpSock socks[MAX_SOCKS];
@@ -248,6 +272,7 @@ struct Path {
     /* Counters, cumulative. */
     unsigned long long drop_decrypt, drop_replay, drop_not_ip, drop_source;
     unsigned long long tun_write_error, tun_read_error, udp_recv_error;
+    unsigned long long tun_writes, tun_coalesced; /* writes to the TUN; packets merged into another */
 };
 
 /* ClientPath and GatewayPath begin alike: the poller and the shared methods reach their Path. */
@@ -258,7 +283,7 @@ typedef struct {
 
 #define PATH_OF(obj) (&((PathObject *)(obj))->path)
 
-int path_init(Path *p, const PathOps *ops, int tun_fd);
+int path_init(Path *p, const PathOps *ops, int tun_fd, int vnet);
 void path_clear(Path *p);
 int path_add_socket(Path *p, int fd, int gso, int gro);
 int pend(Path *p, int kind, const unsigned char *d, Py_ssize_t n, int sock, const struct sockaddr_storage *src,
@@ -274,6 +299,10 @@ PyObject *Path_protect(PyObject *self, PyObject *arg);
     do {                                                                        \
         if (PATH_OF(self)->in == NULL) return path_uninitialised();             \
     } while (0)
+
+/* tun_out.c */
+void tun_out(Path *p, const unsigned char *pt, size_t n);
+void tun_flush(Path *p);
 
 /* send.c, receive.c */
 int path_tun_ready(Path *p);

@@ -112,13 +112,13 @@ static void GatewayPath_dealloc(GatewayPath *self) {
 }
 
 static int GatewayPath_init(GatewayPath *self, PyObject *args, PyObject *kwds) {
-    static char *kwlist[] = {"tun_fd", "routes", "indices", "client_to_client", NULL};
-    int tun_fd, c2c;
+    static char *kwlist[] = {"tun_fd", "routes", "indices", "client_to_client", "vnet", NULL};
+    int tun_fd, c2c, vnet = 0;
     PyObject *routes, *indices;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iO!O!p", kwlist, &tun_fd, &PyDict_Type, &routes, &PyDict_Type,
-                                     &indices, &c2c))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iO!O!p|p", kwlist, &tun_fd, &PyDict_Type, &routes, &PyDict_Type,
+                                     &indices, &c2c, &vnet))
         return -1;
-    if (path_init(&self->path, &gateway_ops, tun_fd) < 0) return -1;
+    if (path_init(&self->path, &gateway_ops, tun_fd, vnet) < 0) return -1;
     self->touched = PyList_New(0);
     if (self->touched == NULL) return -1;
     self->routes = Py_NewRef(routes);
@@ -185,8 +185,8 @@ PyTypeObject GatewayPathType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "veilgate.fastpath._fastpath.GatewayPath",
     .tp_basicsize = sizeof(GatewayPath),
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "GatewayPath(tun_fd, routes, indices, client_to_client): the gateway's TUN <-> UDP loops for "
-              "established sessions.",
+    .tp_doc = "GatewayPath(tun_fd, routes, indices, client_to_client, vnet=False): the gateway's TUN <-> UDP "
+              "loops for established sessions; vnet: the TUN was opened with IFF_VNET_HDR.",
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)GatewayPath_init,
     .tp_dealloc = (destructor)GatewayPath_dealloc,

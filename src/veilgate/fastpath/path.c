@@ -8,20 +8,26 @@
 #include <netdb.h>
 
 /* Allocate the buffers and the pending list; -1 with an exception set. */
-int path_init(Path *p, const PathOps *ops, int tun_fd) {
+int path_init(Path *p, const PathOps *ops, int tun_fd, int vnet) {
     if (p->in != NULL) {
         PyErr_SetString(PyExc_RuntimeError, "a path is initialised once");
         return -1;
     }
     p->pending = PyList_New(0);
     p->out = PyMem_Malloc(OUT_SIZE);
-    p->in = PyMem_Malloc(MAX_PACKET + 1);
+    p->in = PyMem_Malloc(MAX_PACKET + VNET_HDR_LEN + 1);
     if (p->in == NULL || p->out == NULL || p->pending == NULL) {
         PyErr_NoMemory();
         return -1;
     }
+    for (int i = 0; vnet && i < GRO_SLOTS; i++)
+        if ((p->gro[i].buf = PyMem_Malloc(VNET_HDR_LEN + GRO_MAX)) == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
     p->ops = ops;
     p->tun_fd = tun_fd;
+    p->vnet = vnet;
     p->tun_wake = -1.0;
     return 0;
 }
@@ -31,6 +37,10 @@ void path_clear(Path *p) {
     PyMem_Free(p->in);
     PyMem_Free(p->out);
     p->in = p->out = NULL;
+    for (int i = 0; i < GRO_SLOTS; i++) {
+        PyMem_Free(p->gro[i].buf);
+        p->gro[i].buf = NULL;
+    }
     if (p->hp_hdr != NULL) EVP_CIPHER_CTX_free(p->hp_hdr);
     p->hp_hdr = NULL;
 }
@@ -103,10 +113,11 @@ PyObject *path_counters(const Path *p) {
         datagrams += p->socks[i].out.datagrams;
         sends += p->socks[i].out.sends;
     }
-    return Py_BuildValue("{sKsKsKsKsKsKsKsKsK}", "drop-decrypt", p->drop_decrypt, "drop-replay", p->drop_replay,
+    return Py_BuildValue("{sKsKsKsKsKsKsKsKsKsKsK}", "drop-decrypt", p->drop_decrypt, "drop-replay", p->drop_replay,
                          "drop-not-ip", p->drop_not_ip, "tun-write-error", p->tun_write_error, "tun-read-error",
                          p->tun_read_error, "udp-recv-error", p->udp_recv_error, "udp-send-dropped", dropped,
-                         "udp-datagrams-out", datagrams, "udp-sends", sends);
+                         "udp-datagrams-out", datagrams, "udp-sends", sends, "tun-writes", p->tun_writes,
+                         "tun-packets-coalesced", p->tun_coalesced);
 }
 
 /* What ``link`` did since the last take(), as an Activity; its counts start again from zero. */

@@ -110,7 +110,7 @@ static int path_datagram(Path *p, int sock, const unsigned char *d, Py_ssize_t n
         int fwd = p->ops->forward(p, &addrs);
         if (fwd <= 0) return fwd;
     }
-    if (write(p->tun_fd, pt, (size_t)ip) < 0) p->tun_write_error++;
+    tun_out(p, pt, (size_t)ip);
     return 0;
 }
 
@@ -158,14 +158,18 @@ int path_udp_ready(Path *p, int sock) {
         if (segment > 0 && n > segment) {
             for (ssize_t off = 0; off < n; off += segment, parts++) {
                 ssize_t len = n - off < segment ? n - off : segment;
-                if (path_datagram(p, sock, p->in + off, len, from, msg.msg_namelen, now) < 0) return -1;
+                if (path_datagram(p, sock, p->in + off, len, from, msg.msg_namelen, now) < 0) goto fail;
             }
         } else {
             parts = 1;
-            if (path_datagram(p, sock, p->in, n, from, msg.msg_namelen, now) < 0) return -1;
+            if (path_datagram(p, sock, p->in, n, from, msg.msg_namelen, now) < 0) goto fail;
         }
         if (quiet && parts == 1) break;
         quiet = 0;
     }
+    tun_flush(p);
     return 0;
+fail:
+    tun_flush(p);
+    return -1;
 }

@@ -1,11 +1,14 @@
 /* send.c: TUN -> UDP, for both sides. Each packet read from the TUN goes where the side's target
  * hook says (the client: its one session; the gateway: the session its destination is routed to)
  * and is sealed straight into a GSO run (udp_out.c); a packet no keypair may send goes to Python
- * as a PENDING_TUN entry, in order.
+ * as a PENDING_TUN entry, in order. With the TUN's virtio-net header (IFF_VNET_HDR) each read
+ * starts with it; the packet follows.
  */
 #include "fastpath.h"
 
 #include <errno.h>
+#include <linux/virtio_net.h>
+#include <string.h>
 #include <unistd.h>
 
 /* Account for a packet sealed and queued for ``link``. */
@@ -25,19 +28,32 @@ int path_tun_ready(Path *p) {
     p->tun_wake = now;
     Run run = {.buf = p->out};
     int rc = 0;
+    size_t hdr = p->vnet ? VNET_HDR_LEN : 0;
     for (int i = 0; i < BATCH; i++) {
-        ssize_t n = read(p->tun_fd, p->in, MAX_PACKET);
+        ssize_t n = read(p->tun_fd, p->in, MAX_PACKET + hdr);
         if (n < 0) {
             if (errno != EAGAIN && errno != EINTR) p->tun_read_error++;
             break;
         }
         if (n == 0) break;
+        const unsigned char *pkt = p->in + hdr;
+        if (hdr) {
+            /* No offload was asked for (TUNSETOFFLOAD): a GSO packet or a partial checksum here
+             * is the kernel's mistake, counted and dropped rather than sent unfinished. */
+            struct virtio_net_hdr h;
+            memcpy(&h, p->in, sizeof h);
+            n -= (ssize_t)hdr;
+            if (n <= 0 || h.gso_type != VIRTIO_NET_HDR_GSO_NONE || (h.flags & VIRTIO_NET_HDR_F_NEEDS_CSUM)) {
+                p->tun_read_error++;
+                continue;
+            }
+        }
         Target t = {0};
-        int r = p->ops->target(p, p->in, n, now, &t);
+        int r = p->ops->target(p, pkt, n, now, &t);
         if (r == 0) {
             run_flush(&run); /* keep the order of what is sent */
             /* No socket: the client's entries name its one (0), the gateway's none. */
-            r = pend(p, PENDING_TUN, p->in, n, p->connected ? 0 : ROUTE_NONE, NULL, 0, 0);
+            r = pend(p, PENDING_TUN, pkt, n, p->connected ? 0 : ROUTE_NONE, NULL, 0, 0);
             if (r == 0) continue;
         }
         if (r < 0) {
@@ -45,7 +61,7 @@ int path_tun_ready(Path *p) {
             break;
         }
         size_t size = (size_t)(TRANSPORT_HEADER_LEN + n + (-n & (PADDING_MULTIPLE - 1)) + TAGLEN);
-        if (keys_seal(t.keys, p->in, n, run_slot(&run, &t, size)) < 0) break; /* the target checked the counter */
+        if (keys_seal(t.keys, pkt, n, run_slot(&run, &t, size)) < 0) break; /* the target checked the counter */
         link_sent(t.link, n, now);
         if (p->ops->touch) p->ops->touch(p, t.link);
         run_commit(&run, size);

@@ -37,11 +37,12 @@ class CompiledGateway:
         listeners: Listeners,
         core: GatewayProtocol,
         client_to_client: bool,
+        vnet: bool = False,
     ) -> None:
         # The table's peers are all fastpath.Peer from attach() on (the C path skips any other value).
         routes = cast(dict[bytes, fastpath.Peer], table.routes)
         indices = cast(dict[int, fastpath.Peer], table.indices)
-        self.path = fastpath.GatewayPath(tun_fd, routes, indices, client_to_client)
+        self.path = fastpath.GatewayPath(tun_fd, routes, indices, client_to_client, vnet)
         if core.obfs is not None:
             self.path.protect(core.obfs.header_key)
         self.listeners = listeners

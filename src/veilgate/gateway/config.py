@@ -57,6 +57,8 @@ class GatewayConfig:
     client_to_client: bool = False
     nat: bool = True
     udp_offload: bool = True
+    tun_offload: bool = True
+    """The TUN opened with IFF_VNET_HDR: the compiled data path writes coalesced TCP packets."""
     obfuscation: bool = False
     tcp_shape_frames: int = 8
     """With obfuscation: how many first frames on a plain TCP connection are padded (0: none)."""
@@ -116,6 +118,7 @@ def load_gateway_config(path: str | Path, private_key: bytes | None = None) -> G
         client_to_client=gw.get_bool("client_to_client", False),
         nat=gw.get_bool("nat", True),
         udp_offload=gw.get_bool("udp_offload", True),
+        tun_offload=gw.get_bool("tun_offload", True),
         obfuscation=gw.get_bool("obfuscation", False),
         tcp_shape_frames=gw.get_int("tcp_shape_frames", 8, low=0, high=64),
         tcp_shape_jitter=gw.get_int("tcp_shape_jitter_ms", 0, low=0, high=100) / 1000,

@@ -28,7 +28,7 @@ from veilgate import fastpath
 from veilgate.config import ConfigError
 from veilgate.credentials import CredentialVerifier, IssuerPublicKey
 from veilgate.credentials.epochs import DEFAULT_EPOCH_LENGTH, AnyCredentialVerifier, EpochVerifier
-from veilgate.driver import Driver, Runtime, Wake, read_tun, read_udp, total
+from veilgate.driver import Driver, Runtime, Wake, read_tun, read_udp, total, write_tun
 from veilgate.driver.host import Tun
 from veilgate.fastpath.keypair import CompiledKeypair
 from veilgate.gateway.compiled import CompiledGateway
@@ -140,7 +140,7 @@ class Gateway(Driver):
         self.begin()
         machine = self.machine
         uplink = machine.uplink()
-        tun = self.open_tun(cfg.tun_name, cfg.mtu)
+        tun = self.open_tun(cfg.tun_name, cfg.mtu, vnet=self.compiled_wanted and cfg.tun_offload)
         machine.setup_tun(tun.name)
         await self._serve(tun)
         machine.apply_firewall(tun.name, uplink)
@@ -155,7 +155,7 @@ class Gateway(Driver):
         cfg = self.config
         self.begin()
         os.set_blocking(place.tun_fd, False)
-        self.tun = TunDevice(place.tun_fd, cfg.tun_name)
+        self.tun = TunDevice(place.tun_fd, cfg.tun_name, place.vnet)
         relay = Relay(place.shard, cfg.tun_name, self.counters)
         self.link = link = WorkerLink(self, place.shard, relay, self.core.obfs)
         self.core.resume_elsewhere = link.resume_owner.__contains__
@@ -174,7 +174,9 @@ class Gateway(Driver):
         """Serve the TUN device and the sockets: the compiled data path where it runs."""
         cfg = self.config
         if self.compiled_wanted:
-            fast = CompiledGateway(tun.fd, self.table, self.listeners, self.core, cfg.client_to_client)
+            fast = CompiledGateway(
+                tun.fd, self.table, self.listeners, self.core, cfg.client_to_client, tun.vnet
+            )
             if self.watch_compiled(tun.fd, fast.path, fastpath.KIND_TUN):
                 self.fast = fast
         if self.fast is None:
@@ -271,7 +273,7 @@ class Gateway(Driver):
         if self.tun is None:
             return
         try:
-            os.write(self.tun.fd, packet)
+            write_tun(self.tun.fd, packet, self.tun.vnet)
         except OSError as exc:
             self.counters["tun-write-error"] += 1
             log.debug("tun write failed: %s", exc.strerror)
@@ -280,7 +282,7 @@ class Gateway(Driver):
         if self.tun is None:
             return
         now = self.clock()
-        read_tun(self.tun.fd, now, self._tun_wake.quiet(now), self.route)
+        read_tun(self.tun.fd, now, self._tun_wake.quiet(now), self.route, self.tun.vnet)
         self.listeners.flush()
         self.after_io(now)
 

@@ -53,6 +53,8 @@ class WorkerPlace:
     """Listening host -> the plain TCP listening socket all workers accept on."""
     tls: dict[str, int] = field(default_factory=dict)
     """Listening host -> the TLS listening socket all workers accept on."""
+    vnet: bool = False
+    """The TUN queues were opened with IFF_VNET_HDR (all of them, or none)."""
 
 
 def worker_status_socket(path: Path, k: int) -> Path:

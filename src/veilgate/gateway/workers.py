@@ -74,6 +74,7 @@ class Supervisor(Driver):
         self.n = n
         self.machine = Machine(self.host, config)
         self.queues: list[int] = []
+        self.vnet = False
         self.udp: dict[str, list[socket.socket]] = {}
         self.tcp: dict[str, socket.socket] = {}
         self.tls: dict[str, socket.socket] = {}
@@ -96,7 +97,9 @@ class Supervisor(Driver):
         cfg = self.config
         self.begin()
         uplink = self.machine.uplink()
-        self.queues = open_tun_queues(cfg.tun_name, self.n)
+        self.queues, self.vnet = open_tun_queues(
+            cfg.tun_name, self.n, vnet_hdr=self.compiled_wanted and cfg.tun_offload
+        )
         attach_tun_steering(self.queues[0], self.n)
         for fd in self.queues:
             os.set_blocking(fd, False)
@@ -138,6 +141,7 @@ class Supervisor(Driver):
             "udp": {host: socks[k].fileno() for host, socks in self.udp.items()},
             "tcp": {host: s.fileno() for host, s in self.tcp.items()},
             "tls": {host: s.fileno() for host, s in self.tls.items()},
+            "vnet": self.vnet,
         }
         spec = {
             "config": str(cfg.source),
@@ -372,7 +376,9 @@ def worker_main() -> int:
     config = load_gateway_config(spec["config"], bytes.fromhex(spec["private_key"]))
     config.log_level, config.log_format = spec["log_level"], spec["log_format"]
     p = spec["place"]
-    place = WorkerPlace(Shard(p["k"], p["n"]), p["tun_fd"], p["udp"], p["tcp"], p["tls"])
+    place = WorkerPlace(
+        Shard(p["k"], p["n"]), p["tun_fd"], p["udp"], p["tcp"], p["tls"], p.get("vnet", False)
+    )
     # The supervisor started as root: the worker drops to the configured user itself. A worker the
     # supervisor starts again after its own drop already runs as that user.
     user = (

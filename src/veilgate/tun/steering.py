@@ -86,9 +86,12 @@ def _check_n(n: int) -> None:
 # ---- the multi-queue TUN
 
 
-def open_tun_queues(name: str, n: int) -> list[int]:
+def open_tun_queues(name: str, n: int, *, vnet_hdr: bool = False) -> tuple[list[int], bool]:
     """Open ``n`` queues of TUN interface ``name`` (IFF_TUN | IFF_NO_PI | IFF_MULTI_QUEUE), queue k
     at position k of the list; non-blocking descriptors. The interface goes when the last closes.
+    Also returns whether the queues carry the virtio-net header: with ``vnet_hdr`` the first queue
+    asks for IFF_VNET_HDR and every other queue takes what the first got (the kernel refuses a
+    queue whose flags differ).
 
     The name must be literal (no ``%d``): every queue attaches by it.
     """
@@ -98,13 +101,13 @@ def open_tun_queues(name: str, n: int) -> list[int]:
     fds: list[int] = []
     try:
         for _ in range(n):
-            fd, _actual = open_queue(name, multi_queue=True)
+            fd, _actual, vnet_hdr = open_queue(name, multi_queue=True, vnet_hdr=vnet_hdr)
             fds.append(fd)
     except BaseException:
         for fd in fds:
             os.close(fd)
         raise
-    return fds
+    return fds, vnet_hdr
 
 
 # ---- eBPF, assembled by hand (include/uapi/linux/bpf.h, bpf_common.h)
