@@ -83,7 +83,7 @@ class TwoWorkers:
         self.hand_over = hand_over
         self.handoffs = 0
         owner = self.cores[0]
-        self.cores[1].resume_elsewhere = lambda token: hand_over and token == owner_token(owner)
+        self.cores[1].elsewhere = lambda token, key: hand_over and token == owner_token(owner)
         self._events: list[Event] = []
 
     def receive_datagram(self, data: bytes, addr: object, now: float) -> bytes | None:

@@ -158,7 +158,7 @@ class Gateway(Driver):
         self.tun = TunDevice(place.tun_fd, cfg.tun_name, place.vnet)
         relay = Relay(place.shard, cfg.tun_name, self.counters)
         self.link = link = WorkerLink(self, place.shard, relay, self.core.obfs)
-        self.core.resume_elsewhere = link.resume_owner.__contains__
+        self.core.elsewhere = link.elsewhere
         self.listeners.on_closed = link.closed
         await self._serve(self.tun)
         self.watch(relay.sock.fileno(), link.on_readable)
@@ -326,7 +326,10 @@ class Gateway(Driver):
                 alive = session.id in sessions
                 self.table.follow(session, alive)
                 if link is not None:
-                    link.announce(session.id, session.resume_token if alive else None)
+                    if alive:
+                        link.announce(session.id, session.resume_token, frozenset(session.credential_keys))
+                    else:
+                        link.announce(session.id, None, frozenset())
             changed.clear()
 
     def _send_queued(self) -> None:

@@ -47,6 +47,10 @@ RESUME_HELD = 6
 """The sender holds the session this resume token names."""
 RESUME_GONE = 7
 """The sender no longer holds the session this resume token names."""
+KEY_HELD = 8
+"""A live session of the sender is bound to this static key (``CredentialBindings``)."""
+KEY_GONE = 9
+"""No live session of the sender is bound to this static key any more."""
 
 BUFFER = 8 * 1024 * 1024
 MAX_ITEM = 65536 + 512
@@ -79,7 +83,6 @@ class Relay:
         sock.setblocking(False)
         self.sock = sock
         self._names = [relay_name(tun_name, w) for w in range(shard.n)]
-        self._uid = os.getuid()
 
     def close(self) -> None:
         self.sock.close()
@@ -128,12 +131,13 @@ class Relay:
     def receive(self, handle: Callable[[int, int, bytes], None]) -> None:
         """Read every item waiting: ``handle(kind, sender, body)`` for each from a worker of ours."""
         sock = self.sock
+        uid = os.getuid()  # now, not at start: the workers drop to their user after it
         while True:
             try:
                 data, anc, _, _ = sock.recvmsg(MAX_ITEM, socket.CMSG_SPACE(12))
             except (BlockingIOError, InterruptedError):
                 return
-            if not self._ours(anc) or len(data) < _HEAD.size:
+            if not _ours(anc, uid) or len(data) < _HEAD.size:
                 self.counters["relay-refused"] += 1
                 continue
             kind, sender = _HEAD.unpack_from(data)
@@ -144,12 +148,15 @@ class Relay:
                 self.counters["relayed-in"] += 1
             handle(kind, sender, data[_HEAD.size :])
 
-    def _ours(self, ancillary: list[tuple[int, int, bytes]]) -> bool:
-        for level, kind, data in ancillary:
-            if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS and len(data) >= 12:
-                _, uid, _ = struct.unpack("iII", data[:12])
-                return uid in (self._uid, 0)
-        return False
+
+
+def _ours(ancillary: list[tuple[int, int, bytes]], uid: int) -> bool:
+    """Whether an item's sender runs as ``uid`` or as root (a worker before its drop)."""
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS and len(data) >= 12:
+            _, sender, _ = struct.unpack("iII", data[:12])
+            return sender in (uid, 0)
+    return False
 
 
 def encode_addr(addr: tuple[Any, ...]) -> bytes:
@@ -179,6 +186,8 @@ def decode_handoff(body: bytes) -> tuple[Handoff, bytes]:
 
 __all__ = [
     "HANDOFF",
+    "KEY_GONE",
+    "KEY_HELD",
     "RESUME_GONE",
     "RESUME_HELD",
     "STREAM_IN",

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 from veilgate.gateway.listeners import UdpEndpoint, UdpSocket
 from veilgate.gateway.relay import (
     HANDOFF,
+    KEY_GONE,
+    KEY_HELD,
     RESUME_GONE,
     RESUME_HELD,
     STREAM_IN,
@@ -102,8 +104,10 @@ class WorkerLink:
         """Receiver index this worker drew -> (the worker its session went to, when)."""
         self.resume_owner: dict[bytes, int] = {}
         """Resume token -> the other worker that holds its session."""
-        self.announced: dict[int, bytes] = {}
-        """Session id -> the resume token last announced for it."""
+        self.key_owner: dict[bytes, int] = {}
+        """Static key -> the other worker where a live session is bound to it."""
+        self.announced: dict[int, tuple[bytes | None, frozenset[bytes]]] = {}
+        """Session id -> the resume token and the keys last announced for it."""
         self._numbers: dict[FramedConnection, int] = {}
         self._conns: dict[int, FramedConnection] = {}
         self._next = 1
@@ -155,9 +159,14 @@ class WorkerLink:
         self.relay.send(owner, TUN_IN, packet)
         return True
 
+    def elsewhere(self, resume: bytes | None, key: bytes) -> bool:
+        """Whether another worker holds the session ``resume`` names, or one bound to ``key``."""
+        return (resume is not None and resume in self.resume_owner) or key in self.key_owner
+
     def hand_off(self, handoff: Handoff, endpoint: object) -> None:
-        """Message 3 resumed another worker's session: give it the handshake, and lend it the index."""
-        owner = self.resume_owner.get(handoff.resume)
+        """Message 3 belongs to another worker's session (its resume token or its key): give that
+        worker the handshake, and lend it the index."""
+        owner = self.resume_owner.get(handoff.resume, self.key_owner.get(handoff.static_public))
         if owner is None:
             return
         if isinstance(endpoint, UdpEndpoint):
@@ -187,19 +196,22 @@ class WorkerLink:
         for index in [i for i, (_, at) in self.lent.items() if at < cutoff]:
             del self.lent[index]
 
-    def announce(self, session_id: int, token: bytes | None) -> None:
-        """A session's resume token changed (None: the session ended): tell the other workers."""
+    def announce(self, session_id: int, token: bytes | None, keys: frozenset[bytes]) -> None:
+        """A session's resume token or bound keys changed (None and no keys: it ended): tell the
+        other workers, so that a handshake for it reaching one of them comes here."""
         token = token or None
-        old = self.announced.pop(session_id, None)
-        if old == token:
+        old_token, old_keys = self.announced.pop(session_id, (None, frozenset()))
+        if token is not None or keys:
+            self.announced[session_id] = (token, keys)
+        if old_token != token:
+            if old_token is not None:
+                self.relay.to_all(RESUME_GONE, old_token)
             if token is not None:
-                self.announced[session_id] = token
-            return
-        if old is not None:
-            self.relay.to_all(RESUME_GONE, old)
-        if token is not None:
-            self.announced[session_id] = token
-            self.relay.to_all(RESUME_HELD, token)
+                self.relay.to_all(RESUME_HELD, token)
+        for key in old_keys - keys:
+            self.relay.to_all(KEY_GONE, key)
+        for key in keys - old_keys:
+            self.relay.to_all(KEY_HELD, key)
 
     # ------------------------------------------------------------ connections
 
@@ -256,6 +268,11 @@ class WorkerLink:
         elif kind == RESUME_GONE:
             if self.resume_owner.get(body) == sender:
                 del self.resume_owner[body]
+        elif kind == KEY_HELD:
+            self.key_owner[body] = sender
+        elif kind == KEY_GONE:
+            if self.key_owner.get(body) == sender:
+                del self.key_owner[body]
         else:
             self.counters["relay-refused"] += 1
 

@@ -35,6 +35,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from veilgate.config import ConfigError
 from veilgate.driver import Driver, Runtime
 from veilgate.gateway.config import GatewayConfig, load_gateway_config
 from veilgate.gateway.listeners import udp_socket
@@ -223,11 +224,19 @@ class Supervisor(Driver):
             s.close()
         for fd in self.queues:
             os.close(fd)
+        if self.queues:
+            log.info("gateway stopped")
         self.queues = []
-        log.info("gateway stopped")
 
     def reload(self) -> None:
-        """SIGHUP: every worker reads the configuration file again."""
+        """SIGHUP: every worker reads the configuration file again, if it reads (a file that does
+        not is refused here, once, and the workers keep theirs)."""
+        if self.config.source is not None:
+            try:
+                load_gateway_config(self.config.source, self.config.private_key)
+            except ConfigError as exc:
+                log.error("reload refused, the running configuration stays: %s", exc)
+                return
         for proc in self.procs:
             if proc is not None and proc.returncode is None:
                 proc.send_signal(signal.SIGHUP)

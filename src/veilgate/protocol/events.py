@@ -80,9 +80,10 @@ class HandshakeRefused(Event):
 
 @dataclass(frozen=True)
 class Handoff:
-    """A completed handshake that resumes a session another worker of the gateway holds: what that
-    worker needs to go on with it (``GatewayProtocol.complete_handoff``). The credential was
-    checked by the worker that read message 3. Secret: it travels only between the workers."""
+    """A completed handshake that resumes a session another worker of the gateway holds (or whose
+    key is bound there): what that worker needs to go on with it, or to refuse it
+    (``GatewayProtocol.complete_handoff``). The credential was checked by the worker that read
+    message 3. Secret: it travels only between the workers."""
 
     resume: bytes
     static_public: bytes
@@ -96,8 +97,9 @@ class Handoff:
 
 @dataclass(frozen=True)
 class HandshakeElsewhere(Event):
-    """Message 3 named a session of another worker (``GatewayProtocol.resume_elsewhere``): the
-    driver passes ``handoff`` to that worker, with the endpoint the message came from."""
+    """Message 3 named a session of another worker, or its key is bound there
+    (``GatewayProtocol.elsewhere``): the driver passes ``handoff`` to that worker, with the
+    endpoint the message came from."""
 
     handoff: Handoff
     endpoint: object

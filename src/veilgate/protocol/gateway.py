@@ -120,9 +120,10 @@ class GatewayProtocol:
         self._events: collections.deque[Event] = collections.deque()
         self._init_window_start = 0.0
         self._init_count = 0
-        self.resume_elsewhere: Callable[[bytes], bool] | None = None
+        self.elsewhere: Callable[[bytes | None, bytes], bool] | None = None
         """In a worker of a many-worker gateway: whether another worker holds the session a resume
-        token names (message 3 then becomes a ``HandshakeElsewhere`` event for the driver)."""
+        token names, or a session bound to the static key (message 3 then becomes a
+        ``HandshakeElsewhere`` event for the driver, and that worker decides)."""
         self.changed: set[Session] | None = None
         """When a driver sets a set here, sessions whose keypairs, endpoint or addresses change (or
         that end) are added to it, for a data path outside the core to follow; the driver empties it."""
@@ -335,12 +336,12 @@ class GatewayProtocol:
         except CredentialError as exc:
             self._refuse(exc.reason)
             return
-        elsewhere = self.resume_elsewhere
+        elsewhere = self.elsewhere
         if (
             resumed is None
-            and payload.resume is not None
             and elsewhere is not None
-            and elsewhere(payload.resume)
+            and not self._bindings.holds(key)
+            and elsewhere(payload.resume, key)
         ):
             self._events.append(HandshakeElsewhere(handoff, endpoint))
             return

@@ -100,6 +100,10 @@ class CredentialBindings:
         if len(keys) > MAX_CREDENTIAL_KEYS:
             self._unbind(keys.pop(0), session)
 
+    def holds(self, key: bytes) -> bool:
+        """Whether a live session here is bound to ``key``."""
+        return key in self._holders
+
     def release(self, session: Session) -> None:
         """``session`` ended: its keys may open sessions again."""
         for key in session.credential_keys:
