@@ -149,7 +149,6 @@ class Relay:
             handle(kind, sender, data[_HEAD.size :])
 
 
-
 def _ours(ancillary: list[tuple[int, int, bytes]], uid: int) -> bool:
     """Whether an item's sender runs as ``uid`` or as root (a worker before its drop)."""
     for level, kind, data in ancillary:

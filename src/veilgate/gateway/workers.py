@@ -46,7 +46,12 @@ from veilgate.monitor import logs
 from veilgate.monitor.metrics import Metric
 from veilgate.systemd.notify import Notifier, Service
 from veilgate.transport.tcp import listening_socket
-from veilgate.tun.steering import attach_tun_steering, attach_udp_steering, open_tun_queues
+from veilgate.tun.steering import (
+    SteeringError,
+    attach_tun_steering,
+    attach_udp_steering,
+    open_tun_queues,
+)
 
 log = logging.getLogger("veilgate.gateway")
 
@@ -101,7 +106,14 @@ class Supervisor(Driver):
         self.queues, self.vnet = open_tun_queues(
             cfg.tun_name, self.n, vnet_hdr=self.compiled_wanted and cfg.tun_offload
         )
-        attach_tun_steering(self.queues[0], self.n)
+        try:
+            attach_tun_steering(self.queues[0], self.n)
+        except (SteeringError, OSError) as exc:
+            log.warning(
+                "the TUN steering program was refused (%s): the kernel spreads packets by flow, and "
+                "each worker passes those for another worker's addresses over the relay",
+                exc,
+            )
         for fd in self.queues:
             os.set_blocking(fd, False)
         self.machine.setup_tun(cfg.tun_name)
@@ -125,7 +137,14 @@ class Supervisor(Driver):
                 s for s in (udp_socket(host, cfg.udp_port, reuseport=True) for _ in range(self.n - 1)) if s
             ]
             if not cfg.obfuscation:
-                attach_udp_steering(first, self.n)
+                try:
+                    attach_udp_steering(first, self.n)
+                except (SteeringError, OSError) as exc:
+                    log.warning(
+                        "the UDP steering program was refused (%s): datagrams the kernel gives "
+                        "another worker than their session's go over the relay",
+                        exc,
+                    )
             self.udp[host] = group
             if cfg.tls_cert_file is not None:
                 self.tls[host] = _listening(host, cfg.tls_port, "TLS")
