@@ -149,7 +149,10 @@ def test_compiled_replay_window_agrees_with_the_python_one(counters: list[int]) 
 
 
 class ClientRig:
-    def __init__(self, *, gso: bool = False) -> None:
+    """A ClientPath on a socketpair for its TUN (``vnet``: with the virtio-net header) and a UDP
+    socket connected to a stand-in gateway's."""
+
+    def __init__(self, *, gso: bool = False, vnet: bool = False) -> None:
         self.tun, self.host = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.gw = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -159,7 +162,7 @@ class ClientRig:
         self.gw.connect(self.udp.getsockname())
         for s in (self.tun, self.udp, self.gw, self.host):
             s.setblocking(False)
-        self.path = fastpath.ClientPath(self.tun.fileno(), self.udp.fileno(), gso, False)
+        self.path = fastpath.ClientPath(self.tun.fileno(), self.udp.fileno(), gso, False, vnet=vnet)
         now = time.monotonic()
         self.mine, self.gateway = pair(now)
 

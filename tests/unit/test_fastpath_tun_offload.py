@@ -20,6 +20,8 @@ from veilgate.fastpath.keypair import CompiledKeypair
 from veilgate.protocol.keypair import Keypair
 from veilgate.tun.device import VNET_HDR_LEN, VNET_HDR_NONE, strip_vnet
 
+from .test_fastpath import ClientRig
+
 pytestmark = pytest.mark.skipif(not fastpath.BUILT, reason="the compiled data path is not built")
 
 K1, K2 = bytes(range(32)), bytes(range(32, 64))
@@ -70,28 +72,15 @@ def udp4(payload: bytes) -> bytes:
     return ih + struct.pack("!HHHH", 53, 53, 8 + len(payload), 0) + payload
 
 
-class Rig:
+class Rig(ClientRig):
     """A ClientPath on a TUN with the virtio-net header, its session's keys set."""
 
     def __init__(self) -> None:
-        self.tun, self.host = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.gw = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.gw.bind(("127.0.0.1", 0))
-        self.udp.bind(("127.0.0.1", 0))
-        self.udp.connect(self.gw.getsockname())
-        self.gw.connect(self.udp.getsockname())
-        for s in (self.tun, self.udp, self.gw, self.host):
-            s.setblocking(False)
-        self.path = fastpath.ClientPath(self.tun.fileno(), self.udp.fileno(), False, False, vnet=True)
+        super().__init__(vnet=True)
         now = time.monotonic()
         self.mine = CompiledKeypair(K1, K2, 7, 9, now, True)
         self.gateway = Keypair(K2, K1, 9, 7, now, False)
         self.path.set_keys(self.mine.keys, (self.mine.keys,))
-
-    def close(self) -> None:
-        for s in (self.tun, self.host, self.udp, self.gw):
-            s.close()
 
     def deliver(self, *packets: bytes) -> list[bytes]:
         """The gateway sends ``packets``; the path serves them in one batch; what reached the TUN."""
