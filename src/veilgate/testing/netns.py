@@ -218,18 +218,16 @@ class Topology:
 
     def serve_web(self, root: Path, name: str, data: bytes) -> None:
         """An HTTP server on the internet host (port 8080, IPv4 and IPv6) serving ``data`` as
-        ``/name`` from ``root``; returns once it answers."""
+        ``/name`` from ``root`` (``/name?rate=N``: paced at N bytes per second,
+        ``veilgate.testing.web``); returns once it answers."""
         root.mkdir(parents=True, exist_ok=True)
         (root / name).write_bytes(data)
         self.spawn(
             self.internet,
             sys.executable,
             "-m",
-            "http.server",
+            "veilgate.testing.web",
             "8080",
-            "--bind",
-            "::",
-            "--directory",
             str(root),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

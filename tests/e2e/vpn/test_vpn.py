@@ -93,19 +93,17 @@ def test_udp_blocked_mid_transfer_then_back(deploy: Deployment, web: WebServer, 
     deploy.start_client("c1")
     deploy.wait_client("c1", transport="udp")
     dest = tmp_path / "blob"
-    # A slow transfer (rate-limited) so that the block lands in its middle.
+    # A slow transfer (paced by the server at 1 MB/s) so that the block lands in its middle.
     curl = topo.spawn(
         topo.client,
         "curl",
         "-sS",
         "--fail",
-        "--limit-rate",
-        "1M",
         "--max-time",
         "60",
         "-o",
         str(dest),
-        web.url4,
+        web.url4 + "?rate=1000000",
         stderr=subprocess.PIPE,
     )
     time.sleep(2)
