@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
+
+from veilgate.monitor.status import query_status
 
 SOCKETS = {
     "gateway": "/run/veilgate/gateway.sock",
@@ -41,14 +42,7 @@ def socket_path(args: argparse.Namespace) -> str:
 
 
 def query(path: str) -> dict[str, Any]:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(5)
-        s.connect(path)
-        data = b""
-        while chunk := s.recv(65536):
-            data += chunk
-    status: dict[str, Any] = json.loads(data)
-    return status
+    return query_status(path)
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -16,6 +16,8 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass
 
+from veilgate.tun.steering import worker_of_address, worker_of_index
+
 LOW32 = 0xFFFFFFFF
 
 
@@ -31,14 +33,14 @@ class Shard:
             raise ValueError(f"worker {self.k} of {self.n}")
 
     def owner_of_index(self, index: int) -> int:
-        return index % self.n
+        return worker_of_index(index, self.n)
 
     def owner_of_address(self, value: int) -> int:
         """The worker owning an address (given as an integer, IPv4 or IPv6)."""
-        return (value & LOW32) % self.n
+        return worker_of_address(value, self.n)
 
     def owns_address(self, value: int) -> bool:
-        return (value & LOW32) % self.n == self.k
+        return worker_of_address(value, self.n) == self.k
 
     def random_index(self) -> int:
         """A uniformly random 32-bit receiver index this worker owns."""

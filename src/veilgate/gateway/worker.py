@@ -124,7 +124,7 @@ class WorkerLink:
         lent = self.lent.get(index)
         if lent is not None:
             return lent[0]
-        owner = index % self.shard.n
+        owner = self.shard.owner_of_index(index)
         return None if owner == self.shard.k else owner
 
     def _receiver(self, data: bytes) -> int | None:

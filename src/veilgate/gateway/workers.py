@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import ctypes.util
 import json
 import logging
 import os
@@ -44,6 +42,7 @@ from veilgate.gateway.shard import Shard
 from veilgate.gateway.worker import WorkerPlace, worker_status_socket
 from veilgate.monitor import logs
 from veilgate.monitor.metrics import Metric
+from veilgate.monitor.status import query_status
 from veilgate.systemd.notify import Notifier, Service
 from veilgate.transport.tcp import listening_socket
 from veilgate.tun.steering import (
@@ -332,19 +331,9 @@ def _listening(host: str, port: int, what: str) -> socket.socket:
 def _query(path: Path) -> dict[str, Any] | None:
     """One worker's status, or None if it does not answer."""
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.settimeout(STATUS_TIMEOUT)
-            sock.connect(str(path))
-            data = b""
-            while not data.endswith(b"\n"):
-                chunk = sock.recv(65536)
-                if not chunk:
-                    break
-                data += chunk
-        value = json.loads(data)
+        return query_status(path, STATUS_TIMEOUT)
     except (OSError, ValueError):
         return None
-    return value if isinstance(value, dict) else None
 
 
 ALL_OF = frozenset({"gso", "gro"})
@@ -384,21 +373,12 @@ class _ReadyLine(Notifier):
             sys.stdout.flush()
 
 
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    """The worker ends when its supervisor does, however it ends (ctypes: Python has no prctl)."""
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-
-
 def worker_main() -> int:
     from veilgate.gateway.daemon import Gateway  # noqa: PLC0415 - the daemon imports this module
-    from veilgate.systemd.privileges import run_as  # noqa: PLC0415
+    from veilgate.systemd.privileges import die_with_parent, run_as  # noqa: PLC0415
     from veilgate.transport import loop as event_loop  # noqa: PLC0415
 
-    _die_with_parent()
+    die_with_parent(signal.SIGTERM)  # the worker ends when its supervisor does
     spec = json.loads(sys.stdin.read())
     logs.setup(spec["log_level"], spec["log_format"])
     config = load_gateway_config(spec["config"], bytes.fromhex(spec["private_key"]))

@@ -111,6 +111,14 @@ def _libc() -> ctypes.CDLL:
     return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 
 
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(sig: int) -> None:
+    """Receive ``sig`` when the parent process ends, however it ends."""
+    _check(_libc().prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0), "prctl(PR_SET_PDEATHSIG)")
+
+
 def _check(result: int, what: str) -> None:
     if result != 0:
         err = ctypes.get_errno()
@@ -194,6 +202,7 @@ __all__ = [
     "CAP_NET_BIND_SERVICE",
     "PrivilegeError",
     "RunAs",
+    "die_with_parent",
     "drop_privileges",
     "run_as",
 ]

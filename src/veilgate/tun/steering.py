@@ -68,8 +68,8 @@ class SteeringError(Exception):
     pass
 
 
-def worker_of_address(address: ipaddress.IPv4Address | ipaddress.IPv6Address, n: int) -> int:
-    """The worker owning a tunnel address: its low 32 bits modulo ``n``."""
+def worker_of_address(address: ipaddress.IPv4Address | ipaddress.IPv6Address | int, n: int) -> int:
+    """The worker owning a tunnel address (or its integer value): its low 32 bits modulo ``n``."""
     return (int(address) & 0xFFFFFFFF) % n
 
 
