@@ -5,14 +5,20 @@ from __future__ import annotations
 
 import ipaddress
 import secrets
+import time
+from collections import Counter
+from types import SimpleNamespace
 
 import pytest
 
+from veilgate.gateway.listeners import UdpEndpoint
 from veilgate.gateway.pool import AddressPool, PoolExhausted
 from veilgate.gateway.relay import _HANDOFF, decode_addr, decode_handoff, encode_addr
 from veilgate.gateway.shard import LOW32, Shard
+from veilgate.gateway.worker import WorkerLink
 from veilgate.gateway.workers import merge
 from veilgate.protocol import messages
+from veilgate.protocol.constants import REJECT_AFTER_TIME
 from veilgate.protocol.crypto import KeyPair
 from veilgate.protocol.events import Event, Handoff, HandshakeElsewhere, SessionEstablished, SessionRekeyed
 from veilgate.protocol.gateway import GatewayProtocol
@@ -186,3 +192,36 @@ def test_status_sum() -> None:
         "udp": {"gso": False, "sends": 7},
         "data_path": "compiled",
     }
+
+
+class _Relay:
+    def __init__(self) -> None:
+        self.counters: Counter[str] = Counter()
+        self.sent: list[tuple[int, Handoff]] = []
+
+    def handoff(self, worker: int, where: bytes, h: Handoff) -> None:
+        self.sent.append((worker, h))
+
+
+def test_lent_indices_are_forgotten_once_no_keypair_can_use_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every handoff lends an index; the loans must not pile up over a gateway's life."""
+    clock = [1000.0]
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+    gateway = SimpleNamespace(core=SimpleNamespace(holds_index=lambda index: False))
+    relay = _Relay()
+    link = WorkerLink(gateway, Shard(0, 2), relay, None)  # type: ignore[arg-type]
+    link.resume_owner[b"t" * 32] = 1
+    endpoint = UdpEndpoint(("192.0.2.7", 4000), None)  # type: ignore[arg-type]
+
+    def lend(index: int) -> None:
+        link.hand_off(
+            Handoff(b"t" * 32, b"k" * 32, b"s" * 32, b"r" * 32, b"n" * 32, index, 1, b"d" * 16), endpoint
+        )
+
+    for index in range(0, 2000, 2):
+        lend(index)
+        clock[0] += 0.5
+    assert len(relay.sent) == 1000
+    assert len(link.lent) <= REJECT_AFTER_TIME / 0.5 + 1, "loans older than a keypair's life are gone"
+    assert link.owner_of(messages.HDR_TRANSPORT + (1998).to_bytes(4, "little") + bytes(24)) == 1
+    assert link.owner_of(messages.HDR_TRANSPORT + (0).to_bytes(4, "little") + bytes(24)) is None

@@ -176,7 +176,10 @@ class WorkerLink:
             where = b"\1" + self.number_of(conn).to_bytes(4, "big") + conn.carrier.encode()
         else:
             return
-        self.lent[handoff.local_index] = (owner, time.monotonic())
+        now = time.monotonic()
+        self._forget_expired_loans(now)
+        self.lent.pop(handoff.local_index, None)  # a new loan goes last, in time order
+        self.lent[handoff.local_index] = (owner, now)
         self.relay.handoff(owner, where, handoff)
         self.counters["handoffs-out"] += 1
 
@@ -190,11 +193,14 @@ class WorkerLink:
             return True
         return False
 
-    def prune(self) -> None:
-        """Forget indices lent longer than a keypair can live."""
-        cutoff = time.monotonic() - REJECT_AFTER_TIME
-        for index in [i for i, (_, at) in self.lent.items() if at < cutoff]:
-            del self.lent[index]
+    def _forget_expired_loans(self, now: float) -> None:
+        """Forget indices lent longer than a keypair can live: the oldest loans come first."""
+        lent = self.lent
+        while lent:
+            index, (_, at) = next(iter(lent.items()))
+            if now - at <= REJECT_AFTER_TIME:
+                return
+            del lent[index]
 
     def announce(self, session_id: int, token: bytes | None, keys: frozenset[bytes]) -> None:
         """A session's resume token or bound keys changed (None and no keys: it ended): tell the
